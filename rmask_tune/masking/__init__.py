@@ -1,0 +1,21 @@
+"""Random Masking: train a fixed random subset of the entries of chosen weight matrices."""
+
+from rmask_tune.masking.model import (
+    MaskingInfo,
+    apply_random_masking,
+    masked_layers,
+    merge,
+    remove_random_masking,
+    sync_masked_weights,
+)
+from rmask_tune.masking.targets import resolve_targets
+
+__all__ = [
+    "MaskingInfo",
+    "apply_random_masking",
+    "masked_layers",
+    "merge",
+    "remove_random_masking",
+    "resolve_targets",
+    "sync_masked_weights",
+]

@@ -1,0 +1,143 @@
+"""Apply, inspect and remove Random Masking on a whole model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from torch import nn
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.masking import layer as masked_layer
+from rmask_tune.masking.budget import allocate_counts, check_ratio
+from rmask_tune.masking.sampling import SAMPLINGS, STRUCTURES, sample_flat_indices
+from rmask_tune.masking.targets import count_parameters, linear_modules, resolve_targets
+
+
+@dataclass
+class MaskingInfo:
+    """What ``apply_random_masking`` did: exact counts and the settings that rebuild the masks."""
+
+    trainable_params: int
+    total_params: int
+    ratio: float
+    density: float
+    requested_ratio: float | None
+    seed: int
+    structure: str
+    sampling: str
+    targets: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A json-able copy."""
+        return asdict(self)
+
+
+def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        raise RmaskError(f"unknown {what} '{value}'; choose one of {', '.join(choices)}")
+
+
+def _plan_counts(shapes, total_params, ratio, density, structure) -> dict[str, int]:
+    if (ratio is None) == (density is None):
+        raise RmaskError("give exactly one of ratio (fraction of the whole model) or density (per matrix)")
+    unit_of = {n: (r if structure == "columns" else 1) for n, (r, c) in shapes.items()}
+    target_params = sum(r * c for r, c in shapes.values())
+    if density is not None:
+        if not 0 < density <= 1:
+            raise RmaskError(f"density must be in (0, 1], got {density}")
+        wanted = round(density * target_params)
+    else:
+        wanted = check_ratio(ratio, total_params, target_params)
+    counts = allocate_counts(shapes, wanted, unit_of)
+    if sum(counts.values()) == 0:
+        raise RmaskError(
+            f"{structure} masking at this ratio selects nothing: one unit is {min(unit_of.values())} entries, "
+            f"the request is {wanted}"
+        )
+    return counts
+
+
+def apply_random_masking(
+    model: nn.Module,
+    ratio: float | None = None,
+    density: float | None = None,
+    targets: str | Sequence[str] | None = None,
+    seed: int = 0,
+    structure: str = "random",
+    sampling: str = "exact",
+) -> MaskingInfo:
+    """Freeze ``model`` and make a fixed random subset of the target matrices' entries trainable.
+
+    ``ratio`` is the fraction of ALL model parameters to train (the paper's "Params"); ``density`` the
+    per-matrix fraction. ``structure="columns"`` trains whole weight columns instead of entries.
+    ``sampling="exact"`` draws exactly the planned count per matrix; ``"bernoulli"`` keeps each entry with
+    probability p as in the paper (the count then varies by about sqrt(count)).
+    """
+    _check_choice(structure, STRUCTURES, "structure")
+    _check_choice(sampling, SAMPLINGS, "sampling")
+    if any(masked_layer.is_masked(m) for m in model.modules()):
+        raise RmaskError("this model already carries Random Masking; remove or merge it first")
+    names = resolve_targets(model, targets)
+    linears = linear_modules(model)
+    for name in names:
+        if not isinstance(linears[name], nn.Linear):
+            raise RmaskError(f"target {name} is a {type(linears[name]).__name__}; only nn.Linear is supported")
+    total_params = count_parameters(model)
+    shapes = {n: tuple(linears[n].weight.shape) for n in names}
+    counts = _plan_counts(shapes, total_params, ratio, density, structure)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    achieved = {}
+    for name in names:
+        if counts[name] == 0:
+            continue
+        rows, cols = shapes[name]
+        p = counts[name] / (rows * cols)
+        flat = sample_flat_indices(shapes[name], counts[name], p, seed, name, structure, sampling)
+        masked_layer.attach(linears[name], flat, p)
+        achieved[name] = flat.numel()
+    trainable = sum(achieved.values())
+    target_params = sum(r * c for r, c in shapes.values())
+    return MaskingInfo(
+        trainable_params=trainable,
+        total_params=total_params,
+        ratio=trainable / total_params,
+        density=trainable / target_params,
+        requested_ratio=ratio,
+        seed=seed,
+        structure=structure,
+        sampling=sampling,
+        targets=names,
+        counts=achieved,
+    )
+
+
+def masked_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The layers of ``model`` that carry Random Masking deltas, by name."""
+    return {n: m for n, m in model.named_modules() if masked_layer.is_masked(m)}
+
+
+def sync_masked_weights(model: nn.Module) -> None:
+    """Refresh every effective weight from its values (needed only after editing values outside autograd)."""
+    for layer in masked_layers(model).values():
+        masked_layer.sync_weight(layer)
+
+
+def remove_random_masking(model: nn.Module, merge: bool = True) -> nn.Module:
+    """Drop the masking machinery; ``merge=True`` folds the deltas into the weights, else restores W0.
+
+    The result is a plain transformers model that saves with ``save_pretrained``.
+    """
+    layers = masked_layers(model)
+    if not layers:
+        raise RmaskError("this model carries no Random Masking to remove")
+    for layer in layers.values():
+        masked_layer.detach(layer, merge)
+    return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold the trained deltas into the base weights (see ``remove_random_masking``)."""
+    return remove_random_masking(model, merge=True)

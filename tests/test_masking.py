@@ -1,0 +1,158 @@
+"""Random Masking invariants on real transformers models: counts, frozen entries, gradients, seeds."""
+
+import pytest
+import torch
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.masking import apply_random_masking, masked_layers, merge, remove_random_masking
+from rmask_tune.masking.targets import count_parameters
+from rmask_tune.models import load_model, tiny_model
+
+RATIOS = [0.1, 0.05, 0.01, 0.005, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5]
+
+
+def lm_batch(model, batch=2, seq=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
+    return {"input_ids": ids, "labels": ids}
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt", "tiny-bert"])
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_trainable_count_matches_the_request(name, ratio):
+    model = tiny_model(name)
+    total = count_parameters(model)
+    info = apply_random_masking(model, ratio=ratio, seed=0)
+    wanted = round(ratio * total)
+    assert info.trainable_params == count_parameters(model, trainable_only=True)
+    assert abs(info.trainable_params - wanted) <= max(0.01 * wanted, len(info.targets))
+    assert info.total_params == total
+
+
+def test_count_on_real_minilm():
+    model = load_model("minilm-l6", head="base")
+    total = count_parameters(model)
+    for ratio in (0.01, 1e-5):
+        m = load_model("minilm-l6", head="base")
+        info = apply_random_masking(m, ratio=ratio)
+        assert abs(info.trainable_params - round(ratio * total)) <= max(0.01 * ratio * total, len(info.targets))
+        assert all(t.endswith(("query", "value")) for t in info.targets)
+
+
+def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero():
+    model = tiny_model("tiny-llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    apply_random_masking(model, ratio=1e-3, seed=3)
+    batch = lm_batch(model)
+    with torch.no_grad():
+        reference = tiny_model("tiny-llama")(**batch).logits
+        assert torch.equal(model(**batch).logits, reference)  # deltas start at zero
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    model.train()
+    for _ in range(3):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    layers = masked_layers(model)
+    model(**batch)  # any forward refreshes the effective weights
+    for name, p in model.named_parameters():
+        if name.endswith("rmask_values"):
+            continue
+        layer_name = name.rsplit(".", 1)[0]
+        if layer_name in layers and name.endswith("weight"):
+            layer = layers[layer_name]
+            keep = torch.ones(p.numel(), dtype=torch.bool)
+            keep[layer.rmask_flat] = False
+            assert torch.equal(p.detach().reshape(-1)[keep], before[name].reshape(-1)[keep])
+            expected = (before[name].reshape(-1)[layer.rmask_flat] + layer.rmask_values.detach())
+            assert torch.equal(p.detach().reshape(-1)[layer.rmask_flat], expected)
+            assert layer.rmask_values.abs().sum() > 0
+        else:
+            assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize("density", [0.0005, 0.02, 0.3])  # gather, sampled CSR and dense kernels
+def test_value_gradients_equal_a_dense_masked_reference(density):
+    model = tiny_model("tiny-opt")
+    reference = tiny_model("tiny-opt")
+    apply_random_masking(model, density=density, seed=5)
+    batch = lm_batch(model, batch=8, seq=32)  # 256 rows: the 2% case takes the sampled CSR path
+    model(**batch).loss.backward()
+    ref_params = dict(reference.named_parameters())
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    for name, layer in masked_layers(model).items():
+        ref_params[name + ".weight"].requires_grad_(True)
+    reference(**batch).loss.backward()
+    for name, layer in masked_layers(model).items():
+        dense = ref_params[name + ".weight"].grad.reshape(-1)[layer.rmask_flat]
+        torch.testing.assert_close(layer.rmask_values.grad, dense, rtol=1e-4, atol=1e-6)
+
+
+def test_masks_are_deterministic_from_seed_and_module_name():
+    a, b, c = (tiny_model("tiny-llama") for _ in range(3))
+    apply_random_masking(a, ratio=1e-3, seed=7)
+    apply_random_masking(b, ratio=1e-3, seed=7)
+    apply_random_masking(c, ratio=1e-3, seed=8)
+    la, lb, lc = masked_layers(a), masked_layers(b), masked_layers(c)
+    assert all(torch.equal(la[n].rmask_flat, lb[n].rmask_flat) for n in la)
+    assert not all(torch.equal(la[n].rmask_flat, lc[n].rmask_flat) for n in la)
+    names = list(la)
+    assert not torch.equal(la[names[0]].rmask_flat, la[names[2]].rmask_flat)
+
+
+def test_bernoulli_sampling_count_is_binomial():
+    model = tiny_model("tiny-llama")
+    info = apply_random_masking(model, density=0.01, sampling="bernoulli", seed=0)
+    expected = 0.01 * sum(masked_layers(model)[n].weight.numel() for n in info.targets)
+    assert abs(info.trainable_params - expected) < 5 * expected**0.5
+
+
+def test_structured_masking_trains_whole_columns():
+    model = tiny_model("tiny-llama")
+    info = apply_random_masking(model, ratio=0.01, structure="columns")
+    for layer in masked_layers(model).values():
+        rows = layer.weight.shape[0]
+        per_col = torch.bincount(layer.rmask_cols)
+        assert set(per_col[per_col > 0].tolist()) == {rows}
+    assert abs(info.ratio - 0.01) / 0.01 < 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ratio": 0}, "ratio must be in"),
+        ({"ratio": 2}, "ratio must be in"),
+        ({"ratio": 0.5}, "the target matrices hold only"),
+        ({"ratio": 1e-9}, "less than one trainable parameter"),
+        ({"ratio": 0.01, "targets": ["nope"]}, "target 'nope' matches no linear layer"),
+        ({"ratio": 0.01, "structure": "rows"}, "unknown structure 'rows'"),
+        ({"ratio": 0.01, "density": 0.1}, "exactly one of ratio"),
+    ],
+)
+def test_bad_requests_are_clear_errors(kwargs, message):
+    with pytest.raises(RmaskError, match=message):
+        apply_random_masking(tiny_model("tiny-llama"), **kwargs)
+
+
+def test_merge_gives_a_plain_model_that_saves_and_reloads(tmp_path):
+    import transformers
+
+    model = tiny_model("tiny-llama")
+    apply_random_masking(model, ratio=1e-3, targets="all-linear")
+    with torch.no_grad():
+        for layer in masked_layers(model).values():
+            layer.rmask_values.add_(0.5)
+    batch = lm_batch(model)
+    with torch.no_grad():
+        trained = model(**batch).logits
+    merge(model)
+    model.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, trained)
+    restored = tiny_model("tiny-llama")
+    apply_random_masking(restored, ratio=1e-3)
+    remove_random_masking(restored, merge=False)
+    assert all(torch.equal(p, q) for p, q in zip(restored.parameters(), tiny_model("tiny-llama").parameters()))

