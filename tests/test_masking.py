@@ -156,3 +156,33 @@ def test_merge_gives_a_plain_model_that_saves_and_reloads(tmp_path):
     apply_random_masking(restored, ratio=1e-3)
     remove_random_masking(restored, merge=False)
     assert all(torch.equal(p, q) for p, q in zip(restored.parameters(), tiny_model("tiny-llama").parameters()))
+
+
+def test_adapter_round_trip_size_and_mismatch_refusal(tmp_path):
+    from rmask_tune.masking import load_adapter, save_adapter
+
+    model = tiny_model("tiny-llama")
+    info = apply_random_masking(model, ratio=1e-3, seed=11)
+    batch = lm_batch(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(2):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        trained = model(**batch).logits
+    path = save_adapter(model, tmp_path / "adapter.safetensors", info.to_dict())
+    assert path.stat().st_size < 4 * info.trainable_params + 8192
+    with pytest.raises(RmaskError, match="already exists"):
+        save_adapter(model, path, info.to_dict())
+    fresh = tiny_model("tiny-llama")
+    loaded = load_adapter(fresh, path)
+    assert loaded["trainable_params"] == info.trainable_params
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch).logits, trained)
+    with pytest.raises(RmaskError, match="different base model"):
+        load_adapter(tiny_model("tiny-llama", seed=1), path)
+    with pytest.raises(RmaskError, match="different base model"):
+        load_adapter(tiny_model("tiny-opt"), path)

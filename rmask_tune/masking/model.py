@@ -23,6 +23,7 @@ class MaskingInfo:
     ratio: float
     density: float
     requested_ratio: float | None
+    requested_density: float | None
     seed: int
     structure: str
     sampling: str
@@ -106,6 +107,7 @@ def apply_random_masking(
         ratio=trainable / total_params,
         density=trainable / target_params,
         requested_ratio=ratio,
+        requested_density=density,
         seed=seed,
         structure=structure,
         sampling=sampling,

@@ -1,0 +1,125 @@
+"""Training-step benchmark: every method side by side in one run, as ratios to the frozen floor."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rmask_tune.masking import apply_random_masking, masked_layers
+from rmask_tune.masking.layer import detach as remove_random_masking_layer
+from rmask_tune.methods import prepare_method
+
+RM_RATIOS = (1e-2, 1e-3, 1e-4, 1e-5)
+
+
+def bench_cases(ratio_for_structured: float = 1e-2) -> list[tuple[str, dict]]:
+    """(method, options) pairs benchmarked against the frozen floor."""
+    cases = [("floor", {})]
+    cases += [("random_masking", {"ratio": r}) for r in RM_RATIOS]
+    cases += [("structured_masking", {"ratio": ratio_for_structured}), ("lora", {}), ("shira", {}), ("full", {})]
+    cases += [("dense_mask", {"ratio": 1e-3})]
+    return cases
+
+
+def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
+    """Bytes of trainable state: trainable values, their grads and the optimizer's moments."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = sum(2 * p.numel() * p.element_size() for p in params)
+    if optimizer is not None:
+        total += sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                     if torch.is_tensor(t) and t.dim() > 0)
+    return total
+
+
+def _dense_mask_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, self.weight + self.delta * self.mask, self.bias)
+
+
+def _apply_dense_mask(model: nn.Module, ratio: float) -> int:
+    """The naive implementation: a full-size trainable delta times a 0/1 mask on each q/v matrix."""
+    info = apply_random_masking(model, ratio=ratio)
+    for layer in masked_layers(model).values():
+        mask = torch.zeros(layer.weight.numel())
+        mask[layer.rmask_flat] = 1.0
+        remove_random_masking_layer(layer, merge=False)
+        layer.register_buffer("mask", mask.view_as(layer.weight))
+        layer.delta = nn.Parameter(torch.zeros_like(layer.weight))
+        layer.forward = types.MethodType(_dense_mask_forward, layer)
+    return info.trainable_params
+
+
+class _Case:
+    def __init__(self, method: str, options: dict, base: nn.Module, batch: dict):
+        self.method, self.options = method, options
+        model = copy.deepcopy(base).train()
+        if method == "dense_mask":
+            self.trainable = _apply_dense_mask(model, options["ratio"])
+            self.model = model
+        elif method == "floor":
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self.model, self.trainable = model, 0
+        else:
+            setup = prepare_method(model, method, **options)
+            self.model, self.trainable = setup.model, setup.trainable_params
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+        embeds = base.get_input_embeddings()(batch["input_ids"]).detach()
+        self.inputs = {"inputs_embeds": embeds.requires_grad_(method == "floor"), "labels": batch["labels"]}
+        self.times: list[float] = []
+
+    def step(self) -> None:
+        start = time.perf_counter()
+        loss = self.model(**self.inputs).loss
+        loss.backward()
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.times.append(time.perf_counter() - start)
+
+
+def run_bench(base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: int = 5, steps: int = 3) -> list[dict]:
+    """Time one training step per method, interleaving methods in rounds so machine noise hits all alike."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, base.config.vocab_size, (batch_size, seq_len), generator=gen)
+    batch = {"input_ids": ids, "labels": ids}
+    cases = [_Case(m, o, base, batch) for m, o in bench_cases()]
+    for case in cases:  # warm-up (also creates optimizer state)
+        case.step()
+        case.times.clear()
+    for _ in range(rounds):
+        for case in cases:
+            for _ in range(steps):
+                case.step()
+    floor = statistics.median(cases[0].times)
+    rows = []
+    for case in cases:
+        t = statistics.median(case.times)
+        rows.append({
+            "method": case.method,
+            "ratio": case.options.get("ratio"),
+            "trainable_params": case.trainable,
+            "step_time_s": t,
+            "trainable_state_bytes": _state_bytes(case.model, case.optimizer),
+            "vs_floor": t / floor,
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of benchmark rows."""
+    lines = [f"{'method':<20}{'ratio':>10}{'trainable':>12}{'step ms':>10}{'x floor':>9}{'state MiB':>11}"]
+    for r in rows:
+        ratio = f"{r['ratio']:.0e}" if r["ratio"] else "-"
+        lines.append(
+            f"{r['method']:<20}{ratio:>10}{r['trainable_params']:>12}{r['step_time_s'] * 1e3:>10.1f}"
+            f"{r['vs_floor']:>9.2f}{r['trainable_state_bytes'] / 2**20:>11.2f}"
+        )
+    return "\n".join(lines)
