@@ -75,6 +75,31 @@ class _Case:
         self.inputs = {"inputs_embeds": embeds.requires_grad_(method == "floor"), "labels": batch["labels"]}
         self.times: list[float] = []
 
+    def measure_memory(self) -> int:
+        """Peak bytes of one step: CUDA allocator peak on GPU; on CPU, weights + trainable state +
+        the activations autograd saves for backward (each storage counted once)."""
+        device = next(self.model.parameters()).device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.step()
+            return torch.cuda.max_memory_allocated(device)
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.layout == torch.strided:
+                storage = t.untyped_storage()
+                saved[storage.data_ptr()] = storage.nbytes()
+            else:  # sparse (SHiRA): values plus one int64 index per dimension
+                saved[id(t)] = t._nnz() * (t.element_size() + 8 * t.sparse_dim())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self.step()
+        weights = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
+                   for p in list(self.model.parameters()) + list(self.model.buffers())}
+        activations = sum(n for ptr, n in saved.items() if ptr not in weights)
+        return sum(weights.values()) + _state_bytes(self.model, self.optimizer) + activations
+
     def step(self) -> None:
         start = time.perf_counter()
         loss = self.model(**self.inputs).loss
@@ -91,8 +116,10 @@ def run_bench(base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: i
     ids = torch.randint(0, base.config.vocab_size, (batch_size, seq_len), generator=gen)
     batch = {"input_ids": ids, "labels": ids}
     cases = [_Case(m, o, base, batch) for m, o in bench_cases()]
-    for case in cases:  # warm-up (also creates optimizer state)
+    peak = {}
+    for case in cases:  # warm-up (also creates optimizer state), then one step measured for memory
         case.step()
+        peak[case] = case.measure_memory()
         case.times.clear()
     for _ in range(rounds):
         for case in cases:
@@ -108,6 +135,7 @@ def run_bench(base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: i
             "trainable_params": case.trainable,
             "step_time_s": t,
             "trainable_state_bytes": _state_bytes(case.model, case.optimizer),
+            "peak_mem_bytes": peak[case],
             "vs_floor": t / floor,
         })
     return rows
@@ -115,11 +143,12 @@ def run_bench(base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: i
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of benchmark rows."""
-    lines = [f"{'method':<20}{'ratio':>10}{'trainable':>12}{'step ms':>10}{'x floor':>9}{'state MiB':>11}"]
+    lines = [f"{'method':<20}{'ratio':>10}{'trainable':>12}{'step ms':>10}{'x floor':>9}{'state MiB':>11}"
+             f"{'peak MiB':>10}"]
     for r in rows:
         ratio = f"{r['ratio']:.0e}" if r["ratio"] else "-"
         lines.append(
             f"{r['method']:<20}{ratio:>10}{r['trainable_params']:>12}{r['step_time_s'] * 1e3:>10.1f}"
-            f"{r['vs_floor']:>9.2f}{r['trainable_state_bytes'] / 2**20:>11.2f}"
+            f"{r['vs_floor']:>9.2f}{r['trainable_state_bytes'] / 2**20:>11.2f}{r['peak_mem_bytes'] / 2**20:>10.1f}"
         )
     return "\n".join(lines)

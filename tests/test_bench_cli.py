@@ -24,6 +24,9 @@ def test_bench_measures_every_method_with_exact_counts():
     dense = by_method[("dense_mask", 1e-3)]
     assert dense["trainable_state_bytes"] > 100 * by_method[("random_masking", 1e-3)]["trainable_state_bytes"]
     assert all(r["step_time_s"] > 0 for r in rows)
+    floor_mem = by_method[("floor", None)]["peak_mem_bytes"]
+    assert by_method[("full", None)]["peak_mem_bytes"] > floor_mem + 3 * 4 * total  # grads + 2 moments
+    assert by_method[("random_masking", 1e-5)]["peak_mem_bytes"] < by_method[("full", None)]["peak_mem_bytes"]
 
 
 def test_cli_bench_json_and_one_line_error():
@@ -32,7 +35,7 @@ def test_cli_bench_json_and_one_line_error():
          "--batch-size", "2", "--json"], capture_output=True, text=True, check=True,
     )
     rows = json.loads(ok.stdout)
-    assert {"method", "ratio", "trainable_params", "step_time_s", "vs_floor"} <= set(rows[0])
+    assert {"method", "ratio", "trainable_params", "step_time_s", "peak_mem_bytes", "vs_floor"} <= set(rows[0])
     bad = subprocess.run(
         [sys.executable, "-m", "rmask_tune.cli", "bench", "--model", "/no/such/model"], capture_output=True, text=True
     )

@@ -17,7 +17,7 @@ def lm_batch(model, batch=2, seq=12, seed=0):
     return {"input_ids": ids, "labels": ids}
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt", "tiny-bert"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt", "tiny-bert", "tiny-vit"])
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_trainable_count_matches_the_request(name, ratio):
     model = tiny_model(name)
@@ -186,3 +186,18 @@ def test_adapter_round_trip_size_and_mismatch_refusal(tmp_path):
         load_adapter(tiny_model("tiny-llama", seed=1), path)
     with pytest.raises(RmaskError, match="different base model"):
         load_adapter(tiny_model("tiny-opt"), path)
+
+
+def test_bf16_model_trains_fp32_values_on_cpu():
+    model = tiny_model("tiny-llama", dtype=torch.bfloat16)
+    reference = tiny_model("tiny-llama", dtype=torch.float32)
+    apply_random_masking(model, density=0.02, seed=2)
+    apply_random_masking(reference, density=0.02, seed=2)
+    batch = lm_batch(model, batch=8, seq=32)
+    model(**batch).loss.backward()
+    reference(**batch).loss.backward()
+    for name, layer in masked_layers(model).items():
+        assert layer.rmask_values.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
+        ref = masked_layers(reference)[name].rmask_values.grad
+        cos = torch.nn.functional.cosine_similarity(layer.rmask_values.grad, ref, dim=0)
+        assert cos > 0.95, (name, cos)
