@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-
 import types
 
 import torch
@@ -62,12 +61,8 @@ class _Case:
         if method == "dense_mask":
             self.trainable = _apply_dense_mask(model, options["ratio"])
             self.model = model
-        elif method == "floor":
-            for p in model.parameters():
-                p.requires_grad_(False)
-            self.model, self.trainable = model, 0
-        else:
-            setup = prepare_method(model, method, **options)
+        else:  # the floor is the frozen model ("none") with gradients flowing back to its inputs
+            setup = prepare_method(model, "none" if method == "floor" else method, **options)
             self.model, self.trainable = setup.model, setup.trainable_params
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
