@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-import types
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
+from rmask_tune.errors import RmaskError
 from rmask_tune.masking import apply_random_masking, masked_layers
 from rmask_tune.masking.layer import detach as remove_random_masking_layer
 from rmask_tune.methods import prepare_method
@@ -37,21 +37,55 @@ def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> i
     return total
 
 
-def _dense_mask_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, self.weight + self.delta * self.mask, self.bias)
+class _DenseMaskedDelta(nn.Module):
+    """A weight parametrization ``W + delta * mask`` with a full-size trainable ``delta``."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.delta = nn.Parameter(torch.zeros_like(mask))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta * self.mask
 
 
 def _apply_dense_mask(model: nn.Module, ratio: float) -> int:
     """The naive implementation: a full-size trainable delta times a 0/1 mask on each q/v matrix."""
     info = apply_random_masking(model, ratio=ratio)
     for layer in masked_layers(model).values():
-        mask = torch.zeros(layer.weight.numel())
+        mask = torch.zeros(layer.weight.numel(), dtype=layer.weight.dtype, device=layer.weight.device)
         mask[layer.rmask_flat] = 1.0
         remove_random_masking_layer(layer, merge=False)
-        layer.register_buffer("mask", mask.view_as(layer.weight))
-        layer.delta = nn.Parameter(torch.zeros_like(layer.weight))
-        layer.forward = types.MethodType(_dense_mask_forward, layer)
+        parametrize.register_parametrization(layer, "weight", _DenseMaskedDelta(mask.view_as(layer.weight)))
     return info.trainable_params
+
+
+def _is_classifier(model: nn.Module) -> bool:
+    from transformers.models.auto import modeling_auto as auto
+
+    name = type(model).__name__
+    mappings = (auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
+    return any(name in mapping.values() for mapping in mappings)
+
+
+def bench_batch(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0) -> dict:
+    """Random inputs and labels for ``model``'s head, with the inputs as the float tensor the floor's
+    gradient flows back to: token embeddings for text models, pixels for vision models.
+
+    Labels are class indices for sequence / image classifiers and the input tokens for language models.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    config = model.config
+    if model.main_input_name == "pixel_values":
+        shape = (batch_size, config.num_channels, config.image_size, config.image_size)
+        inputs = {"pixel_values": torch.randn(shape, generator=gen).to(model.dtype)}
+        labels = None
+    else:
+        labels = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=gen)
+        inputs = {"inputs_embeds": model.get_input_embeddings()(labels).detach()}
+    if _is_classifier(model):
+        labels = torch.randint(0, config.num_labels, (batch_size,), generator=gen)
+    return {**inputs, "labels": labels}
 
 
 class _Case:
@@ -66,8 +100,9 @@ class _Case:
             self.model, self.trainable = setup.model, setup.trainable_params
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
-        embeds = base.get_input_embeddings()(batch["input_ids"]).detach()
-        self.inputs = {"inputs_embeds": embeds.requires_grad_(method == "floor"), "labels": batch["labels"]}
+        # Only the floor's inputs require grad: its backward runs through the whole frozen model to them.
+        self.inputs = {k: v.detach().requires_grad_(method == "floor") if v.is_floating_point() else v
+                       for k, v in batch.items()}
         self.times: list[float] = []
 
     def measure_memory(self) -> int:
@@ -106,11 +141,19 @@ class _Case:
 
 
 def run_bench(base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: int = 5, steps: int = 3) -> list[dict]:
-    """Time one training step per method, interleaving methods in rounds so machine noise hits all alike."""
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, base.config.vocab_size, (batch_size, seq_len), generator=gen)
-    batch = {"input_ids": ids, "labels": ids}
-    cases = [_Case(m, o, base, batch) for m, o in bench_cases()]
+    """Time one training step per method, interleaving methods in rounds so machine noise hits all alike.
+
+    ``base`` is a model with a loss: a causal LM, a sequence classifier or an image classifier (see
+    ``bench_batch``); ``seq_len`` is unused for image models. A method that refuses the model gets a
+    row with the reason under ``skipped`` instead of measurements.
+    """
+    batch = bench_batch(base, batch_size, seq_len)
+    cases, skipped = [], []
+    for method, options in bench_cases():
+        try:
+            cases.append(_Case(method, options, base, batch))
+        except RmaskError as error:
+            skipped.append({"method": method, "ratio": options.get("ratio"), "skipped": str(error)})
     peak = {}
     for case in cases:  # warm-up (also creates optimizer state), then one step measured for memory
         case.step()
@@ -133,7 +176,7 @@ def run_bench(base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: i
             "peak_mem_bytes": peak[case],
             "vs_floor": t / floor,
         })
-    return rows
+    return rows + skipped
 
 
 def format_table(rows: list[dict]) -> str:
@@ -142,6 +185,9 @@ def format_table(rows: list[dict]) -> str:
              f"{'peak MiB':>10}"]
     for r in rows:
         ratio = f"{r['ratio']:.0e}" if r["ratio"] else "-"
+        if "skipped" in r:
+            lines.append(f"{r['method']:<20}{ratio:>10}  skipped: {r['skipped']}")
+            continue
         lines.append(
             f"{r['method']:<20}{ratio:>10}{r['trainable_params']:>12}{r['step_time_s'] * 1e3:>10.1f}"
             f"{r['vs_floor']:>9.2f}{r['trainable_state_bytes'] / 2**20:>11.2f}{r['peak_mem_bytes'] / 2**20:>10.1f}"

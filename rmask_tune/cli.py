@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import pkgutil
 import sys
 
+from rmask_tune import commands
 from rmask_tune.errors import RmaskError
 
 
-def _bench(args: argparse.Namespace) -> None:
-    from rmask_tune.bench import format_table, run_bench
-    from rmask_tune.models import load_model
-
-    model = load_model(args.model)
-    rows = run_bench(model, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds)
-    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with all subcommands."""
+    """The argument parser with every subcommand found in ``rmask_tune.commands``."""
     parser = argparse.ArgumentParser(prog="rmask-tune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="time one training step per method against the frozen floor")
-    bench.add_argument("--model", default="tiny-llama")
-    bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--seq-len", type=int, default=64)
-    bench.add_argument("--rounds", type=int, default=5)
-    bench.add_argument("--json", action="store_true", help="print rows as JSON")
-    bench.set_defaults(run=_bench)
+    for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"rmask_tune.commands.{module}").register(sub)
     return parser
 
 

@@ -46,6 +46,24 @@ TINY_CONFIGS = {
             max_position_embeddings=512,
         ),
     ),
+    # GPT-2 keeps its projections in HF Conv1D layers (weight stored (in, out)) with a fused q/k/v c_attn.
+    "tiny-gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(
+            n_embd=256,
+            n_inner=1024,
+            n_layer=4,
+            n_head=4,
+            vocab_size=2048,
+            n_positions=512,
+            bos_token_id=0,
+            eos_token_id=0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        ),
+    ),
     "tiny-bert": (
         "BertConfig",
         "BertForSequenceClassification",
@@ -113,7 +131,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A small random-init transformers model (``tiny-llama``, ``tiny-opt``, ``tiny-bert``, ``tiny-vit``)."""
+    """A small random-init transformers model (``tiny-llama``, ``tiny-opt``, ``tiny-gpt2``, ``tiny-bert``,
+    ``tiny-vit``)."""
     import transformers
 
     config = _tiny_config(name)
@@ -145,6 +164,29 @@ def load_model(
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def default_head(name: str) -> str:
+    """The head ``name`` is naturally trained with: ``causal-lm`` for decoder language models,
+    ``image-classification`` for vision models, ``sequence-classification`` for encoders (BERT, MiniLM).
+
+    Decided from the config alone (no weights are loaded). BERT-like encoders also have a causal-LM
+    class in transformers, so a model counts as a decoder only when its config says so
+    (``is_decoder``, a causal-LM class in ``architectures``) or its type has no masked-LM head at all.
+    """
+    from transformers.models.auto import modeling_auto as auto
+
+    config = _tiny_config(name) if name in TINY_CONFIGS else _load_config(name)
+    if config is None:  # a .gguf file: GGUF holds decoder language models
+        return "causal-lm"
+    causal_lm, model_type = auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, config.model_type
+    if getattr(config, "is_decoder", False) or set(causal_lm.values()) & set(config.architectures or ()):
+        return "causal-lm"
+    if model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return "image-classification"
+    if model_type in causal_lm and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "causal-lm"
+    return "sequence-classification"
 
 
 def load_tokenizer(name: str):
@@ -194,6 +236,19 @@ def _tiny_config(name: str):
         raise RmaskError(f"unknown tiny model '{name}'; choose one of {', '.join(TINY_CONFIGS)}")
     config_cls, _, kwargs = TINY_CONFIGS[name]
     return getattr(transformers, config_cls)(**kwargs)
+
+
+def _load_config(name: str):
+    """The transformers config of a local folder or hub id; None for a ``.gguf`` file."""
+    import transformers
+
+    path = resolve_model_path(name)
+    if path.endswith(".gguf"):
+        return None
+    try:
+        return transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise RmaskError(f"cannot load the config of {_describe(name, path)}: {_first_line(error)}") from error
 
 
 def _tiny_with_head(name: str, head: str, kwargs: dict) -> nn.Module:

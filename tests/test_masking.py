@@ -1,11 +1,16 @@
-"""Random Masking invariants on real transformers models: counts, frozen entries, gradients, seeds."""
+"""Random Masking invariants on real transformers models: counts, frozen entries, gradients, seeds.
+
+tiny-gpt2 covers HF Conv1D targets (weight stored (in, out), fused q/k/v ``c_attn``).
+"""
+
+import sys
 
 import pytest
 import torch
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking import apply_random_masking, masked_layers, merge, remove_random_masking
-from rmask_tune.masking.targets import count_parameters
+from rmask_tune.masking.targets import count_parameters, out_in_shape
 from rmask_tune.models import load_model, tiny_model
 
 RATIOS = [0.1, 0.05, 0.01, 0.005, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5]
@@ -17,7 +22,7 @@ def lm_batch(model, batch=2, seq=12, seed=0):
     return {"input_ids": ids, "labels": ids}
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt", "tiny-bert", "tiny-vit"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt", "tiny-gpt2", "tiny-bert", "tiny-vit"])
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_trainable_count_matches_the_request(name, ratio):
     model = tiny_model(name)
@@ -39,13 +44,14 @@ def test_count_on_real_minilm():
         assert all(t.endswith(("query", "value")) for t in info.targets)
 
 
-def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero():
-    model = tiny_model("tiny-llama")
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(name):
+    model = tiny_model(name)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     apply_random_masking(model, ratio=1e-3, seed=3)
     batch = lm_batch(model)
     with torch.no_grad():
-        reference = tiny_model("tiny-llama")(**batch).logits
+        reference = tiny_model(name)(**batch).logits
         assert torch.equal(model(**batch).logits, reference)  # deltas start at zero
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
@@ -72,12 +78,13 @@ def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero()
             assert torch.equal(p, before[name]), name
 
 
-@pytest.mark.parametrize("density", [0.0005, 0.02, 0.3])  # gather, sampled CSR and dense kernels
-def test_value_gradients_equal_a_dense_masked_reference(density):
-    model = tiny_model("tiny-opt")
-    reference = tiny_model("tiny-opt")
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-gpt2"])
+@pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # gather, sampled CSR and dense kernels
+def test_value_gradients_equal_a_dense_masked_reference(name, density):
+    model = tiny_model(name)
+    reference = tiny_model(name)
     apply_random_masking(model, density=density, seed=5)
-    batch = lm_batch(model, batch=8, seq=32)  # 256 rows: the 2% case takes the sampled CSR path
+    batch = lm_batch(model, batch=8, seq=32)  # 256 rows: the 5% case takes the sampled CSR path
     model(**batch).loss.backward()
     ref_params = dict(reference.named_parameters())
     for p in reference.parameters():
@@ -86,6 +93,9 @@ def test_value_gradients_equal_a_dense_masked_reference(density):
         ref_params[name + ".weight"].requires_grad_(True)
     reference(**batch).loss.backward()
     for name, layer in masked_layers(model).items():
+        # rmask_flat indexes the weight as stored; rows and cols the (out, in) matrix: the same entries.
+        out_in = layer.weight.t() if name.endswith("c_attn") else layer.weight
+        assert torch.equal(layer.weight.reshape(-1)[layer.rmask_flat], out_in[layer.rmask_rows, layer.rmask_cols])
         dense = ref_params[name + ".weight"].grad.reshape(-1)[layer.rmask_flat]
         torch.testing.assert_close(layer.rmask_values.grad, dense, rtol=1e-4, atol=1e-6)
 
@@ -109,11 +119,12 @@ def test_bernoulli_sampling_count_is_binomial():
     assert abs(info.trainable_params - expected) < 5 * expected**0.5
 
 
-def test_structured_masking_trains_whole_columns():
-    model = tiny_model("tiny-llama")
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_structured_masking_trains_whole_columns(name):
+    model = tiny_model(name)
     info = apply_random_masking(model, ratio=0.01, structure="columns")
     for layer in masked_layers(model).values():
-        rows = layer.weight.shape[0]
+        rows = out_in_shape(layer)[0]  # a column of the (out, in) matrix: one input feature's fan-out
         per_col = torch.bincount(layer.rmask_cols)
         assert set(per_col[per_col > 0].tolist()) == {rows}
     assert abs(info.ratio - 0.01) / 0.01 < 0.1
@@ -136,10 +147,11 @@ def test_bad_requests_are_clear_errors(kwargs, message):
         apply_random_masking(tiny_model("tiny-llama"), **kwargs)
 
 
-def test_merge_gives_a_plain_model_that_saves_and_reloads(tmp_path):
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_merge_gives_a_plain_model_that_saves_and_reloads(name, tmp_path):
     import transformers
 
-    model = tiny_model("tiny-llama")
+    model = tiny_model(name)
     apply_random_masking(model, ratio=1e-3, targets="all-linear")
     with torch.no_grad():
         for layer in masked_layers(model).values():
@@ -152,16 +164,17 @@ def test_merge_gives_a_plain_model_that_saves_and_reloads(tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     with torch.no_grad():
         assert torch.equal(reloaded(**batch).logits, trained)
-    restored = tiny_model("tiny-llama")
+    restored = tiny_model(name)
     apply_random_masking(restored, ratio=1e-3)
     remove_random_masking(restored, merge=False)
-    assert all(torch.equal(p, q) for p, q in zip(restored.parameters(), tiny_model("tiny-llama").parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(restored.parameters(), tiny_model(name).parameters()))
 
 
-def test_adapter_round_trip_size_and_mismatch_refusal(tmp_path):
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_adapter_round_trip_size_and_mismatch_refusal(name, tmp_path):
     from rmask_tune.masking import load_adapter, save_adapter
 
-    model = tiny_model("tiny-llama")
+    model = tiny_model(name)
     info = apply_random_masking(model, ratio=1e-3, seed=11)
     batch = lm_batch(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -177,13 +190,13 @@ def test_adapter_round_trip_size_and_mismatch_refusal(tmp_path):
     assert path.stat().st_size < 4 * info.trainable_params + 8192
     with pytest.raises(RmaskError, match="already exists"):
         save_adapter(model, path, info.to_dict())
-    fresh = tiny_model("tiny-llama")
+    fresh = tiny_model(name)
     loaded = load_adapter(fresh, path)
     assert loaded["trainable_params"] == info.trainable_params
     with torch.no_grad():
         assert torch.equal(fresh(**batch).logits, trained)
     with pytest.raises(RmaskError, match="different base model"):
-        load_adapter(tiny_model("tiny-llama", seed=1), path)
+        load_adapter(tiny_model(name, seed=1), path)
     with pytest.raises(RmaskError, match="different base model"):
         load_adapter(tiny_model("tiny-opt"), path)
 
@@ -201,3 +214,105 @@ def test_bf16_model_trains_fp32_values_on_cpu():
         ref = masked_layers(reference)[name].rmask_values.grad
         cos = torch.nn.functional.cosine_similarity(layer.rmask_values.grad, ref, dim=0)
         assert cos > 0.95, (name, cos)
+
+
+def test_gpt2_default_targets_are_the_fused_c_attn_and_its_mask_spans_q_k_and_v():
+    model = tiny_model("tiny-gpt2")
+    info = apply_random_masking(model, density=0.05, seed=0)
+    assert info.targets == [f"transformer.h.{i}.attn.c_attn" for i in range(4)]
+    for layer in masked_layers(model).values():
+        hidden = layer.weight.shape[0]
+        per_part = torch.bincount(layer.rmask_rows // hidden, minlength=3)  # output rows: q, k, v blocks
+        assert per_part.numel() == 3
+        assert (abs(per_part / layer.rmask_rows.numel() - 1 / 3) < 0.05).all(), per_part
+
+
+def test_tiny_gemma_resolves_q_v_targets_with_exact_counts():
+    import transformers
+
+    if not hasattr(transformers, "Gemma3TextConfig"):
+        pytest.skip("this transformers has no Gemma 3")
+    config = transformers.Gemma3TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, vocab_size=256, max_position_embeddings=64, sliding_window=16,
+    )
+    for ratio in (1e-2, 1e-3):
+        torch.manual_seed(0)
+        model = transformers.Gemma3ForCausalLM(config).eval()
+        total = count_parameters(model)
+        info = apply_random_masking(model, ratio=ratio)
+        assert info.targets == [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
+        assert info.trainable_params == count_parameters(model, trainable_only=True) == round(ratio * total)
+    model(**lm_batch(model)).loss.backward()
+    assert all(layer.rmask_values.grad.abs().sum() > 0 for layer in masked_layers(model).values())
+
+
+@pytest.fixture
+def spops_package(tmp_path, monkeypatch):
+    """Put a package named ``spops`` with the given source first on sys.path (forgotten afterwards)."""
+
+    def install(source: str) -> None:
+        (tmp_path / "spops").mkdir(exist_ok=True)
+        (tmp_path / "spops" / "__init__.py").write_text(source)
+        sys.modules.pop("spops", None)
+        monkeypatch.syspath_prepend(str(tmp_path))
+
+    monkeypatch.delitem(sys.modules, "spops", raising=False)
+    yield install
+    sys.modules.pop("spops", None)
+
+
+def test_backend_selection_torch_auto_and_missing_spops(spops_package, monkeypatch):
+    for backend in ("torch", "auto"):  # auto falls back to torch on CPU
+        model = tiny_model("tiny-opt")
+        info = apply_random_masking(model, ratio=1e-3, backend=backend)
+        assert info.backend == "torch"
+        assert {layer.rmask_backend for layer in masked_layers(model).values()} == {"torch"}
+    with pytest.raises(RmaskError, match="unknown backend 'cuda'"):
+        apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="cuda")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])
+    model = tiny_model("tiny-opt")
+    with pytest.raises(RmaskError, match="spops kernels, which are not installed; .*github.com/IST-DASLab/spops"):
+        apply_random_masking(model, ratio=1e-3, backend="spops")
+    assert not masked_layers(model) and count_parameters(model, trainable_only=True) == count_parameters(model)
+
+
+def test_backend_spops_refuses_the_unrelated_pypi_spops_and_cpu_weights(spops_package):
+    spops_package('"""A different project that happens to be called spops."""\n')
+    with pytest.raises(RmaskError, match="is not IST-DASLab's .*no sddmm/csr_add"):
+        apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="spops")
+    spops_package("def sddmm(*args, **kwargs): ...\n\n\ndef csr_add(*args, **kwargs): ...\n")
+    with pytest.raises(RmaskError, match="runs on CUDA only and the target weights are on cpu"):
+        apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="spops")
+    assert apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="auto").backend == "torch"
+
+
+SPOPS_REFERENCE = '''
+import torch
+
+
+def sddmm(mask_row_offsets, mask_row_indices, mask_col_indices, A, BT, backend=None, return_type=None):
+    """spops' documented contract (its tests' dense reference): out[k] = <A[i], BT[j]> for the k-th (i, j)."""
+    assert backend in (None, "sputnik", "structure_aware") and mask_row_offsets.dtype == torch.int32
+    assert sorted(mask_row_indices.tolist()) == list(range(A.shape[0]))
+    rows = torch.repeat_interleave(torch.arange(A.shape[0]), torch.diff(mask_row_offsets.long()))
+    return (A[rows].float() * BT[mask_col_indices.long()].float()).sum(1)
+
+
+def csr_add(*args, **kwargs):
+    raise NotImplementedError
+'''
+
+
+def test_spops_call_passes_the_factors_in_spops_orientation(spops_package):
+    from rmask_tune.masking.backends import spops_sampled_product
+    from rmask_tune.masking.layer import attach, value_gradient
+
+    spops_package(SPOPS_REFERENCE)
+    layer = tiny_model("tiny-gpt2").transformer.h[0].attn.c_attn  # (out, in) = (768, 256), stored (256, 768)
+    gen = torch.Generator().manual_seed(0)
+    attach(layer, torch.randperm(layer.weight.numel(), generator=gen)[:3000].sort().values, 0.02)
+    grad_out, x = torch.randn(64, 768, generator=gen), torch.randn(64, 256, generator=gen)
+    expected = value_gradient(grad_out, x, layer)  # torch's own kernel
+    got = spops_sampled_product(layer.rmask_crow, layer.rmask_cols, grad_out, x)
+    torch.testing.assert_close(got, expected)

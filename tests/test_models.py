@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.models import MODEL_ALIASES, load_model, load_tokenizer, resolve_model_path, tiny_model
+from rmask_tune.models import MODEL_ALIASES, default_head, load_model, load_tokenizer, resolve_model_path, tiny_model
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,7 @@ from rmask_tune.models import MODEL_ALIASES, load_model, load_tokenizer, resolve
         ("tiny-llama", "causal-lm", "LlamaForCausalLM"),
         ("tiny-llama", "sequence-classification", "LlamaForSequenceClassification"),
         ("tiny-opt", "causal-lm", "OPTForCausalLM"),
+        ("tiny-gpt2", "causal-lm", "GPT2LMHeadModel"),
         ("tiny-bert", "sequence-classification", "BertForSequenceClassification"),
         ("tiny-bert", "base", "BertModel"),
         ("tiny-vit", "image-classification", "ViTForImageClassification"),
@@ -41,7 +42,8 @@ def test_tiny_alias_has_tiny_model_weights_and_takes_num_labels_and_dtype():
 
 
 def test_every_alias_is_described():
-    assert {"tiny-llama", "tiny-opt", "tiny-bert", "tiny-vit", "smollm2-135m", "minilm-l6"} <= MODEL_ALIASES.keys()
+    tiny = {"tiny-llama", "tiny-opt", "tiny-gpt2", "tiny-bert", "tiny-vit"}
+    assert tiny | {"smollm2-135m", "minilm-l6"} <= MODEL_ALIASES.keys()
     hub = {"opt-125m": "facebook/opt-125m", "opt-1.3b": "facebook/opt-1.3b", "opt-13b": "facebook/opt-13b"}
     hub["llama2-7b"] = "meta-llama/Llama-2-7b-hf"
     assert {alias: resolve_model_path(alias) for alias in hub} == hub
@@ -54,6 +56,35 @@ def test_tiny_alias_errors():
         load_tokenizer("tiny-llama")
     with pytest.raises(RmaskError, match="unknown head 'lm'"):
         load_model("tiny-llama", head="lm")
+
+
+@pytest.mark.parametrize(
+    "name, head",
+    [
+        ("tiny-llama", "causal-lm"),
+        ("tiny-opt", "causal-lm"),
+        ("tiny-gpt2", "causal-lm"),
+        ("tiny-bert", "sequence-classification"),
+        ("tiny-vit", "image-classification"),
+        ("minilm-l6", "sequence-classification"),  # a BERT encoder, though transformers has BertLMHeadModel
+    ],
+)
+def test_default_head_by_architecture(name, head):
+    assert default_head(name) == head
+
+
+def test_default_head_reads_saved_configs(tmp_path):
+    import transformers
+
+    tiny_model("tiny-llama").save_pretrained(tmp_path / "llama")  # architectures: LlamaForCausalLM
+    transformers.BertConfig(is_decoder=True).save_pretrained(tmp_path / "bert-decoder")
+    transformers.BertConfig(architectures=["BertLMHeadModel"]).save_pretrained(tmp_path / "bert-lm")
+    transformers.BertConfig().save_pretrained(tmp_path / "bert")
+    heads = {d: default_head(str(tmp_path / d)) for d in ("llama", "bert-decoder", "bert-lm", "bert")}
+    assert heads == {"llama": "causal-lm", "bert-decoder": "causal-lm", "bert-lm": "causal-lm",
+                     "bert": "sequence-classification"}
+    with pytest.raises(RmaskError, match="model './no-such-dir' not found"):
+        default_head("./no-such-dir")
 
 
 def test_saved_folder_loads_back_but_has_no_tokenizer(tmp_path):
@@ -120,6 +151,7 @@ def test_smollm2_converts_to_a_float32_folder_that_predicts_english(smollm2_fold
 
 def test_smollm2_second_load_reuses_the_cache(smollm2_folder):
     assert resolve_model_path("smollm2-135m") == str(smollm2_folder)
+    assert default_head("smollm2-135m") == "causal-lm"
     weights = smollm2_folder / "model.safetensors"
     before = weights.stat(), smollm2_folder.parent.stat().st_mtime_ns
     assert type(load_model("smollm2-135m")).__name__ == "LlamaForCausalLM"

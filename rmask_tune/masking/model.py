@@ -9,9 +9,10 @@ from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking import layer as masked_layer
+from rmask_tune.masking.backends import resolve_backend
 from rmask_tune.masking.budget import allocate_counts, check_ratio
 from rmask_tune.masking.sampling import SAMPLINGS, STRUCTURES, sample_flat_indices
-from rmask_tune.masking.targets import count_parameters, linear_modules, resolve_targets
+from rmask_tune.masking.targets import count_parameters, linear_modules, out_in_shape, resolve_targets
 
 
 @dataclass
@@ -29,6 +30,7 @@ class MaskingInfo:
     sampling: str
     targets: list[str]
     counts: dict[str, int] = field(default_factory=dict)
+    backend: str = "torch"
 
     def to_dict(self) -> dict:
         """A json-able copy."""
@@ -68,6 +70,7 @@ def apply_random_masking(
     seed: int = 0,
     structure: str = "random",
     sampling: str = "exact",
+    backend: str = "torch",
 ) -> MaskingInfo:
     """Freeze ``model`` and make a fixed random subset of the target matrices' entries trainable.
 
@@ -75,6 +78,9 @@ def apply_random_masking(
     per-matrix fraction. ``structure="columns"`` trains whole weight columns instead of entries.
     ``sampling="exact"`` draws exactly the planned count per matrix; ``"bernoulli"`` keeps each entry with
     probability p as in the paper (the count then varies by about sqrt(count)).
+    Targets are ``nn.Linear`` or HF ``Conv1D`` layers; masks are drawn over their (out, in) matrices.
+    ``backend`` computes the sparse value gradient: ``torch`` (default), ``spops`` (IST-DASLab's
+    kernels, CUDA only, installed from source) or ``auto`` (spops where it can run, else torch).
     """
     _check_choice(structure, STRUCTURES, "structure")
     _check_choice(sampling, SAMPLINGS, "sampling")
@@ -82,11 +88,9 @@ def apply_random_masking(
         raise RmaskError("this model already carries Random Masking; remove or merge it first")
     names = resolve_targets(model, targets)
     linears = linear_modules(model)
-    for name in names:
-        if not isinstance(linears[name], nn.Linear):
-            raise RmaskError(f"target {name} is a {type(linears[name]).__name__}; only nn.Linear is supported")
+    backend = resolve_backend(backend, linears[names[0]].weight.device)
     total_params = count_parameters(model)
-    shapes = {n: tuple(linears[n].weight.shape) for n in names}
+    shapes = {n: out_in_shape(linears[n]) for n in names}
     counts = _plan_counts(shapes, total_params, ratio, density, structure)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -97,7 +101,7 @@ def apply_random_masking(
         rows, cols = shapes[name]
         p = counts[name] / (rows * cols)
         flat = sample_flat_indices(shapes[name], counts[name], p, seed, name, structure, sampling)
-        masked_layer.attach(linears[name], flat, p)
+        masked_layer.attach(linears[name], flat, p, backend)
         achieved[name] = flat.numel()
     trainable = sum(achieved.values())
     target_params = sum(r * c for r, c in shapes.values())
@@ -113,10 +117,11 @@ def apply_random_masking(
         sampling=sampling,
         targets=names,
         counts=achieved,
+        backend=backend,
     )
 
 
-def masked_layers(model: nn.Module) -> dict[str, nn.Linear]:
+def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers of ``model`` that carry Random Masking deltas, by name."""
     return {n: m for n, m in model.named_modules() if masked_layer.is_masked(m)}
 

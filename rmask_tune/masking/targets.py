@@ -34,6 +34,12 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "weight", None), torch.Tensor)
 
 
+def out_in_shape(module: nn.Module) -> tuple[int, int]:
+    """The (out_features, in_features) shape of a linear-like module's weight, whatever its storage layout."""
+    rows, cols = module.weight.shape
+    return (cols, rows) if is_conv1d(module) else (rows, cols)
+
+
 def _in_block(name: str) -> bool:
     """A module inside a repeated transformer block has a numeric path component (``layers.3``)."""
     return any(part.isdigit() for part in name.split("."))
@@ -55,7 +61,11 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def default_qv_targets(model: nn.Module) -> list[str]:
-    """The attention query and value projections, found by their names in the architecture."""
+    """The attention query and value projections, found by their names in the architecture.
+
+    Models with a fused projection (GPT-2's ``c_attn``, ``query_key_value``, ``qkv_proj``) get the whole
+    fused matrix: its mask then spreads over the q, k and v parts alike (keys included), in proportion to size.
+    """
     linears = linear_modules(model)
     leaves = {name.rsplit(".", 1)[-1] for name in linears}
     for q_name, v_name in QV_NAME_PAIRS:

@@ -38,7 +38,7 @@ def wrap_with_peft(model: nn.Module, method: str, config_cls: type, details: dic
     task_type = peft_task_type(model)
     try:
         peft_model = get_peft_model(model, config_cls(task_type=task_type, **config))
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise RmaskError(f"{method}: {' '.join(str(exc).split())}") from exc
     task = task_type.value if task_type is not None else None
     return MethodSetup.measure(method, peft_model, total, {**details, "task_type": task})

@@ -1,0 +1,298 @@
+"""Hessian of a training loss with respect to the Random Masking values: HVPs and power iteration.
+
+Two ways to multiply the Hessian by a vector:
+
+- ``fd`` (default): a central difference of gradients, ``(g(theta + h v) - g(theta - h v)) / (2 h)``,
+  through the masked layers' own autograd Function (their sparse value gradient is not twice
+  differentiable). The step is relative to the trained parameters: ``h = fd_step * (1 + ||theta||)``
+  for a unit ``v``, where ``theta`` are the effective weights ``W0 + delta`` at the masked entries.
+- ``exact``: double backward (Pearlmutter's trick). Each masked layer temporarily gets a differentiable
+  forward that adds the values onto a copy of its frozen weight (a dense copy per call), and attention
+  runs on PyTorch's math kernel, the one with a second derivative.
+
+Two ways to find the top (largest algebraic) eigenvalue from HVPs:
+
+- ``lanczos`` (default): Lanczos with full reorthogonalization; the top Ritz value, stopped when its
+  residual ``||H x - theta x||`` falls below ``tol`` times its magnitude. It finds
+  the top eigenvalue even when negative curvature dominates the spectrum (as at random init).
+- ``power``: power iteration; when the dominant eigenvalue is negative, a second run on the shifted
+  ``H - lambda I`` finds the top, which converges slowly when the spectrum is wide (it then reports
+  ``converged=False`` once the budget is spent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.masking import masked_layers
+from rmask_tune.masking.layer import sync_weight
+
+HVP_METHODS = ("fd", "exact")
+SOLVERS = ("lanczos", "power")
+HVP_DESCRIPTIONS = {
+    "fd": "central finite differences of gradients (step fd_step * (1 + ||W0 + delta||) along a unit vector)",
+    "exact": "exact Hessian-vector products by double backward through a differentiable masked forward",
+}
+
+
+@dataclass
+class Eigenvalue:
+    """The top (largest algebraic) eigenvalue an iterative solver found, and how it got there.
+
+    ``iterations`` counts HVPs; ``converged`` says the stopping test passed within the budget;
+    ``history`` is the estimate after each HVP; ``bottom`` (Lanczos only) is the lowest Ritz value;
+    ``shifted`` (power only): the dominant eigenvalue was negative and the top came from ``H - lambda I``.
+    """
+
+    eigenvalue: float
+    iterations: int
+    converged: bool
+    solver: str
+    history: list[float] = field(default_factory=list)
+    bottom: float | None = None
+    shifted: bool = False
+
+
+class MaskedHessian:
+    """The mean loss over fixed ``batches`` as a function of the masked values of ``model``.
+
+    ``loss_fn(batch)`` returns a scalar loss through ``model``. Vectors are flat float64 tensors over
+    the values of every masked layer, in ``masked_layers`` order.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[object], torch.Tensor],
+        batches: Iterable,
+        *,
+        hvp: str = "fd",
+        fd_step: float = 1e-2,
+    ):
+        if hvp not in HVP_METHODS:
+            raise RmaskError(f"unknown HVP method '{hvp}'; choose one of {', '.join(HVP_METHODS)}")
+        if not fd_step > 0:
+            raise RmaskError(f"fd_step must be positive, got {fd_step}")
+        self.layers = list(masked_layers(model).values())
+        if not self.layers:
+            raise RmaskError("the model carries no Random Masking values to probe (use a masking method)")
+        self.loss_fn = loss_fn
+        self.batches = list(batches)
+        if not self.batches:
+            raise RmaskError("the Hessian probe needs at least one batch")
+        self.method = hvp
+        self.fd_step = fd_step
+        self.params = [layer.rmask_values for layer in self.layers]
+        self.dim = sum(p.numel() for p in self.params)
+        self.device = self.params[0].device
+
+    def _flat(self, tensors) -> torch.Tensor:
+        return torch.cat([t.reshape(-1).to(self.device, torch.float64) for t in tensors])
+
+    def _split(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        parts = vector.split([p.numel() for p in self.params])
+        return [part.view_as(p).to(p.dtype) for part, p in zip(parts, self.params)]
+
+    def loss(self) -> float:
+        """The mean loss over the batches."""
+        with torch.no_grad():
+            return sum(float(self.loss_fn(batch)) for batch in self.batches) / len(self.batches)
+
+    def gradient(self) -> torch.Tensor:
+        """The gradient of the mean loss with respect to the values."""
+        total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        for batch in self.batches:
+            grads = torch.autograd.grad(self.loss_fn(batch), self.params, allow_unused=True)
+            total += self._flat(g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params))
+        return total / len(self.batches)
+
+    def parameter_norm(self) -> float:
+        """``||W0 + delta||`` over the masked entries: the scale of the finite-difference step."""
+        weights = (layer.rmask_base.float() + layer.rmask_values.detach() for layer in self.layers)
+        return math.sqrt(sum(float(w.pow(2).sum()) for w in weights))
+
+    def step_size(self) -> float:
+        """The finite-difference step along a unit vector."""
+        return self.fd_step * (1.0 + self.parameter_norm())
+
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        """The Hessian times ``vector``."""
+        return self._fd_hvp(vector) if self.method == "fd" else self._exact_hvp(vector)
+
+    def _fd_hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        norm = float(vector.norm())
+        if norm == 0:
+            return torch.zeros_like(vector)
+        h = self.step_size() / norm
+        saved = [p.detach().clone() for p in self.params]
+        try:
+            gradients = []
+            for sign in (1.0, -1.0):
+                with torch.no_grad():  # in-place updates bump the version, so the layers resync their weight
+                    for p, start, part in zip(self.params, saved, self._split(sign * h * vector)):
+                        p.copy_(start + part)
+                gradients.append(self.gradient())
+        finally:
+            with torch.no_grad():
+                for p, start in zip(self.params, saved):
+                    p.copy_(start)
+        return (gradients[0] - gradients[1]) / (2 * h)
+
+    def _exact_hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        parts = self._split(vector)
+        total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        with differentiable_values(self.layers), sdpa_kernel(SDPBackend.MATH):
+            for batch in self.batches:
+                grads = torch.autograd.grad(self.loss_fn(batch), self.params, create_graph=True)
+                dot = sum((g * part).sum() for g, part in zip(grads, parts))
+                total += self._flat(torch.autograd.grad(dot, self.params, allow_unused=True))
+        return total / len(self.batches)
+
+    def dense(self) -> torch.Tensor:
+        """The full (symmetrized) Hessian, one HVP per value: only for masks of a few dozen values."""
+        basis = torch.eye(self.dim, dtype=torch.float64, device=self.device)
+        matrix = torch.stack([self.hvp(basis[i]) for i in range(self.dim)], dim=1)
+        return (matrix + matrix.T) / 2
+
+    def top_eigenvalue(
+        self, *, solver: str = "lanczos", iters: int = 20, tol: float = 1e-3, seed: int = 0
+    ) -> Eigenvalue:
+        """The top eigenvalue by :func:`lanczos` or :func:`power_iteration` from a seeded random start."""
+        if solver not in SOLVERS:
+            raise RmaskError(f"unknown eigenvalue solver '{solver}'; choose one of {', '.join(SOLVERS)}")
+        find = lanczos if solver == "lanczos" else power_iteration
+        return find(self.hvp, self.dim, iters=iters, tol=tol, seed=seed, device=self.device)
+
+
+def _start(dim: int, seed: int, device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    vector = torch.randn(dim, generator=generator, dtype=torch.float64).to(device)
+    return vector / vector.norm()
+
+
+def _check_iters(iters: int) -> None:
+    if iters < 1:
+        raise RmaskError(f"the eigenvalue solver needs at least one iteration, got {iters}")
+
+
+def lanczos(
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    *,
+    iters: int = 20,
+    tol: float = 1e-3,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Eigenvalue:
+    """The top eigenvalue of the symmetric operator ``hvp`` by Lanczos (at most ``iters`` products).
+
+    Keeps every Lanczos vector (``iters x dim`` float64) for full reorthogonalization. Stops when the top
+    Ritz pair's residual is at most ``tol`` times the top Ritz value's magnitude, or the Krylov space is
+    exhausted (then the Ritz values are exact).
+    """
+    _check_iters(iters)
+    basis = [_start(dim, seed, device)]
+    alphas: list[float] = []
+    betas: list[float] = []
+    history: list[float] = []
+    for step in range(1, min(iters, dim) + 1):
+        w = hvp(basis[-1])
+        alphas.append(float(basis[-1] @ w))
+        for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
+            stacked = torch.stack(basis)
+            w = w - stacked.T @ (stacked @ w)
+        beta = float(w.norm())
+        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
+        ritz, vectors = torch.linalg.eigh(tridiagonal)
+        history.append(float(ritz[-1]))
+        exhausted = beta <= 1e-12 * float(ritz.abs().max()) or step == dim
+        if exhausted or beta * abs(float(vectors[-1, -1])) <= tol * abs(history[-1]):
+            return Eigenvalue(history[-1], step, True, "lanczos", history, bottom=float(ritz[0]))
+        betas.append(beta)
+        basis.append(w / beta)
+    return Eigenvalue(history[-1], len(history), False, "lanczos", history, bottom=float(ritz[0]))
+
+
+def power_iteration(
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    *,
+    iters: int = 20,
+    tol: float = 1e-3,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Eigenvalue:
+    """The top eigenvalue of the symmetric operator ``hvp`` by power iteration (at most ``iters`` products
+    per run).
+
+    Stops when the estimate changes by less than ``tol`` (relative). If the dominant eigenvalue is
+    negative, a second run on ``H - lambda I`` (whose dominant eigenvalue is then the top one, shifted)
+    finds the top.
+    """
+    _check_iters(iters)
+    first = _power(hvp, dim, iters, tol, seed, device, 0.0)
+    if first.eigenvalue >= 0:
+        return first
+    shift = first.eigenvalue
+    second = _power(lambda v: hvp(v) - shift * v, dim, iters, tol, seed, device, shift)
+    return Eigenvalue(
+        second.eigenvalue, first.iterations + second.iterations, second.converged, "power",
+        first.history + second.history, shifted=True,
+    )  # fmt: skip
+
+
+def _power(hvp, dim, iters, tol, seed, device, shift: float) -> Eigenvalue:
+    """Power iteration on ``hvp`` (which applies ``H - shift I``); estimates are of ``H``'s eigenvalue."""
+    vector = _start(dim, seed, device)
+    history: list[float] = []
+    for step in range(1, iters + 1):
+        product = hvp(vector)
+        history.append(float(vector @ product) + shift)
+        if step > 1 and abs(history[-1] - history[-2]) <= tol * abs(history[-1]):
+            return Eigenvalue(history[-1], step, True, "power", history)
+        size = product.norm()
+        if size == 0:
+            return Eigenvalue(history[-1], step, True, "power", history)
+        vector = product / size
+    return Eigenvalue(history[-1], iters, False, "power", history)
+
+
+def _differentiable_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The masked forward with a second derivative: the frozen weight plus the values (zero-valued here)."""
+    if self.rmask_values._version != self.rmask_synced_version:
+        sync_weight(self)
+    values = self.rmask_values
+    # The weight already holds W0 + values at the masked entries; adding (values - values) keeps the
+    # numbers identical and makes the output a differentiable function of the values.
+    delta = (values - values.detach()).to(self.weight.dtype)
+    weight = self.weight.detach().reshape(-1).index_add(0, self.rmask_flat, delta).view_as(self.weight)
+    if self.rmask_transposed:  # HF Conv1D stores (in, out): y = x W + b
+        return x @ weight + self.bias
+    return F.linear(x, weight, self.bias)
+
+
+@contextlib.contextmanager
+def differentiable_values(layers: list[nn.Module]):
+    """Give the masked ``layers`` a twice-differentiable forward for the duration of the block."""
+    saved = [layer.forward for layer in layers]
+    try:
+        for layer in layers:
+            layer.forward = types.MethodType(_differentiable_forward, layer)
+        yield
+    finally:
+        for layer, forward in zip(layers, saved):
+            layer.forward = forward

@@ -1,0 +1,37 @@
+"""``rmask-tune bench``: time one training step per method against the frozen floor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HEAD_CHOICES = ("auto", "causal-lm", "sequence-classification", "image-classification")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from rmask_tune.bench import format_table, run_bench
+    from rmask_tune.models import default_head, load_model
+
+    head = default_head(args.model) if args.head == "auto" else args.head
+    model = load_model(args.model, head=head)
+    print(f"bench: {args.model} as {type(model).__name__} ({head} head)", file=sys.stderr)
+    rows = run_bench(model, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds)
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand."""
+    bench = sub.add_parser("bench", help="time one training step per method against the frozen floor")
+    bench.add_argument("--model", default="tiny-llama")
+    bench.add_argument(
+        "--head",
+        choices=HEAD_CHOICES,
+        default="auto",
+        help="auto: causal-lm for decoders, sequence-classification for encoders, image-classification for ViT",
+    )
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--seq-len", type=int, default=64)
+    bench.add_argument("--rounds", type=int, default=5)
+    bench.add_argument("--json", action="store_true", help="print rows as JSON")
+    bench.set_defaults(run=_run)

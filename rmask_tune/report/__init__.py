@@ -1,0 +1,62 @@
+"""Sweep reports: results table, LR sensitivity, the optimal-LR-vs-sparsity law, compute.
+
+``build_report(source)`` reads a sweep's MLflow runs and writes ``index.html`` (self-contained),
+``README.md``, the PNG figures and ``law.json`` into one folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.law import Law
+from rmask_tune.report.runs import Source, load_trials, resolve_source
+from rmask_tune.report.summary import Summary, slug, summarize
+
+
+def _summary(where: Source, bootstrap: int, seed: int) -> Summary:
+    trials, unreadable = load_trials(where)
+    return summarize(trials, where.experiment, where.tracking_uri, unreadable=unreadable,
+                     bootstrap=bootstrap, seed=seed)
+
+
+def load_summary(source: str, tracking_uri: str | None = None, *, bootstrap: int = 1000, seed: int = 0) -> Summary:
+    """Resolve ``source`` (experiment name, sweep folder or sweep YAML) and summarise its trials."""
+    return _summary(resolve_source(source, tracking_uri), bootstrap, seed)
+
+
+def law_of(summary: Summary) -> Law:
+    """The summary's law, stamped with where and when it was fitted."""
+    law = summary.law
+    law.data = {"experiment": summary.experiment, "tracking_uri": summary.tracking_uri,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **law.data}
+    return law
+
+
+def build_report(source: str, tracking_uri: str | None = None, out: str | Path | None = None, *,
+                 overwrite: bool = False, bootstrap: int = 1000, seed: int = 0) -> Path:
+    """Write the report folder (default ``reports/<experiment>``) and return it. A folder that already
+    holds files is refused unless ``overwrite``; everything is computed before anything is written."""
+    from rmask_tune.report.figures import figures
+    from rmask_tune.report.render import blocks, to_html, to_markdown
+
+    where = resolve_source(source, tracking_uri)
+    out = Path(out) if out is not None else Path("reports") / slug(where.experiment)
+    if out.exists() and not out.is_dir():
+        raise RmaskError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise RmaskError(f"report folder {out} already holds files; pass --overwrite or choose another --out")
+    summary = _summary(where, bootstrap, seed)
+    pngs = figures(summary)
+    law = law_of(summary)
+    title = f"rmask-tune report: {summary.experiment}"
+    content = blocks(summary, set(pngs))
+    page, markdown = to_html(title, content, pngs), to_markdown(title, content)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in pngs.items():
+        (out / name).write_bytes(data)
+    law.save(out / "law.json")
+    (out / "README.md").write_text(markdown)
+    (out / "index.html").write_text(page)
+    return out

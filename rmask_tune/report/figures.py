@@ -1,0 +1,181 @@
+"""The report's figures as PNG bytes (matplotlib's Agg canvas; no pyplot, no display)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from rmask_tune.report.summary import LAW_METHOD, Summary, row_label, slug
+
+SCALE = 100  # metrics are shown x100, as in the paper
+
+
+def _figure(panels: int, width: float = 4.6, height: float = 3.4, cols: int = 3):
+    from matplotlib.figure import Figure
+
+    cols = min(cols, panels)
+    rows = math.ceil(panels / cols)
+    fig = Figure(figsize=(width * cols, height * rows), dpi=90, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:panels]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _ratio_colours(ratios):
+    from matplotlib import colormaps
+
+    ratios = sorted(ratios)
+    cmap = colormaps["viridis"]
+    span = len(ratios) - 1 or 1
+    return {r: cmap(0.85 * i / span) for i, r in enumerate(ratios)}
+
+
+def lr_sensitivity(summary: Summary, model: str) -> bytes:
+    """Dev metric vs LR per task: a line per ratio, baselines dashed, diverged trials as red crosses,
+    ASHA-stopped trials as hollow circles, the estimated optimum as a triangle."""
+    curves = [c for c in summary.curves.values() if c.model == model and c.dev]
+    tasks = sorted({c.task for c in curves})
+    fig, axes = _figure(max(len(tasks), 1))
+    colours = _ratio_colours({c.ratio for c in curves if c.ratio is not None})
+    baseline_styles = iter(["tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"] * 4)
+    baseline_colour = {}
+    for ax, task in zip(axes, tasks):
+        mine = sorted((c for c in curves if c.task == task),
+                      key=lambda c: (c.ratio is not None, c.method, -(c.ratio or 0)))
+        for c in mine:
+            if None in c.dev:  # a method without a learning rate: its level across the axis
+                ax.axhline(np.mean(c.dev[None]) * SCALE, color="0.5", linestyle=":", label=row_label(c.method, c.ratio))
+                continue
+            lrs = list(c.dev)
+            mean = np.array([np.mean(c.dev[lr]) for lr in lrs]) * SCALE
+            std = np.array([np.std(c.dev[lr]) for lr in lrs]) * SCALE
+            if c.ratio is None:
+                colour = baseline_colour.setdefault(c.method, next(baseline_styles))
+                style = "--"
+            else:
+                colour, style = colours[c.ratio], "-"
+            ax.errorbar(lrs, mean, yerr=std, color=colour, linestyle=style, marker="o", markersize=3,
+                        capsize=2, label=row_label(c.method, c.ratio))
+            for lr in lrs:
+                for t in c.trials[lr]:
+                    y = (t.dev if t.dev is not None else min(min(v) for v in c.dev.values())) * SCALE
+                    if t.status == "diverged":
+                        ax.plot(lr, y, "x", color="red", markersize=8, markeredgewidth=2)
+                    elif t.status == "stopped":
+                        ax.plot(lr, y, "o", markerfacecolor="none", color="0.45", markersize=7)
+            if c.method == LAW_METHOD and c.optimum is not None and not c.optimum.at_edge:
+                ax.plot(c.optimum.lr, mean.max(), "v", color=colour, markersize=8)
+        ax.set_xscale("log")
+        ax.set_title(f"{model} · {task}", fontsize=10)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(f"dev {mine[0].metric} (x{SCALE})")
+        ax.grid(alpha=0.3, which="both")
+    legend = {}
+    for ax in axes:  # every line once, whichever panel drew it
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
+    from matplotlib.lines import Line2D
+
+    handles += [Line2D([], [], marker="x", color="red", linestyle="none", markeredgewidth=2),
+                Line2D([], [], marker="o", markerfacecolor="none", color="0.45", linestyle="none"),
+                Line2D([], [], marker="v", color="0.3", linestyle="none")]
+    labels += ["diverged", "stopped early (ASHA)", "estimated optimum"]
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    return _png(fig)
+
+
+def law(summary: Summary) -> bytes:
+    """Optimal LR vs trainable ratio (log-log): a panel per model and one pooled, each with its
+    fitted line and 95% confidence band; grid-edge optima are drawn hollow (not fitted)."""
+    law_ = summary.law
+    drawn = law_.data["points"] + [e for e in law_.data["excluded"] if "lr" in e]
+    models = sorted({p["model"] for p in drawn})
+    panels = [(m, law_.models.get(m), [m]) for m in models]
+    if len(models) > 1 or not panels:
+        panels.append(("pooled (all models and tasks)", law_.pooled, models))
+    fig, axes = _figure(len(panels), width=5.0, height=3.8)
+    tasks = sorted({p["task"] for p in law_.data["points"]} | {e["task"] for e in law_.data["excluded"]})
+    task_colour = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
+    for ax, (title, fit, members) in zip(axes, panels):
+        for p in (p for p in law_.data["points"] if p["model"] in members):
+            low, high = p["lr"] - 10 ** (p["log10_lr"] - p["se"]), 10 ** (p["log10_lr"] + p["se"]) - p["lr"]
+            ax.errorbar(p["ratio"], p["lr"], yerr=[[low], [high]], fmt="o", color=task_colour[p["task"]], capsize=2)
+        for e in (e for e in law_.data["excluded"] if e["model"] in members and "lr" in e):
+            ax.plot(e["ratio"], e["lr"], "o", markerfacecolor="none", color=task_colour[e["task"]], markersize=8)
+        if fit is not None:
+            lo_r, hi_r = fit.ratio_range
+            xs = np.logspace(math.log10(lo_r) - 0.3, math.log10(hi_r) + 0.3, 60)
+            band_lo, band_hi = fit.band(xs)
+            ax.fill_between(xs, 10**band_lo, 10**band_hi, color="0.6", alpha=0.35, linewidth=0)
+            ax.plot(xs, 10 ** (fit.a + fit.b * np.log10(xs)), color="black")
+            ax.text(0.03, 0.04, f"b = {fit.b:.3f} [{fit.b_ci[0]:.3f}, {fit.b_ci[1]:.3f}]\n"
+                                f"a = {fit.a:.3f} [{fit.a_ci[0]:.3f}, {fit.a_ci[1]:.3f}]\n"
+                                f"R² = {fit.r2:.3f}, n = {len(fit.points)}",
+                    transform=ax.transAxes, fontsize=8, family="monospace",
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
+        else:
+            ax.text(0.5, 0.5, "no fit (fewer than two ratios)", transform=ax.transAxes, ha="center", color="0.4")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("trainable ratio")
+        ax.set_ylabel("optimal learning rate")
+        ax.grid(alpha=0.3, which="both")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", color=task_colour[t], linestyle="none") for t in tasks]
+    handles += [Line2D([], [], marker="o", markerfacecolor="none", color="0.3", linestyle="none")]
+    fig.legend(handles, tasks + ["best LR at grid edge (not fitted)"], loc="outside right upper", fontsize=8)
+    return _png(fig)
+
+
+def params_vs_performance(summary: Summary) -> bytes:
+    """Average test metric (over the tasks each row has) vs trainable parameters, every method;
+    rows missing some tasks are drawn hollow. Methods training nothing are a horizontal line."""
+    fig, axes = _figure(len(summary.models), width=5.2, height=3.8)
+    for ax, model in zip(axes, summary.models):
+        rows = [r for r in summary.rows if r.model == model]
+        series: dict[str, list] = {}
+        for r in rows:
+            avg, covered = r.average(summary.tasks)
+            if avg is None:
+                continue
+            if not r.trainable_params:
+                ax.axhline(avg * SCALE, color="0.5", linestyle=":", label=r.label)
+                continue
+            series.setdefault(r.method, []).append((r.trainable_params, avg * SCALE, covered == len(summary.tasks)))
+        for i, (method, pts) in enumerate(sorted(series.items())):
+            pts.sort()
+            xs, ys, full = zip(*pts)
+            colour = f"C{i % 10}"
+            ax.plot(xs, ys, "-" if len(pts) > 1 else "none", color=colour, label=row_label(method, None))
+            ax.scatter(xs, ys, color=[colour if f else "none" for f in full], edgecolors=colour, zorder=3)
+        ax.set_xscale("log")
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel(f"average test metric (x{SCALE})")
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def figures(summary: Summary) -> dict[str, bytes]:
+    """Every figure by file name."""
+    out = {f"lr_sensitivity_{slug(m)}.png": lr_sensitivity(summary, m) for m in summary.models
+           if any(c.model == m and c.dev for c in summary.curves.values())}
+    if summary.law.data["points"] or summary.law.data["excluded"]:
+        out["law.png"] = law(summary)
+    if any(r.average(summary.tasks)[0] is not None for r in summary.rows):
+        out["params_vs_performance.png"] = params_vs_performance(summary)
+    return out

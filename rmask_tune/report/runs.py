@@ -1,0 +1,165 @@
+"""Read a sweep's trials back from its MLflow store (the schema the sweep writes)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rmask_tune.errors import RmaskError
+
+TERMINAL = ("finished", "diverged", "stopped")
+
+
+@dataclass
+class Trial:
+    """One trial (an MLflow child run), with the numbers a report needs."""
+
+    run_id: str
+    trial_id: str
+    status: str  # finished | diverged | stopped | errored | running
+    model: str
+    task: str
+    method: str
+    ratio: float | None  # None for methods without a ratio (baselines)
+    lr: float | None  # None for a method that trains nothing
+    seed: int
+    metric: str
+    dev: float | None  # best dev metric so far
+    test: float | None
+    epochs: int  # epochs completed
+    planned_epochs: int | None
+    wall_time_s: float | None
+    trainable_params: int | None
+    total_params: int | None
+    start_time: int
+
+    @property
+    def trainable_fraction(self) -> float | None:
+        if self.trainable_params is None or not self.total_params:
+            return self.ratio
+        return self.trainable_params / self.total_params
+
+
+@dataclass
+class Source:
+    """Where a sweep's runs live."""
+
+    tracking_uri: str
+    experiment: str
+
+
+def resolve_source(source: str, tracking_uri: str | None = None) -> Source:
+    """Turn an experiment name, a sweep folder or a sweep YAML into a tracking URI and experiment name.
+
+    A folder must hold ``mlflow.db`` (the sweep's default store); its experiment is the only one in
+    the store, or the folder's name. A YAML file is read with the sweep's own loader.
+    """
+    path = Path(source)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        from rmask_tune.sweep import load_space
+
+        space = load_space(path)
+        return Source(tracking_uri or space.tracking_uri, space.experiment_name)
+    if path.is_dir():
+        db = path / "mlflow.db"
+        if not db.is_file() and tracking_uri is None:
+            raise RmaskError(f"sweep folder {path} has no mlflow.db; pass --tracking-uri")
+        uri = tracking_uri or f"sqlite:///{db.resolve()}"
+        names = _experiment_names(uri)
+        if len(names) == 1:
+            return Source(uri, names[0])
+        if path.resolve().name in names:
+            return Source(uri, path.resolve().name)
+        raise RmaskError(f"{db} holds experiments {', '.join(names) or 'none'}; name one instead of the folder")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise RmaskError(f"{source!r} is not a sweep folder or YAML file; for an experiment name pass --tracking-uri")
+    return Source(uri, source)
+
+
+def _client(uri: str):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if not db.is_file():  # MLflow would silently create an empty store
+            raise RmaskError(f"no MLflow store at {db}")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_names(uri: str) -> list[str]:
+    return [e.name for e in _client(uri).search_experiments() if e.name != "Default"]
+
+
+def _num(value, cast=float):
+    if value in (None, "", "none", "None", "null"):
+        return None
+    try:
+        return cast(float(value)) if cast is int else cast(value)
+    except ValueError:
+        return None
+
+
+def load_trials(source: Source) -> tuple[list[Trial], int]:
+    """Every trial run in the experiment (``rmask.role`` = trial), newest first, and how many runs
+    were unreadable (no ``model``/``task`` param).
+
+    Stopped or running trials may lack the final metrics: their best dev metric and epoch count
+    come from the ``dev_metric`` history.
+    """
+    client = _client(source.tracking_uri)
+    experiment = client.get_experiment_by_name(source.experiment)
+    if experiment is None:
+        known = ", ".join(_experiment_names(source.tracking_uri)) or "none"
+        raise RmaskError(f"no experiment {source.experiment!r} in {source.tracking_uri} (experiments: {known})")
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id], filter_string="tags.`rmask.role` = 'trial'",
+            max_results=5000, page_token=token, order_by=["attributes.start_time DESC"],
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    readable = [r for r in runs if {"model", "task"} <= set(r.data.params)]
+    return [_trial(client, run) for run in readable], len(runs) - len(readable)
+
+
+def _trial(client, run) -> Trial:
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    dev, epochs = metrics.get("best_dev_metric"), _num(metrics.get("epochs_completed"), int)
+    if dev is None or epochs is None:
+        history = client.get_metric_history(run.info.run_id, "dev_metric")
+        values = [m.value for m in history]
+        dev = dev if dev is not None else (max(values) if values else None)
+        epochs = epochs if epochs is not None else len({m.step for m in history})
+    wall = metrics.get("wall_time_s")
+    if wall is None and run.info.end_time:
+        wall = (run.info.end_time - run.info.start_time) / 1000
+    status = tags.get("rmask.status") or ("running" if run.info.status == "RUNNING" else "errored")
+    ratio = _num(params.get("ratio"))
+    if ratio is None and _num(params.get("density")) is not None:  # a mask given by density
+        ratio = metrics.get("trainable_fraction")
+    return Trial(
+        run_id=run.info.run_id,
+        trial_id=tags.get("rmask.trial_id", run.info.run_id),
+        status=status,
+        model=params["model"],
+        task=params["task"],
+        method=params.get("method", "random_masking"),
+        ratio=ratio,
+        lr=_num(params.get("lr")),
+        seed=_num(params.get("seed"), int) or 0,
+        metric=params.get("metric", "metric"),
+        dev=dev,
+        test=metrics.get("test_metric"),
+        epochs=epochs,
+        planned_epochs=_num(params.get("epochs"), int),
+        wall_time_s=wall,
+        trainable_params=_num(params.get("trainable_params"), int),
+        total_params=_num(params.get("total_params"), int),
+        start_time=run.info.start_time or 0,
+    )

@@ -1,0 +1,267 @@
+"""What a sweep found: best-dev LR per curve, the results table, optimal LRs and the law, compute,
+and what is missing. Pure data (no plotting, no MLflow)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.law import Fit, Law, Optimum, estimate_optimum, fit_law
+from rmask_tune.report.runs import TERMINAL, Trial
+
+LAW_METHOD = "random_masking"
+METHOD_NAMES = {
+    "random_masking": "Random Masking", "structured_masking": "Structured Masking", "full": "Full FT",
+    "lora": "LoRA", "adalora": "AdaLoRA", "prefix": "Prefix", "bitfit": "BitFit", "shira": "SHiRA",
+    "none": "Frozen",
+}
+
+
+def fmt_lr(lr: float | None) -> str:
+    return "—" if lr is None else f"{lr:.2g}"
+
+
+def fmt_pct(fraction: float | None) -> str:
+    if fraction is None:
+        return "—"
+    return np.format_float_positional(fraction * 100, precision=3, unique=True, fractional=False, trim="-") + "%"
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name-safe string."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def row_label(method: str, ratio: float | None) -> str:
+    name = METHOD_NAMES.get(method, method)
+    return name if ratio is None else f"{name} {fmt_pct(ratio)}"
+
+
+@dataclass
+class Curve:
+    """The trials of one (model, task, method, ratio) across learning rates."""
+
+    model: str
+    task: str
+    method: str
+    ratio: float | None
+    metric: str
+    dev: dict[float | None, list[float]]  # selection values (best dev metric) per LR, one per seed; LR order
+    trials: dict[float | None, list[Trial]]
+    best_lr: float | None = None
+    test: list[float] = field(default_factory=list)  # test metrics at the best-dev LR
+    optimum: Optimum | None = None
+
+
+@dataclass
+class Row:
+    """One row of the results table: a model, a method and (for masking) a ratio."""
+
+    model: str
+    method: str
+    ratio: float | None
+    trainable_fraction: float | None
+    trainable_params: int | None
+    cells: dict[str, Curve]  # by task
+
+    @property
+    def label(self) -> str:
+        return row_label(self.method, self.ratio)
+
+    def average(self, tasks: list[str]) -> tuple[float | None, int]:
+        """Mean over tasks of the per-task mean test metric, and how many tasks it covers."""
+        means = [sum(c.test) / len(c.test) for t in tasks if (c := self.cells.get(t)) and c.test]
+        return (sum(means) / len(means) if means else None), len(means)
+
+
+@dataclass
+class Summary:
+    experiment: str
+    tracking_uri: str
+    trials: list[Trial]
+    models: list[str]
+    tasks: list[str]
+    curves: dict[tuple, Curve]
+    rows: list[Row]
+    law: Law
+    compute: dict
+    notes: list[str]
+
+
+def _dedupe(trials: list[Trial]) -> tuple[list[Trial], int]:
+    """One trial per configuration: the newest that reached a result, else the newest."""
+    chosen: dict[tuple, Trial] = {}
+    for t in sorted(trials, key=lambda t: (t.status in TERMINAL, t.start_time), reverse=True):
+        chosen.setdefault((t.model, t.task, t.method, t.ratio, t.lr, t.seed), t)
+    return list(chosen.values()), len(trials) - len(chosen)
+
+
+def _curve(key: tuple, trials: list[Trial]) -> Curve:
+    """Pick the best-dev LR; a diverged trial without a dev metric counts as the curve's worst."""
+    model, task, method, ratio = key
+    by_lr: dict[float | None, list[Trial]] = defaultdict(list)
+    for t in sorted(trials, key=lambda t: t.lr or 0.0):  # lr None: a method that trains nothing
+        by_lr[t.lr].append(t)
+    known = [t.dev for t in trials if t.dev is not None and math.isfinite(t.dev)]
+    floor = min(known) if known else None
+    dev: dict[float | None, list[float]] = {}
+    for lr, group in by_lr.items():
+        values = [t.dev if t.dev is not None and math.isfinite(t.dev) else floor for t in group
+                  if (t.dev is not None and math.isfinite(t.dev)) or t.status == "diverged"]
+        if values and None not in values:
+            dev[lr] = values
+    curve = Curve(model, task, method, ratio, trials[0].metric, dev, dict(by_lr))
+    if dev:
+        curve.best_lr = max(dev, key=lambda lr: sum(dev[lr]) / len(dev[lr]))
+        curve.test = [t.test for t in by_lr[curve.best_lr] if t.test is not None and math.isfinite(t.test)]
+    if len(dev) >= 2:
+        curve.optimum = estimate_optimum(list(dev), list(dev.values()))
+    return curve
+
+
+def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> Law:
+    points, excluded = [], []
+    for c in curves:
+        if c.method != LAW_METHOD or c.ratio is None:
+            continue
+        if c.optimum is None:
+            excluded.append({"model": c.model, "task": c.task, "ratio": c.ratio,
+                             "reason": "fewer than two learning rates with a result"})
+            continue
+        point = {
+            "model": c.model, "task": c.task, "ratio": c.ratio, "lr": c.optimum.lr, "log10_lr": c.optimum.log10_lr,
+            "se": c.optimum.se, "estimate": c.optimum.kind, "best_grid_lr": c.optimum.best_grid_lr,
+            "seeds": max(len(v) for v in c.dev.values()), "grid": sorted(c.dev),
+        }
+        if c.optimum.at_edge:
+            side = "upper" if c.optimum.kind == "edge-high" else "lower"
+            excluded.append({**point, "reason": f"best LR at the grid's {side} edge"})
+        else:
+            points.append(point)
+    fits: dict[str, Fit] = {}
+    for model in sorted({p["model"] for p in points} | {e["model"] for e in excluded}):
+        mine = [p for p in points if p["model"] == model]
+        try:
+            fits[model] = fit_law(mine, bootstrap=bootstrap, seed=seed)
+        except RmaskError:
+            ratios = len({p["ratio"] for p in mine})
+            notes.append(f"no law for {model}: optimal LRs (interior to the grid) at {ratios} ratio(s); "
+                         "two or more are needed")
+    try:
+        pooled = fit_law(points, bootstrap=bootstrap, seed=seed)
+    except RmaskError:
+        pooled = None
+        notes.append("no pooled law: optimal LRs (interior to the grid) at fewer than two ratios")
+    data = {"points": points, "excluded": excluded, "bootstrap": {"samples": bootstrap, "seed": seed},
+            "estimator": "quadratic in log10(lr) through the best-dev LR and its neighbours (mean over seeds); "
+                         "se combines seed noise and grid spacing / sqrt(12); edge optima are excluded"}
+    return Law(pooled=pooled, models=fits, method=LAW_METHOD, data=data)
+
+
+def _rows(curves: list[Curve], trials: list[Trial]) -> list[Row]:
+    grouped: dict[tuple, dict[str, Curve]] = defaultdict(dict)
+    for c in curves:
+        grouped[(c.model, c.method, c.ratio)][c.task] = c
+    rows = []
+    for (model, method, ratio), cells in grouped.items():
+        mine = [t for t in trials if (t.model, t.method, t.ratio) == (model, method, ratio)]
+        fractions = [t.trainable_fraction for t in mine if t.trainable_fraction is not None]
+        counts = [t.trainable_params for t in mine if t.trainable_params is not None]
+        rows.append(Row(model, method, ratio, sum(fractions) / len(fractions) if fractions else ratio,
+                        max(counts) if counts else None, cells))
+    order = list(METHOD_NAMES)
+    return sorted(rows, key=lambda r: (r.model, r.ratio is not None, order.index(r.method) if r.method in order
+                                       else len(order), r.method, -(r.ratio or 0)))
+
+
+def _compute(trials: list[Trial]) -> dict:
+    def totals(group: list[Trial]) -> dict:
+        walls = [t.wall_time_s for t in group if t.wall_time_s is not None]
+        return {"trials": len(group), "trial_epochs": sum(t.epochs for t in group),
+                "device_hours": sum(walls) / 3600, "missing_wall_time": len(group) - len(walls)}
+
+    status = defaultdict(int)
+    for t in trials:
+        status[t.status] += 1
+    stopped = [t for t in trials if t.status == "stopped"]
+    by_method: dict[tuple, list[Trial]] = defaultdict(list)
+    for t in trials:
+        by_method[(t.model, t.method)].append(t)
+    return {
+        **totals(trials),
+        "status": dict(sorted(status.items())),
+        "stopped": {"trials": len(stopped), "epochs_run": sum(t.epochs for t in stopped),
+                    "epochs_saved": sum(max((t.planned_epochs or t.epochs) - t.epochs, 0) for t in stopped)},
+        "by_method": [{"model": m, "method": meth, **totals(g)} for (m, meth), g in sorted(by_method.items())],
+    }
+
+
+def _missing(trials: list[Trial], curves: dict[tuple, Curve], tasks: list[str]) -> list[str]:
+    """Tasks without trials, trials the grid implies but the store lacks, curves with no usable result,
+    and best LRs at the grid's edge."""
+    notes = []
+    rows: dict[tuple, list[Trial]] = defaultdict(list)
+    for t in trials:
+        rows[(t.model, t.method, t.ratio)].append(t)
+    for model in sorted({t.model for t in trials}):
+        ran = {t.task for t in trials if t.model == model}
+        notes += [f"{model} · {task}: no trial" for task in tasks if task not in ran]
+    for (model, method, ratio), mine in sorted(rows.items(), key=lambda kv: str(kv[0])):
+        label = f"{model} · {row_label(method, ratio)}"
+        lrs, seeds = {t.lr for t in mine}, {t.seed for t in mine}
+        have = {(t.task, t.lr, t.seed) for t in mine}
+        ran = {t.task for t in mine}
+        model_tasks = {t.task for t in trials if t.model == model}
+        absent_tasks = [task for task in tasks if task in model_tasks and task not in ran]
+        if absent_tasks:
+            notes.append(f"{label}: no trial for {', '.join(absent_tasks)}")
+        for task in sorted(ran):
+            curve = curves.get((model, task, method, ratio))
+            absent = [(lr, s) for lr in sorted(lrs, key=lambda v: v or 0.0) for s in sorted(seeds)
+                      if (task, lr, s) not in have]
+            if absent:
+                shown = ", ".join(f"lr {fmt_lr(lr)} seed {s}" for lr, s in absent[:6])
+                more = f" and {len(absent) - 6} more" if len(absent) > 6 else ""
+                notes.append(f"{label} · {task}: {len(absent)} trial(s) of the grid missing ({shown}{more})")
+            if curve is None or not curve.test:
+                notes.append(f"{label} · {task}: no finished trial with a test metric at the best dev LR")
+            if curve and curve.optimum and curve.optimum.at_edge:
+                side = "largest" if curve.optimum.kind == "edge-high" else "smallest"
+                notes.append(f"{label} · {task}: best dev LR {fmt_lr(curve.best_lr)} is the {side} in the grid; "
+                             f"the optimum may lie beyond it (extend the grid)")
+    return notes
+
+
+def summarize(trials: list[Trial], experiment: str, tracking_uri: str, *, unreadable: int = 0,
+              bootstrap: int = 1000, seed: int = 0) -> Summary:
+    """Everything a report shows, from the experiment's trials."""
+    if bootstrap < 1:
+        raise RmaskError(f"bootstrap must be at least 1 resample, got {bootstrap}")
+    if not trials:
+        raise RmaskError(f"experiment {experiment!r} has no trial runs (tag rmask.role=trial)")
+    trials, duplicates = _dedupe(trials)
+    notes = []
+    for status, verb in (("running", "still running (or interrupted)"), ("errored", "errored")):
+        some = [t for t in trials if t.status == status]
+        if some:
+            shown = ", ".join(f"{t.model}/{t.task}/{row_label(t.method, t.ratio)}/lr {fmt_lr(t.lr)}" for t in some[:5])
+            more = " …" if len(some) > 5 else ""
+            notes.append(f"{len(some)} trial(s) {verb}, not used for the results ({shown}{more})")
+    if duplicates:
+        notes.append(f"{duplicates} re-run trial(s) of an identical configuration: kept the newest result")
+    if unreadable:
+        notes.append(f"{unreadable} trial run(s) without model/task params skipped")
+    usable: dict[tuple, list[Trial]] = defaultdict(list)
+    for t in trials:
+        if t.status in TERMINAL:
+            usable[(t.model, t.task, t.method, t.ratio)].append(t)
+    curves = {key: _curve(key, group) for key, group in usable.items()}
+    tasks = sorted({t.task for t in trials})
+    notes += _missing(trials, curves, tasks)
+    law = _law(list(curves.values()), notes, bootstrap, seed)
+    return Summary(experiment, tracking_uri, trials, sorted({t.model for t in trials}), tasks, curves,
+                   _rows(list(curves.values()), trials), law, _compute(trials), notes)

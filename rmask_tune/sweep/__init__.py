@@ -1,0 +1,11 @@
+"""Learning-rate sweeps on Ray Tune with MLflow tracking.
+
+``load_space`` reads and validates a search-space YAML file; ``run_sweep`` runs it on an embedded local
+Ray or an existing cluster, logging every trial to MLflow. Ray, MLflow and Optuna are imported only
+when a sweep runs, so validating a file needs neither.
+"""
+
+from rmask_tune.sweep.runner import run_sweep
+from rmask_tune.sweep.space import SweepSpace, load_space
+
+__all__ = ["SweepSpace", "load_space", "run_sweep"]

@@ -1,0 +1,119 @@
+"""Ray Tune callbacks run by the sweep's driver: MLflow logging and the live progress line."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from rmask_tune.sweep.results import describe, trial_status
+from rmask_tune.sweep.tracking import SweepTracker
+
+
+class MlflowCallback(Callback):
+    """Logs every trial to its own MLflow run under the sweep's parent run, from the driver."""
+
+    def __init__(self, tracker: SweepTracker, sweep_params: dict):
+        self.tracker = tracker
+        self.sweep_params = sweep_params
+
+    def setup(self, **info) -> None:
+        self.tracker.open(self.sweep_params)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._run(trial)
+        self.tracker.restart_trial(trial.trial_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._run(trial)
+        self.tracker.log_epoch(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, errored=True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        # Trials that ended without MLflow hearing of it (an earlier, interrupted session) are caught up.
+        running = self.tracker.running_trials()
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR") and trial.trial_id in running:
+                self._end(trial, errored=trial.status == "ERROR")
+        self.tracker.close(tags={"rmask.trials": len(trials)})
+
+    def _run(self, trial) -> str:
+        from rmask_tune.tasks import get_task
+
+        point, settings = trial.config["trial"], trial.config["settings"]
+        params = {
+            **{key: "none" if point.get(key) is None else point[key] for key in ("model", "task", "method", "ratio", "lr", "seed")},
+            "density": "none",
+            **{key: settings[key] for key in ("epochs", "train_examples", "dev_examples", "test_examples")},
+            "metric": get_task(point["task"]).metric,
+        }
+        return self.tracker.trial_run(trial.trial_id, describe(point), params)
+
+    def _end(self, trial, errored: bool) -> None:
+        self._run(trial)
+        result = trial.last_result or {}
+        error_file = Path(trial.error_file) if errored and trial.error_file else None
+        self.tracker.finish_trial(trial.trial_id, trial_status(result, errored), result, error_file)
+
+
+class ProgressCallback(Callback):
+    """One status line on stderr (rewritten in place on a terminal) whenever the counts or the best trial change."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.started = time.monotonic()
+        self.shown = ""
+
+    def setup(self, **info) -> None:
+        self.started = time.monotonic()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._show(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._show(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._show(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._show(trials)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._show(trials)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+    def _show(self, trials) -> None:
+        counts = {"finished": 0, "stopped": 0, "diverged": 0, "errored": 0}
+        running, best = 0, None
+        for trial in trials:
+            if trial.status == "RUNNING":
+                running += 1
+            elif trial.status in ("TERMINATED", "ERROR"):
+                counts[trial_status(trial.last_result, trial.status == "ERROR")] += 1
+            value = (trial.last_result or {}).get("best_dev_metric", math.nan)
+            if math.isfinite(value) and (best is None or value > best[0]):
+                best = (value, trial)
+        line = (
+            f"{sum(counts.values())}/{self.total} trials done ({counts['finished']} finished, {counts['stopped']} "
+            f"stopped early, {counts['diverged']} diverged, {counts['errored']} errored), {running} running"
+        )
+        if best is not None:
+            line += f" | best dev {best[0]:.4f}: {describe(best[1].config['trial'])}"
+        if line == self.shown:
+            return
+        self.shown = line
+        elapsed = int(time.monotonic() - self.started)
+        out = sys.stderr
+        stamped = f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {line}"
+        out.write(f"\r\033[K{stamped}" if out.isatty() else f"{stamped}\n")
+        out.flush()

@@ -1,0 +1,225 @@
+"""``run_sweep``: a validated search space through Ray Tune, resumable, with MLflow tracking and a summary.
+
+The storage folder holds everything a sweep writes::
+
+    <storage_path>/sweep.json        the sweep's id and the settings it started with
+    <storage_path>/mlflow.db         the MLflow store (unless mlflow.tracking_uri points elsewhere)
+    <storage_path>/mlartifacts/      MLflow artifacts of a local store
+    <storage_path>/tune/             Ray Tune's experiment folder (what --resume restores)
+    <storage_path>/trials/<id>/      each trial's metrics.json, adapter and attempts.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.sweep.results import print_summary, summary_rows, timing
+from rmask_tune.sweep.space import SweepSpace
+
+STATE_FORMAT = "rmask-tune sweep v1"
+# The embedded local Ray: Tune keeps only small configs and results in the object store.
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+# Ray's own defaults that suit a laptop or a test run: no token auth, no Windows/macOS multi-node.
+RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Save Tune's experiment state often, so an interrupted sweep resumes close to where it stopped; Tune's
+# own console output gives way to the sweep's progress line (its verbose=0 still prints a header).
+TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "2", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+def set_environment() -> None:
+    """Ray, Tune and MLflow settings the sweep needs, unless the user set them (call before importing ray)."""
+    for key, value in {**RAY_ENVIRONMENT, **TUNE_ENVIRONMENT, "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
+        os.environ.setdefault(key, value)
+
+
+@dataclass
+class SweepState:
+    """``sweep.json``: the sweep's id and what it started with, so --resume finds its runs and checks the file."""
+
+    sweep_id: str
+    name: str
+    source: str
+    fingerprint: dict
+    tracking_uri: str
+    experiment: str
+
+    @classmethod
+    def new(cls, space: SweepSpace) -> SweepState:
+        """A new sweep's state; a storage folder that already holds a sweep is refused (nothing is written)."""
+        if (space.storage / "sweep.json").exists():
+            raise RmaskError(
+                f"{space.storage} already holds sweep '{space.name}'; add --resume to continue it, or set another storage_path"
+            )
+        return cls(uuid.uuid4().hex[:12], space.name, str(space.source), space.fingerprint(), space.tracking_uri, space.experiment_name)
+
+    @classmethod
+    def load(cls, space: SweepSpace) -> SweepState:
+        """The state of the sweep --resume continues; the file must still describe the same trials."""
+        path = space.storage / "sweep.json"
+        if not path.is_file():
+            raise RmaskError(f"nothing to resume: {space.storage} holds no sweep (no sweep.json)")
+        saved = json.loads(path.read_text())
+        saved.pop("format", None)
+        state = cls(**saved)
+        current = space.fingerprint()
+        for section in state.fingerprint:
+            if state.fingerprint[section] != current.get(section):
+                raise RmaskError(
+                    f"the sweep file's '{section}' changed since the sweep started; --resume continues the sweep as it began "
+                    "(restore the file, or start a new sweep with another storage_path)"
+                )
+        return state
+
+    def save(self, storage: Path) -> None:
+        storage.mkdir(parents=True, exist_ok=True)
+        (storage / "sweep.json").write_text(json.dumps({"format": STATE_FORMAT, **self.__dict__}, indent=1) + "\n")
+
+
+def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = None, stream=None) -> list[dict]:
+    """Run (or with ``resume`` continue) ``space``; print progress to stderr and a summary to ``stream``.
+
+    ``address`` connects to a running Ray cluster (``auto`` or ``HOST:PORT``); without it an embedded
+    local Ray is started, or the one this process already has is used. Returns the summary rows.
+    """
+    from rmask_tune.sweep.tracking import SweepTracker, probe_tracking_uri
+
+    stream = stream or sys.stdout
+    started = time.time()
+    set_environment()
+    if resume and space.law is not None:
+        raise RmaskError("--lr-from applies when a sweep starts; --resume continues with the grids it started with")
+    state = SweepState.load(space) if resume else SweepState.new(space)
+    probe_tracking_uri(state.tracking_uri, space.storage)
+    _quiet_loggers()
+    started_ray = _connect(address, space)
+    try:
+        if not resume:
+            state.save(space.storage)
+        tracker = SweepTracker(state.tracking_uri, state.experiment, space.name, state.sweep_id, space.storage / "mlartifacts")
+        tracker.open(_sweep_params(space, state))
+        tuner = _tuner(space, tracker, state, resume)
+        ray_ready = time.time()
+        results = tuner.fit()
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    wall = time.time() - started
+    rows = summary_rows(results)
+    print_summary(rows, space, tracker, stream, timing(rows, space.file.max_concurrent_trials, started, ray_ready, wall))
+    return rows
+
+
+def _sweep_params(space: SweepSpace, state: SweepState) -> dict:
+    return {
+        "sweep_file": state.source,
+        "sweep_name": space.name,
+        "num_trials": space.num_trials(),
+        "search": space.file.search.type,
+        "scheduler": space.file.scheduler.type,
+        "epochs": space.epochs,
+        "lr_from_law": space.law is not None,
+    }
+
+
+def _quiet_loggers() -> None:
+    """MLflow's database migrations and Ray's start-up notes are not the user's concern."""
+    for name in ("alembic", "mlflow.store.db.utils", "ray", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _connect(address: str | None, space: SweepSpace) -> bool:
+    """Connect to ``address``, reuse this process's Ray, or start a local one (True when started here)."""
+    import ray
+
+    if address is not None:
+        _probe_address(address)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise RmaskError(f"cannot connect to the Ray cluster at {address}: {str(error).splitlines()[0]}") from None
+        return False
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    have, resources = ray.cluster_resources(), space.file.resources
+    for name, need, key in (("CPUs", resources.cpus, "CPU"), ("GPUs", resources.gpus, "GPU")):
+        if need > have.get(key, 0):
+            if started:
+                ray.shutdown()
+            raise RmaskError(
+                f"a trial needs {need:g} {name} (resources), this machine has {have.get(key, 0):g}; "
+                "lower resources or run on a cluster with --address"
+            )
+    return started
+
+
+def _probe_address(address: str) -> None:
+    """A HOST:PORT that accepts no connection is a one-line error (ray.init would retry for minutes)."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")  # HOST:PORT or ray://HOST:PORT
+    if address == "auto" or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise RmaskError(f"no Ray cluster answers at {address} ({error.strerror or error}); check --address") from None
+
+
+def _tuner(space: SweepSpace, tracker, state: SweepState, resume: bool):
+    from ray import tune
+
+    from rmask_tune.sweep.callbacks import MlflowCallback, ProgressCallback
+    from rmask_tune.sweep.search import METRIC, MODE, trial_dirname, tune_scheduler, tune_search
+    from rmask_tune.sweep.trainable import run_tune_trial
+
+    resources = space.file.resources
+    trainable = tune.with_resources(run_tune_trial, {"cpu": resources.cpus, "gpu": resources.gpus})
+    experiment = space.storage / "tune"
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        # Callbacks, scheduler and searcher come back from the experiment as they were saved.
+        return tune.Tuner.restore(
+            str(experiment), trainable, resume_unfinished=True, resume_errored=True, restart_errored=False
+        )
+    trials_dir = space.storage / "trials"
+    param_space, search_alg, num_samples = tune_search(space, trials_dir)
+    callbacks = [
+        ProgressCallback(space.num_trials()),
+        MlflowCallback(tracker, _sweep_params(space, state)),
+    ]
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=search_alg,
+            scheduler=tune_scheduler(space),
+            num_samples=num_samples,
+            max_concurrent_trials=None if search_alg else space.file.max_concurrent_trials,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment.name,
+            storage_path=str(experiment.parent),
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=space.file.max_failures),
+            verbose=0,
+        ),
+    )

@@ -1,0 +1,183 @@
+"""MLflow bookkeeping of a sweep: one parent run per sweep, one nested run per trial.
+
+Runs are found again by their tags (``rmask.sweep_id`` on the parent, ``rmask.trial_id`` on a trial),
+so a resumed sweep, a retried trial or a second call for the same trial reuses its run instead of
+creating another. Everything goes through ``MlflowClient`` with explicit run ids: concurrent trials
+never share the fluent API's global active run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from rmask_tune.errors import RmaskError
+
+# Metrics of the final report, logged once per trial (step = its last epoch).
+FINAL_METRICS = (
+    "test_metric", "best_dev_metric", "best_epoch", "diverged", "step_time_s", "peak_mem_bytes",
+    "epochs_completed", "wall_time_s", "trainable_fraction",
+)  # fmt: skip
+PROBE_TIMEOUT_S = 5.0
+
+
+def probe_tracking_uri(uri: str, storage: Path) -> None:
+    """Fail fast, with one line, when an http(s) tracking server does not answer or a sqlite folder is missing.
+
+    ``storage`` (the sweep's folder, created when the sweep starts) counts as present.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError:
+            return  # it answered; a server without /health is still a server
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise RmaskError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix mlflow.tracking_uri") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir() and folder != storage:
+            raise RmaskError(f"MLflow store folder {folder} does not exist (mlflow.tracking_uri {uri})")
+
+
+class SweepTracker:
+    """The parent run of one sweep and its trials' runs in one MLflow experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_id: str, artifact_root: Path):
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.sweep_name = sweep_name
+        self.sweep_id = sweep_id
+        self.artifact_root = artifact_root
+        self._client = None
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self.runs: dict[str, str] = {}  # trial id -> run id
+        self.logged_epochs: dict[str, int] = {}  # trial id -> last epoch already in MLflow
+
+    def __getstate__(self) -> dict:
+        # Tune pickles callbacks with the experiment; the client and run ids are found again on load.
+        return {**self.__dict__, "_client": None, "experiment_id": None, "parent_id": None, "runs": {}, "logged_epochs": {}}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def open(self, params: dict) -> str:
+        """Find or create the experiment and this sweep's parent run; its id."""
+        if self.parent_id is not None:
+            return self.parent_id
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise RmaskError(f"MLflow experiment '{self.experiment}' is deleted; restore it or set mlflow.experiment_name")
+        if experiment is None:
+            local = self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
+            location = self.artifact_root.as_uri() if local else None
+            self.experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+        else:
+            self.experiment_id = experiment.experiment_id
+        found = self._search(f"tags.`rmask.role` = 'sweep' and tags.`rmask.sweep_id` = '{self.sweep_id}'")
+        if found:
+            self.parent_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            tags = {"rmask.role": "sweep", "rmask.sweep": self.sweep_name, "rmask.sweep_id": self.sweep_id}
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
+            self.parent_id = run.info.run_id
+            self._log(self.parent_id, params=params)
+        return self.parent_id
+
+    def close(self, tags: dict) -> None:
+        """Tag and end the parent run once every trial has ended (errored trials included)."""
+        self._log(self.parent_id, tags=tags)
+        self.client.set_terminated(self.parent_id, status="FINISHED")
+
+    def trial_run(self, trial_id: str, name: str, params: dict) -> str:
+        """The run of ``trial_id`` (created on first sight, with ``params``); the same run on every later call."""
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        found = self._search(f"tags.`rmask.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
+        if found:
+            run = found[0]
+            history = self.client.get_metric_history(run.info.run_id, "dev_metric")
+            self.logged_epochs[trial_id] = max((m.step for m in history), default=0)
+            missing = {k: v for k, v in params.items() if k not in run.data.params}
+            self._log(run.info.run_id, params=missing)
+        else:
+            tags = {"mlflow.parentRunId": self.parent_id, "rmask.role": "trial", "rmask.trial_id": trial_id}
+            run = self.client.create_run(self.experiment_id, tags={**tags, "rmask.status": "running"}, run_name=name)
+            self.logged_epochs[trial_id] = 0
+            self._log(run.info.run_id, params=params)
+        self.runs[trial_id] = run.info.run_id
+        return run.info.run_id
+
+    def restart_trial(self, trial_id: str) -> None:
+        """Mark the run of a trial that starts (again: resumed or retried) as running."""
+        run_id = self.runs[trial_id]
+        self._log(run_id, tags={"rmask.status": "running"})
+        self.client.update_run(run_id, status="RUNNING")
+
+    def running_trials(self) -> set[str]:
+        """The trial ids whose runs still say ``running``."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`rmask.status` = 'running'",
+            max_results=50000,
+        )
+        return {run.data.tags["rmask.trial_id"] for run in found}
+
+    def log_epoch(self, trial_id: str, result: dict) -> None:
+        """One epoch's train loss and dev metric (step = epoch), unless that epoch is already logged."""
+        epoch = int(result.get("epoch", 0))
+        if epoch < 1 or epoch <= self.logged_epochs.get(trial_id, 0):
+            return
+        metrics = {key: result[key] for key in ("train_loss", "dev_metric") if key in result}
+        self._log(self.runs[trial_id], metrics=metrics, step=epoch)
+        self.logged_epochs[trial_id] = epoch
+        sizes = {key: result[key] for key in ("trainable_params", "total_params") if key in result}
+        if sizes:
+            known = self.client.get_run(self.runs[trial_id]).data.params
+            self._log(self.runs[trial_id], params={k: v for k, v in sizes.items() if k not in known})
+
+    def finish_trial(self, trial_id: str, status: str, result: dict, error_file: Path | None = None) -> None:
+        """The final metrics, status tag, metrics.json and error file of a trial that ended; its run ends."""
+        run_id = self.runs[trial_id]
+        final = {key: result[key] for key in FINAL_METRICS if key in result}
+        final["epochs_completed"] = result.get("epoch", 0)
+        final["diverged"] = float(bool(result.get("diverged", False)))
+        if "wall_time_s" not in final and "elapsed_s" in result:
+            final["wall_time_s"] = result["elapsed_s"]
+        self._log(run_id, metrics=final, step=int(result.get("epoch", 0)), tags={"rmask.status": status})
+        if "metrics_json" in result:
+            self.client.log_text(run_id, result["metrics_json"], "metrics.json")
+        if error_file is not None and error_file.is_file():
+            self.client.log_artifact(run_id, str(error_file))
+        self.client.set_terminated(run_id, status="FAILED" if status == "errored" else "FINISHED")
+
+    def _search(self, filter_string: str) -> list:
+        return list(self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2))
+
+    def _log(self, run_id: str, *, metrics: dict | None = None, params: dict | None = None, tags: dict | None = None, step: int = 0):
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+
+def _is_number(value) -> bool:
+    """Numbers MLflow can store (NaN included; None and strings left out)."""
+    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isinf(value))

@@ -1,0 +1,99 @@
+"""The Ray Tune trainable: one trial through ``run_trial``, reported to Tune once per epoch.
+
+A trial writes into ``<storage>/trials/<trial id>``. Its last epoch is reported only after
+``run_trial`` has returned, so metrics.json is on disk before Tune (or ASHA) can end the trial; that
+report carries the test metric and metrics.json's text (for MLflow, which logs from the driver, maybe
+on another node). A trial whose metrics.json already exists finished in an earlier,
+interrupted session (Tune had not saved that yet): it replays its epochs from the file instead of
+training again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+# Per-epoch record keys that go to Tune as they are (numbers); the rest of a record is left out.
+_EPOCH_KEYS = ("epoch", "train_loss", "dev_metric", "diverged", "step_time_s", "elapsed_s")
+_FINAL_KEYS = ("test_metric", "best_epoch", "best_dev_metric", "trainable_params", "total_params", "peak_mem_bytes")
+
+
+def run_tune_trial(config: dict) -> None:
+    """Run the trial described by ``config`` (``trial``, ``settings``, ``trials_dir``) inside Ray Tune."""
+    from ray import tune
+
+    from rmask_tune.sweep.model_cache import CACHE
+    from rmask_tune.trainer import run_trial
+
+    output = Path(config["trials_dir"]) / tune.get_context().get_trial_id()
+    saved = output / "metrics.json"
+    if saved.exists():
+        reporter = EpochReporter(tune.report, lambda: {"load_s": math.nan})
+        result = json.loads(saved.read_text())
+        for record in result["epochs"][:-1]:
+            reporter(record)
+        reporter.finish(result, replayed=True, metrics_json=saved.read_text())
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / "attempts.jsonl", "a") as log:
+        log.write(json.dumps({"started": time.time(), "host": socket.gethostname(), "pid": os.getpid()}) + "\n")
+    trial = {key: value for key, value in config["trial"].items() if value is not None}
+    CACHE.reset_stats()
+    reporter = EpochReporter(tune.report, CACHE.stats)
+    with CACHE.installed():
+        result = run_trial({**config["settings"], **trial}, hooks=[reporter], output_dir=output, overwrite=True)
+    reporter.finish(result, replayed=False, metrics_json=saved.read_text())
+
+
+class EpochReporter:
+    """The trainer's hook: reports every epoch but the final one, which ``finish`` reports.
+
+    ``loading()`` gives the model cache's counters and ``load_s``, the seconds spent loading the model
+    and tokenizer; every report carries them, and ``compute_s``: the trial's time so far less ``load_s``
+    (NaN for a replayed trial, which computed nothing).
+    """
+
+    def __init__(self, report, loading):
+        self.report = report
+        self.loading = loading
+        self.best = -math.inf
+
+    def __call__(self, record: dict) -> None:
+        if not record.get("final"):
+            self.report(self.metrics(record))
+
+    def metrics(self, record: dict) -> dict:
+        """What Tune gets for an epoch; ``dev_metric`` is always there (NaN when the trial has none yet)."""
+        metrics = {key: record[key] for key in _EPOCH_KEYS if record.get(key) is not None}
+        metrics["dev_metric"] = _number(record.get("dev_metric"))
+        if math.isfinite(metrics["dev_metric"]):
+            self.best = max(self.best, metrics["dev_metric"])
+        metrics["best_dev_metric"] = self.best if math.isfinite(self.best) else math.nan
+        loading = self.loading()
+        metrics.update(loading, compute_s=record.get("elapsed_s", math.nan) - loading["load_s"], final=False)
+        return metrics
+
+    def finish(self, result: dict, **extra) -> None:
+        """Report the last epoch with the trial's final numbers (test metric, status, sizes, timing)."""
+        last = result["epochs"][-1] if result["epochs"] else {"epoch": 0}
+        metrics = self.metrics(last)
+        metrics.update({key: result[key] for key in _FINAL_KEYS if result.get(key) is not None})
+        metrics["best_dev_metric"] = _number(result.get("dev_metric"))
+        metrics.update(
+            final=True,
+            status=result["status"],
+            metric=result["metric"],
+            wall_time_s=result["wall_time_s"],
+            compute_s=result["wall_time_s"] - metrics["load_s"],
+            trainable_fraction=result["trainable_fraction"],
+            **extra,
+        )
+        self.report(metrics)
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)

@@ -1,0 +1,222 @@
+"""``prepare_trial``: the task's splits, the model with the right head, the method, and the task family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.methods import MethodSetup, method_options, prepare_method
+from rmask_tune.trainer.config import TrialConfig
+
+# Tokenizers the random-init models borrow (their embeddings are resized to the tokenizer's vocabulary).
+TINY_TOKENIZERS = {
+    "tiny-llama": "smollm2-135m",
+    "tiny-opt": "smollm2-135m",
+    "tiny-gpt2": "smollm2-135m",
+    "tiny-bert": "minilm-l6",
+}
+# Settings a TrialConfig forwards to the methods that accept them.
+_METHOD_SETTINGS = ("ratio", "density", "targets")
+
+
+@dataclass
+class Trial:
+    """Everything one trial trains and evaluates.
+
+    ``model`` is the model to train (``setup.model``, placed by the accelerator); ``items`` holds the
+    encoded train / dev / test examples; ``family`` computes losses and predictions for the task kind.
+    ``head_params`` names the classification-head parameters the trainer made trainable next to the method.
+    """
+
+    config: TrialConfig
+    task: Any
+    splits: Any
+    setup: MethodSetup
+    model: nn.Module
+    tokenizer: Any
+    family: Any
+    accelerator: Any
+    items: dict[str, list]
+    head_params: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def trainable_params(self) -> int:
+        """The method's trainable count plus the classification head the trainer trains with it."""
+        params = dict(self.model.named_parameters())
+        return self.setup.trainable_params + sum(params[name].numel() for name in self.head_params)
+
+    def loss(self, batch: list) -> torch.Tensor:
+        """The training loss (a scalar with gradients) of a batch from ``train_batches``."""
+        return self.family.loss(self.model, batch)
+
+    def train_batches(self, generator: torch.Generator | None = None) -> Iterator[list]:
+        """The training items in batches of ``batch_size``, shuffled by ``generator`` (in order without one)."""
+        items = self.items["train"]
+        if generator is None:
+            order = list(range(len(items)))
+        else:
+            order = torch.randperm(len(items), generator=generator).tolist()
+        for start in range(0, len(order), self.config.batch_size):
+            yield [items[i] for i in order[start : start + self.config.batch_size]]
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """The task's metrics on ``split`` (``dev`` or ``test``); the model is left in eval mode."""
+        self.model.eval()
+        examples, items = getattr(self.splits, split), self.items[split]
+        from tqdm.auto import tqdm
+
+        batch_size = self.config.eval_batch_size or self.config.batch_size
+        bar = tqdm(total=len(items), desc=split, leave=False, disable=self.config.quiet)
+        with self.accelerator.autocast(), bar:
+            predictions = self.family.predict(self.model, items, batch_size, bar.update)
+        return {key: float(value) for key, value in self.task.evaluate(examples, predictions).items()}
+
+
+def prepare_trial(config: TrialConfig | dict) -> Trial:
+    """Load the task's splits and the model, set the method up and encode the examples."""
+    from accelerate import Accelerator
+
+    from rmask_tune.models import load_model, load_tokenizer
+    from rmask_tune.tasks import get_task
+
+    config = TrialConfig.coerce(config)
+    task = get_task(config.task)
+    head = config.head or choose_head(task.kind, config.model)
+    check_head(task, head, config.objective)
+    device = resolve_device(config.device)
+    splits = task.load_splits(
+        config.data_dir,
+        train_examples=config.train_examples,
+        dev_examples=config.dev_examples,
+        test_examples=config.test_examples,
+        seed=config.effective_data_seed,
+    )
+    needed = ("dev", "test") if config.method == "none" else ("train", "dev", "test")
+    for split in needed:
+        if not getattr(splits, split):
+            raise RmaskError(f"the {split} split of {task.name} is empty; ask for at least one {split} example")
+    notes = []
+    tokenizer = None
+    if head != "image-classification":
+        tokenizer_name = config.tokenizer or TINY_TOKENIZERS.get(config.model, config.model)
+        tokenizer = load_tokenizer(tokenizer_name)
+        if tokenizer_name != config.model:
+            notes.append(f"tokenizer of {tokenizer_name}")
+
+    torch.manual_seed(config.seed)
+    model = load_model(config.model, head=head, num_labels=task.num_labels or 2)
+    if tokenizer is not None:
+        fit_vocabulary(model, tokenizer, config.model, notes)
+    if head == "image-classification" and model.config.num_labels != task.num_labels:
+        raise RmaskError(
+            f"{config.model} classifies into {model.config.num_labels} classes, {task.name} has {task.num_labels}"
+        )
+    setup = prepare_method(model, config.method, **method_settings(config, task.kind, len(splits.train)))
+    head_params = []
+    if wants_head_training(config, head):
+        from rmask_tune.trainer.classifiers import unfreeze_head
+
+        head_params = unfreeze_head(setup.model)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if device == "cuda" else "no")
+    prepared = accelerator.prepare(setup.model)
+    family = make_family(config, task, head, prepared, tokenizer, accelerator.device)
+    items = {name: [family.encode(e) for e in getattr(splits, name)] for name in ("train", "dev", "test")}
+    return Trial(config, task, splits, setup, prepared, tokenizer, family, accelerator, items, head_params, notes)
+
+
+def choose_head(task_kind: str, model_name: str) -> str:
+    """image-classification for image tasks; for text, the model's natural head (causal LM or encoder classifier)."""
+    from rmask_tune.models import default_head
+
+    return "image-classification" if task_kind == "image" else default_head(model_name)
+
+
+def check_head(task, head: str, objective: str) -> None:
+    """Refuse heads (and objectives) that cannot serve the task."""
+    needed = {"image": ("image-classification",), "generation": ("causal-lm",)}
+    allowed = needed.get(task.kind, ("causal-lm", "sequence-classification"))
+    if head not in allowed:
+        raise RmaskError(f"{task.name} is a {task.kind} task; it needs a {' or '.join(allowed)} model, not {head}")
+    if task.kind == "generation" and objective == "classification":
+        raise RmaskError(f"{task.name} is a generation task; the classification objective needs a choice task")
+    if head == "sequence-classification":
+        task.require_num_labels()
+
+
+def resolve_device(device: str | None) -> str:
+    """``device``, or cuda when available; asking for cuda without one is an error."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RmaskError("device cuda asked for, but torch sees no CUDA device")
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit_vocabulary(model: nn.Module, tokenizer, model_name: str, notes: list[str]) -> None:
+    """Grow a random-init model's embeddings to a borrowed tokenizer; refuse a tokenizer too big for a real model."""
+    from rmask_tune.models import TINY_CONFIGS
+
+    size, vocab = len(tokenizer), model.get_input_embeddings().num_embeddings
+    if size <= vocab:
+        return
+    if model_name not in TINY_CONFIGS:
+        raise RmaskError(f"the tokenizer has {size} tokens, more than the {vocab} embeddings of {model_name}")
+    model.resize_token_embeddings(size, mean_resizing=False)
+    notes.append(f"embeddings resized from {vocab} to {size} tokens")
+
+
+def method_settings(config: TrialConfig, task_kind: str, train_size: int) -> dict:
+    """The method's options: ``method_options`` plus the config's ratio/density/targets and mask seed.
+
+    Image tasks target the MLP layers by default (the paper's ViT setting); AdaLoRA gets its step count.
+    """
+    accepted = method_options(config.method)
+    options = dict(config.method_options)
+    settings = {name: getattr(config, name) for name in _METHOD_SETTINGS if getattr(config, name) is not None}
+    if task_kind == "image" and "targets" in accepted and "targets" not in settings and "targets" not in options:
+        settings["targets"] = "mlp"
+    for name, value in settings.items():
+        if name not in accepted:
+            raise RmaskError(f"method '{config.method}' takes no {name}")
+        if name in options:
+            raise RmaskError(f"{name} is given twice (as a trial setting and in method_options)")
+        options[name] = value
+    if "seed" in accepted:
+        options.setdefault("seed", config.effective_mask_seed)
+    if "total_step" in accepted:
+        options.setdefault("total_step", config.optimizer_steps(train_size))
+    return options
+
+
+def wants_head_training(config: TrialConfig, head: str) -> bool:
+    """Classification heads train with the method unless ``train_head`` says otherwise (never for none/full)."""
+    if head == "causal-lm" or config.method in ("none", "full"):
+        return False
+    return config.train_head is not False
+
+
+def make_family(config: TrialConfig, task, head: str, model: nn.Module, tokenizer, device):
+    """The loss / prediction helper for the task kind and head."""
+    from rmask_tune.models import TINY_CONFIGS
+    from rmask_tune.trainer.causal import CausalChoice, CausalGeneration, CausalLM
+    from rmask_tune.trainer.classifiers import ImageClassifier, SequenceClassifier, image_normalization
+
+    positions = getattr(model.config, "max_position_embeddings", None)
+    max_length = min(config.max_length, positions) if positions else config.max_length
+    if head == "image-classification":
+        mean, std = image_normalization(config.model, config.model in TINY_CONFIGS)
+        return ImageClassifier(model.config.image_size, mean, std, device)
+    if head == "sequence-classification":
+        return SequenceClassifier(tokenizer, max_length, device)
+    lm = CausalLM(tokenizer, model, max_length, device)
+    if task.kind == "generation":
+        return CausalGeneration(lm, config.max_new_tokens)
+    return CausalChoice(lm, config.objective)
