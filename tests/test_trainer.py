@@ -20,6 +20,7 @@ from rmask_tune.trainer.causal import CausalChoice, CausalGeneration, CausalLM, 
 from rmask_tune.trainer.loop import DivergenceMonitor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 SMALL = dict(data_dir=str(DATA), epochs=2, batch_size=4, train_examples=8, dev_examples=4, test_examples=4, quiet=True)
 
 
