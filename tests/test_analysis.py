@@ -10,7 +10,7 @@ import torch
 from rmask_tune.analysis.distance import run_distance
 from rmask_tune.analysis.hessian import MaskedHessian, lanczos, power_iteration
 from rmask_tune.analysis.landscape import ProbeSettings, probe_ratio, probe_trial
-from rmask_tune.analysis.predict import calibrate, predict_lr
+from rmask_tune.analysis.predict import calibrate, prediction_errors, predict_lr
 from rmask_tune.cli import main
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law, load_law
@@ -146,6 +146,19 @@ def test_calibration_round_trips_through_law_json_and_predict_lr(tmp_path, capsy
     lr, lam = predict_lr("tiny-llama", "SST-2", 1e-5, entry["c"], data_dir=str(DATA), **entry["probe"])
     assert lam == pytest.approx(entry["points"][0]["lambda_max"], rel=1e-9)  # the probe is deterministic
     assert lr == pytest.approx(0.02, rel=1e-9)
+
+
+def test_prediction_errors_in_half_decade_steps():
+    # lr* x lambda_max is 1 for the first two points; the third optimum sits a decade above c / lambda_max.
+    pairs = [{"lambda_max": 1.0, "lr": 1.0}, {"lambda_max": 10.0, "lr": 0.1}, {"lambda_max": 100.0, "lr": 0.1}]
+    c = calibrate((p["lambda_max"], p["lr"]) for p in pairs)
+    assert c == pytest.approx(10 ** (1 / 3))
+    errors = prediction_errors(pairs, c)
+    assert errors[2]["error_steps"] == pytest.approx(-4 / 3)  # log10(10^(1/3) / 100 / 0.1) / 0.5
+    assert errors[2]["loo_error_steps"] == pytest.approx(-2.0)  # c = 1 from the other two: one decade low
+    assert errors[0]["loo_error_steps"] == pytest.approx(math.log10(math.sqrt(10)) / 0.5)
+    assert errors[1]["predicted_lr"] == pytest.approx(c / 10)
+    assert prediction_errors(pairs[:1], 2.0)[0]["loo_error_steps"] is None
 
 
 @pytest.mark.parametrize(

@@ -72,14 +72,14 @@ def plan():
     return trials
 
 
-def write_store(db_path, trials):
+def write_store(db_path, trials, experiment=EXPERIMENT):
     """Log ``trials`` as the sweep would: a parent run and one child run per trial."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
     client = MlflowClient(f"sqlite:///{db_path}")
-    exp = client.create_experiment(EXPERIMENT)
-    parent = client.create_run(exp, tags={"rmask.role": "sweep", "rmask.sweep": EXPERIMENT}).info.run_id
+    exp = client.create_experiment(experiment)
+    parent = client.create_run(exp, tags={"rmask.role": "sweep", "rmask.sweep": experiment}).info.run_id
     client.log_param(parent, "sweep_file", "synthetic.yaml")
     for i, t in enumerate(trials):
         run = client.create_run(exp, start_time=1_000_000 + (0 if t.get("old") else 1000 + i), tags={
@@ -200,7 +200,7 @@ def test_fitted_law_recovers_the_known_exponent(report, store):
 def test_missing_and_partial_data_are_named(report):
     readme = (report / "README.md").read_text()
     notes = readme.split("## What is missing or partial")[1].split("## 1.")[0]
-    assert "1 trial(s) still running (or interrupted)" in notes and "1 trial(s) errored" in notes
+    assert "1 trial(s) still running (or killed)" in notes and "1 trial(s) errored" in notes
     assert "1 re-run trial(s) of an identical configuration" in notes
     assert "m-small · Random Masking 0.1% · RTE: 1 trial(s) of the grid missing (lr 0.001 seed 1)" in notes
     assert "m-small · Random Masking 0.00001% · SST-2: best dev LR 0.032 is the largest in the grid" in notes
@@ -231,6 +231,43 @@ def test_readme_tables_law_and_compute(report, store):
     compute = next(line for line in readme.splitlines() if line.startswith(f"| {len(kept)} |"))
     assert compute == f"| {len(kept)} | {epochs} | {hours:.3f} | {len(stopped)} | {len(stopped)} | {2 * len(stopped)} |"
     assert "1 trial(s) have no wall time yet" in readme
+
+
+def test_versus_compares_a_narrow_sweep_with_the_full_grid(store, tmp_path):
+    _, folder, trials = store
+    # A "law-guided" sweep of m-small / SST-2: three LRs a quarter-decade apart around the true optimum, one seed.
+    guided, rng = [], np.random.default_rng(1)
+    for ratio in RATIOS:
+        centre = true_log_lr("m-small", "SST-2", ratio)
+        for offset in (-0.25, 0.0, 0.25):
+            lr = float(f"{10 ** (centre + offset):.3g}")
+            dev = 0.9 - 0.1 * offset ** 2
+            guided.append({"model": "m-small", "task": "SST-2", "method": "random_masking", "ratio": ratio, "lr": lr,
+                           "seed": 0, "status": "finished", "history": [dev - 0.02, dev - 0.005, dev],
+                           "test": dev - 0.03 + rng.normal(0, 0.002), "trainable": round(ratio * 1_000_000),
+                           "wall": 30.0})
+    (tmp_path / "guided").mkdir()
+    write_store(tmp_path / "guided" / "mlflow.db", guided, experiment="guided")
+    from rmask_tune.report.compare import compare, totals
+
+    cells = compare(load_summary(str(tmp_path / "guided"), bootstrap=20), load_summary(str(folder), bootstrap=20))
+    assert sorted(c.key for c in cells) == [("m-small", "SST-2", "random_masking", r) for r in RATIOS]
+    for cell in cells:
+        ratio = cell.key[3]
+        assert (cell.ours.trials, cell.ours.trial_epochs) == (3, 9)
+        assert (cell.theirs.trials, cell.theirs.trial_epochs) == (len(GRID) * 2, len(GRID) * 2 * EPOCHS)
+        centre = [t for t in guided if t["ratio"] == ratio][1]
+        assert cell.ours.best_lr == centre["lr"] and cell.ours.test == pytest.approx(centre["test"])
+        best, mean, _ = expected_cell(trials, "m-small", "SST-2", "random_masking", ratio)
+        assert cell.theirs.best_lr == best and cell.gap == pytest.approx(centre["test"] - mean)
+    t = totals(cells)
+    assert t["ours"]["trials"] == 9 and t["theirs"]["trials"] == 3 * len(GRID) * 2
+    assert t["ours"]["hours"] == pytest.approx(9 * 30 / 3600)
+    assert t["worst_gap"] == pytest.approx(min(c.gap for c in cells))
+    out = build_report(str(tmp_path / "guided"), out=tmp_path / "report", bootstrap=20, versus=str(folder))
+    readme = (out / "README.md").read_text()
+    assert f'## 6. Against "{EXPERIMENT}"' in readme
+    assert f"this sweep used 9 trials, 27 trial-epochs and 0.075 device hours against {3 * len(GRID) * 2}" in readme
 
 
 def test_html_is_self_contained(report):

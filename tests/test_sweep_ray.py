@@ -152,12 +152,13 @@ def test_grid_sweep_logs_one_run_per_trial_under_one_parent(grid_sweep):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_metric")] == list(range(1, epochs + 1))
         assert len(client.get_metric_history(run.info.run_id, "train_loss")) <= epochs
         assert run.info.status == "FINISHED" and status in ("finished", "stopped", "diverged")
+        # sizes are logged with the first epoch, so trials ASHA stops carry them too
+        assert int(params["trainable_params"]) / int(params["total_params"]) == pytest.approx(float(params["ratio"]), rel=0.01)
         if status == "stopped":  # ASHA ended it after the first epoch: no test metric
             assert epochs == 1 and "test_metric" not in metrics
         else:
             assert "test_metric" in metrics or metrics["diverged"] == 1
             assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["metrics.json"]
-            assert int(params["trainable_params"]) / int(params["total_params"]) == pytest.approx(float(params["ratio"]), rel=0.01)
             saved = json.loads((storage / "trials" / run.data.tags["rmask.trial_id"] / "metrics.json").read_text())
             assert saved["status"] == status and saved["lr"] == float(params["lr"])
             if status == "finished":
@@ -252,6 +253,53 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(local_ray, tmp_pa
         assert run.info.status == "FINISHED" and run.data.tags["rmask.status"] == "finished"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_metric")] == [1]
     assert parent.info.status == "FINISHED"
+
+
+def test_interrupted_sweep_marks_the_cut_trial_and_resume_runs_it_again(local_ray, tmp_path, marked_env):
+    path = sweep_file(
+        tmp_path,
+        "ctrlc",
+        """\
+        methods:
+          random_masking:
+            ratios: ["1%"]
+            lr: [1e-3, 1e-2, 1e-1]
+        training: {epochs: 20, batch_size: 2}
+        scheduler: {type: none}
+        max_concurrent_trials: 1
+        """,
+    )
+    storage = tmp_path / "ctrlc"
+    sweep = subprocess.Popen(CLI + ["sweep", str(path)], env=marked_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    deadline = time.monotonic() + 300
+
+    def running() -> bool:  # the second trial has started and not finished
+        started = glob.glob(str(storage / "trials" / "*" / "attempts.jsonl"))
+        return len(glob.glob(str(storage / "trials" / "*" / "metrics.json"))) == 1 and len(started) == 2
+
+    while not running():
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and ends the running trial
+    out, _ = sweep.communicate(timeout=120)
+    kill_marked(marked_env["RMASK_TEST_MARKER"])
+    assert sweep.returncode == 0
+    client, trials, parent = mlflow_runs(storage, "ctrlc")
+    statuses = {r.data.tags["rmask.trial_id"]: r.data.tags["rmask.status"] for r in trials}
+    assert sorted(statuses.values()) == ["finished", "interrupted"]
+    cut = next(r for r in trials if r.data.tags["rmask.status"] == "interrupted")
+    assert cut.info.status == "KILLED" and parent.info.status == "KILLED"
+    assert "interrupted" in out and "1 trial(s) cut short and 1 not started" in out and "--resume" in out
+    assert "trial-epochs trained: 20 of 20" in out  # the cut trial counts neither as trained nor as saved
+
+    run_cli(["sweep", str(path), "--resume"])
+    client, trials, parent = mlflow_runs(storage, "ctrlc")
+    assert len(trials) == 3 and parent.info.status == "FINISHED"
+    again = client.get_run(cut.info.run_id)  # the same run, run again to its end
+    assert again.data.tags["rmask.status"] == "finished" and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(cut.info.run_id, "dev_metric")] == list(range(1, 21))
+    assert all(r.data.tags["rmask.status"] == "finished" for r in trials)
 
 
 def fake_cluster_config(port: int) -> dict:

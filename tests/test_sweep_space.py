@@ -249,3 +249,13 @@ def test_unanswered_ray_address_is_a_one_line_error(tmp_path, capsys):
     assert main(["sweep", str(path), "--address", f"127.0.0.1:{port}"]) == 2
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def test_a_setting_added_after_the_sweep_started_is_compared_at_its_default(tmp_path):
+    path = write(tmp_path, GOOD + f"storage_path: {tmp_path / 'store'}\nscheduler: {{type: asha}}\n")
+    space = load_space(path)
+    older = space.fingerprint()
+    del older["scheduler"]["tolerance"]  # as a sweep.json written before ASHA had a tolerance
+    assert space.changed_section(older) is None
+    path.write_text(path.read_text().replace("{type: asha}", "{type: asha, tolerance: 0.03}"))
+    assert load_space(path).changed_section(older) == "scheduler"

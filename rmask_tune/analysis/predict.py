@@ -87,17 +87,44 @@ def calibrate_law(
             progress(pairs[-1])
     c = calibrate((p["lambda_max"], p["lr"]) for p in pairs)
     spread = _log10_spread([math.log10(p["lr"] * p["lambda_max"] / c) for p in pairs])
+    errors = prediction_errors(pairs, c)
     probe = {k: v for k, v in asdict(settings).items() if k not in ("data_dir", "device")}
     law.probe_calibration = {
         "c": c,
         "n": len(pairs),
         "source": f"law.json optimal-LR points{_filter_text(model, task)}",
         "log10_sd": spread,
+        "mean_abs_error_steps": _mean_abs(e["error_steps"] for e in errors),
+        "mean_abs_loo_error_steps": _mean_abs(e["loo_error_steps"] for e in errors),
         "probe": probe,
-        "points": pairs,
+        "points": [{**pair, **error} for pair, error in zip(pairs, errors)],
     }
     law.save(law_path)
     return law.probe_calibration
+
+
+def prediction_errors(pairs: list[dict], c: float, step_decades: float = 0.5) -> list[dict]:
+    """Per pair: ``c / lambda_max`` and its distance from the swept optimum in grid steps (half-decades).
+
+    ``error_steps`` uses ``c`` fitted on all pairs; ``loo_error_steps`` refits ``c`` without the pair
+    itself (leave-one-out), the honest error for a ratio or task the calibration has not seen. Positive
+    means the prediction is above the optimum.
+    """
+    errors = []
+    for index, pair in enumerate(pairs):
+        others = [(p["lambda_max"], p["lr"]) for j, p in enumerate(pairs) if j != index]
+        loo_c = calibrate(others) if others else None
+        errors.append({
+            "predicted_lr": c / pair["lambda_max"],
+            "error_steps": math.log10(c / pair["lambda_max"] / pair["lr"]) / step_decades,
+            "loo_error_steps": None if loo_c is None else math.log10(loo_c / pair["lambda_max"] / pair["lr"]) / step_decades,
+        })  # fmt: skip
+    return errors
+
+
+def _mean_abs(values: Iterable[float | None]) -> float | None:
+    known = [abs(v) for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def _filter_text(model: str | None, task: str | None) -> str:

@@ -87,9 +87,19 @@ def _calibrate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(entry, indent=1))
     else:
+        for point in entry["points"]:
+            loo = point["loo_error_steps"]
+            print(
+                f"{point['model']} {point['task']} ratio {point['ratio']:.3g}: swept optimum {point['lr']:.3g}, "
+                f"predicted {point['predicted_lr']:.3g} ({point['error_steps']:+.2f} half-decade steps"
+                + ("" if loo is None else f"; {loo:+.2f} with c fitted on the other points") + ")"
+            )
+        loo_mean = entry["mean_abs_loo_error_steps"]
         print(
             f"c = {entry['c']:.4g} from {entry['n']} point(s) (log10 spread {entry['log10_sd']:.2f}); "
-            f"saved to {args.law} under probe_calibration; predicted LR = c / lambda_max"
+            f"mean |error| {entry['mean_abs_error_steps']:.2f} half-decade steps"
+            + ("" if loo_mean is None else f", {loo_mean:.2f} leave-one-out")
+            + f"; saved to {args.law} under probe_calibration; predicted LR = c / lambda_max"
         )
 
 

@@ -10,7 +10,7 @@ def _run(args: argparse.Namespace) -> None:
     from rmask_tune.law import load_law
 
     out = build_report(args.source, args.tracking_uri, args.out, overwrite=args.overwrite,
-                       bootstrap=args.bootstrap, seed=args.seed)
+                       bootstrap=args.bootstrap, seed=args.seed, versus=args.versus)
     law = load_law(out / "law.json")
     for name, fit in [*sorted(law.models.items()), ("pooled", law.pooled)]:
         if fit is not None:
@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's own store)")
     report.add_argument("--out", help="report folder (default: reports/<experiment>)")
     report.add_argument("--overwrite", action="store_true", help="replace the files of an existing report folder")
+    report.add_argument("--versus", metavar="SWEEP",
+                        help="another sweep (name, folder or YAML) to compare with on the cells both ran, "
+                             "e.g. the full grid behind a law-guided sweep")
     report.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the law's intervals")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     report.set_defaults(run=_run)

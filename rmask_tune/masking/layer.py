@@ -13,6 +13,7 @@ in (out, in) terms for both; ``rmask_flat`` indexes the weight as stored.
 from __future__ import annotations
 
 import types
+import warnings
 
 import torch
 from torch import nn
@@ -39,9 +40,12 @@ def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: nn.Module) ->
         return spops_sampled_product(layer.rmask_crow, layer.rmask_cols, g, a)
     if g.device.type == "cpu" and g.dtype not in (torch.float32, torch.float64):
         g, a = g.float(), a.float()
-    pattern = torch.sparse_csr_tensor(
-        layer.rmask_crow, layer.rmask_cols, torch.zeros(k, dtype=g.dtype, device=g.device), out_in_shape(layer)
-    )
+    with warnings.catch_warnings():  # torch calls its CSR support "beta" on first use; the pattern is ours and valid
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        pattern = torch.sparse_csr_tensor(
+            layer.rmask_crow, layer.rmask_cols, torch.zeros(k, dtype=g.dtype, device=g.device), out_in_shape(layer),
+            check_invariants=False,
+        )
     return torch.sparse.sampled_addmm(pattern, g.t(), a, beta=0.0).values().float()
 
 

@@ -35,9 +35,10 @@ def law_of(summary: Summary) -> Law:
 
 
 def build_report(source: str, tracking_uri: str | None = None, out: str | Path | None = None, *,
-                 overwrite: bool = False, bootstrap: int = 1000, seed: int = 0) -> Path:
+                 overwrite: bool = False, bootstrap: int = 1000, seed: int = 0, versus: str | None = None) -> Path:
     """Write the report folder (default ``reports/<experiment>``) and return it. A folder that already
-    holds files is refused unless ``overwrite``; everything is computed before anything is written."""
+    holds files is refused unless ``overwrite``; everything is computed before anything is written.
+    ``versus`` (another sweep: name, folder or YAML, in its own store) adds a comparison of shared cells."""
     from rmask_tune.report.figures import figures
     from rmask_tune.report.render import blocks, to_html, to_markdown
 
@@ -48,10 +49,11 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise RmaskError(f"report folder {out} already holds files; pass --overwrite or choose another --out")
     summary = _summary(where, bootstrap, seed)
+    other = load_summary(versus, bootstrap=bootstrap, seed=seed) if versus is not None else None
     pngs = figures(summary)
     law = law_of(summary)
     title = f"rmask-tune report: {summary.experiment}"
-    content = blocks(summary, set(pngs))
+    content = blocks(summary, set(pngs), other)
     page, markdown = to_html(title, content, pngs), to_markdown(title, content)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in pngs.items():

@@ -118,16 +118,14 @@ def law(summary: Summary) -> bytes:
             band_lo, band_hi = fit.band(xs)
             ax.fill_between(xs, 10**band_lo, 10**band_hi, color="0.6", alpha=0.35, linewidth=0)
             ax.plot(xs, 10 ** (fit.a + fit.b * np.log10(xs)), color="black")
-            ax.text(0.03, 0.04, f"b = {fit.b:.3f} [{fit.b_ci[0]:.3f}, {fit.b_ci[1]:.3f}]\n"
-                                f"a = {fit.a:.3f} [{fit.a_ci[0]:.3f}, {fit.a_ci[1]:.3f}]\n"
-                                f"R² = {fit.r2:.3f}, n = {len(fit.points)}",
-                    transform=ax.transAxes, fontsize=8, family="monospace",
-                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
+            # the fit's numbers go in the title: inside the axes they would cover a point at some ratio
+            title = (f"{title}\nb = {fit.b:.3f} [{fit.b_ci[0]:.3f}, {fit.b_ci[1]:.3f}]\n"
+                     f"a = {fit.a:.2f}, R² = {fit.r2:.3f}, n = {len(fit.points)}")
         else:
             ax.text(0.5, 0.5, "no fit (fewer than two ratios)", transform=ax.transAxes, ha="center", color="0.4")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("trainable ratio")
         ax.set_ylabel("optimal learning rate")
         ax.grid(alpha=0.3, which="both")

@@ -130,8 +130,38 @@ def _compute(summary: Summary) -> list:
     return blocks
 
 
-def blocks(summary: Summary, names: set[str]) -> list:
-    """The whole report, in order."""
+def _points(value: float | None) -> str:
+    return "—" if value is None else f"{value * SCALE:.1f}"
+
+
+def _versus(summary: Summary, other: Summary) -> list:
+    from rmask_tune.report.compare import compare, totals
+
+    cells = compare(summary, other)
+    head = [("h2", f"6. Against \"{other.experiment}\"")]
+    if not cells:
+        return head + [("p", "The two sweeps share no (model, task, method, ratio) cell: nothing to compare.")]
+    rows = [[model, task, row_label(method, ratio), f"{c.ours.trials} / {c.theirs.trials}",
+             f"{c.ours.trial_epochs} / {c.theirs.trial_epochs}", f"{fmt_lr(c.ours.best_lr)} / {fmt_lr(c.theirs.best_lr)}",
+             f"{_points(c.ours.test)} / {_points(c.theirs.test)}", "—" if c.gap is None else f"{c.gap * SCALE:+.1f}"]
+            for c in cells for model, task, method, ratio in [c.key]]
+    t = totals(cells)
+    ours, theirs = t["ours"], t["theirs"]
+    share = f" ({ours['trials'] / theirs['trials']:.0%} of its trials)" if theirs["trials"] else ""
+    gap = ("no cell has a test result on both sides" if t["mean_gap"] is None else
+           f"test gap over the {t['compared']} cell(s) with both results: mean {t['mean_gap'] * SCALE:+.1f}, "
+           f"worst {t['worst_gap'] * SCALE:+.1f} points")
+    return head + [
+        ("p", f"On the {t['cells']} cell(s) both sweeps ran, this sweep used {ours['trials']} trials, "
+              f"{ours['trial_epochs']} trial-epochs and {ours['hours']:.3f} device hours against {theirs['trials']}, "
+              f"{theirs['trial_epochs']} and {theirs['hours']:.3f} for \"{other.experiment}\"{share}; {gap}. "
+              f"Each cell: this sweep / the other; test at the best-dev LR (x{SCALE}); gap = this minus the other."),
+        ("table", Table(["Model", "Task", "Method", "Trials", "Trial-epochs", "Best dev LR", "Test", "Gap"], rows)),
+    ]
+
+
+def blocks(summary: Summary, names: set[str], versus: Summary | None = None) -> list:
+    """The whole report, in order; with ``versus``, a last section comparing the two sweeps' shared cells."""
     out: list = [("p", f"Experiment \"{summary.experiment}\" in {summary.tracking_uri}: {len(summary.trials)} trials, "
                        f"{len(summary.models)} model(s), {len(summary.tasks)} task(s).")]
     out += [("h2", "What is missing or partial"),
@@ -142,7 +172,7 @@ def blocks(summary: Summary, names: set[str]) -> list:
         out.append(("figure", Figure("params_vs_performance.png", "Average test metric vs trainable parameters")))
     else:
         out.append(("p", "No row has a test result yet."))
-    return out + _compute(summary)
+    return out + _compute(summary) + (_versus(summary, versus) if versus is not None else [])
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}

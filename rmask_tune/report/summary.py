@@ -245,7 +245,8 @@ def summarize(trials: list[Trial], experiment: str, tracking_uri: str, *, unread
         raise RmaskError(f"experiment {experiment!r} has no trial runs (tag rmask.role=trial)")
     trials, duplicates = _dedupe(trials)
     notes = []
-    for status, verb in (("running", "still running (or interrupted)"), ("errored", "errored")):
+    for status, verb in (("running", "still running (or killed)"), ("interrupted", "interrupted (rerun by --resume)"),
+                         ("errored", "errored")):
         some = [t for t in trials if t.status == status]
         if some:
             shown = ", ".join(f"{t.model}/{t.task}/{row_label(t.method, t.ratio)}/lr {fmt_lr(t.lr)}" for t in some[:5])

@@ -38,12 +38,21 @@ class MlflowCallback(Callback):
         self._end(trial, errored=True)
 
     def on_experiment_end(self, trials, **info) -> None:
-        # Trials that ended without MLflow hearing of it (an earlier, interrupted session) are caught up.
-        running = self.tracker.running_trials()
+        # Trials MLflow still has as running either ended without it hearing of it (an earlier session
+        # was killed) and are caught up, or were cut short now by an interruption (Ctrl+C): Tune ended
+        # them without a final result or a scheduler decision, and --resume will run them again.
+        running = self.tracker.trials_with_status("running")
         for trial in trials:
-            if trial.status in ("TERMINATED", "ERROR") and trial.trial_id in running:
+            if trial.trial_id not in running or trial.status not in ("TERMINATED", "ERROR"):
+                continue
+            if trial.status == "ERROR" or (trial.last_result or {}).get("final"):
                 self._end(trial, errored=trial.status == "ERROR")
-        self.tracker.close(tags={"rmask.trials": len(trials)})
+            else:
+                self._run(trial)
+                self.tracker.interrupt_trial(trial.trial_id)
+        unfinished = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+        cut = self.tracker.trials_with_status("interrupted")
+        self.tracker.close(tags={"rmask.trials": len(trials)}, interrupted=unfinished or bool(cut))
 
     def _run(self, trial) -> str:
         from rmask_tune.tasks import get_task

@@ -27,17 +27,19 @@ def describe(point: dict) -> str:
     return " ".join(parts + [point["task"], point["model"], f"seed {point['seed']}"])
 
 
-def summary_rows(results) -> list[dict]:
-    """One row per trial from Tune's results: what it was, how it ended, its numbers and timing."""
+def summary_rows(results, interrupted: set[str] = frozenset()) -> list[dict]:
+    """One row per trial from Tune's results: what it was, how it ended, its numbers and timing.
+    ``interrupted`` holds the ids of trials the sweep's interruption cut short (they say so)."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
         point = result.config["trial"]
+        trial_id = metrics.get("trial_id") or Path(result.path).name
         rows.append(
             {
                 **point,
-                "trial_id": metrics.get("trial_id") or Path(result.path).name,
-                "status": trial_status(metrics, result.error is not None),
+                "trial_id": trial_id,
+                "status": "interrupted" if trial_id in interrupted else trial_status(metrics, result.error is not None),
                 "epochs": int(metrics.get("epoch", 0)),
                 "dev": metrics.get("best_dev_metric", math.nan),
                 "test": metrics.get("test_metric", math.nan),
@@ -82,6 +84,8 @@ def epoch_savings(rows: list[dict], epochs: int) -> dict:
     """Trial-epochs trained against the full grid (every trial for all its epochs; ``none`` has one)."""
     full = trained = by_asha = by_divergence = 0
     for row in rows:
+        if row["status"] == "interrupted":
+            continue  # neither trained to its end nor saved: --resume runs it again
         planned = 1 if row["method"] == "none" else epochs
         full += planned
         trained += row["epochs"]
@@ -128,9 +132,14 @@ def print_summary(rows: list[dict], space: SweepSpace, tracker, stream, timing: 
     for row in rows:
         if row["error"]:
             print(f"errored: {describe(row)}: {row['error']}", file=stream)
+    cut = sum(r["status"] == "interrupted" for r in rows)
+    unstarted = space.num_trials() - len(rows)
+    if cut or unstarted > 0:
+        print(f"interrupted: {cut} trial(s) cut short and {max(unstarted, 0)} not started; continue with "
+              f"`rmask-tune sweep {space.source} --resume`", file=stream)
     print(f"Tune folder: {space.storage / 'tune'}", file=stream)
     print(f"trial outputs: {space.storage / 'trials'}", file=stream)
-    print(f"MLflow store: {tracker.tracking_uri} (experiment '{tracker.experiment}'; browse: rmask-tune ui {space.storage})", file=stream)
+    print(f"MLflow store: {tracker.tracking_uri} (experiment '{tracker.experiment}'; browse: rmask-tune ui {space.source})", file=stream)
 
 
 def _last_line(error: BaseException) -> str:

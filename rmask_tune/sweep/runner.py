@@ -70,13 +70,12 @@ class SweepState:
         saved = json.loads(path.read_text())
         saved.pop("format", None)
         state = cls(**saved)
-        current = space.fingerprint()
-        for section in state.fingerprint:
-            if state.fingerprint[section] != current.get(section):
-                raise RmaskError(
-                    f"the sweep file's '{section}' changed since the sweep started; --resume continues the sweep as it began "
-                    "(restore the file, or start a new sweep with another storage_path)"
-                )
+        section = space.changed_section(state.fingerprint)
+        if section is not None:
+            raise RmaskError(
+                f"the sweep file's '{section}' changed since the sweep started; --resume continues the sweep as it began "
+                "(restore the file, or start a new sweep with another storage_path)"
+            )
         return state
 
     def save(self, storage: Path) -> None:
@@ -115,7 +114,7 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
 
             ray.shutdown()
     wall = time.time() - started
-    rows = summary_rows(results)
+    rows = summary_rows(results, interrupted=tracker.trials_with_status("interrupted"))
     print_summary(rows, space, tracker, stream, timing(rows, space.file.max_concurrent_trials, started, ray_ready, wall))
     return rows
 

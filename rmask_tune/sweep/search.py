@@ -44,18 +44,25 @@ def tune_search(space: SweepSpace, trials_dir: Path) -> tuple[dict, object, int]
     return {}, limited, len(optuna_space.schedule)
 
 
+def cell_key(config: dict) -> tuple:
+    """The LR search a trial belongs to: its model, task, method and ratio (all but LR and seed)."""
+    point = config["trial"]
+    return point["model"], point["task"], point["method"], point["ratio"]
+
+
 def tune_scheduler(space: SweepSpace):
-    """ASHA over epochs (one report per epoch), or None."""
+    """ASHA over epochs (one report per epoch), run separately within each cell, or None."""
     settings = space.file.scheduler
     if not isinstance(settings, AshaScheduler):
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from rmask_tune.sweep.cell_asha import CellASHA
 
-    return ASHAScheduler(
+    return CellASHA(
         time_attr="training_iteration",
         max_t=space.epochs,
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
+        tolerance=settings.tolerance,
     )
 
 

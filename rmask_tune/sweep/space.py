@@ -133,6 +133,10 @@ class AshaScheduler(_Strict):
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 2
     max_epochs: Annotated[int, Field(ge=1)] | None = None
+    # A trial is stopped only when its dev metric is more than this below the rung's cutoff (metric units).
+    # Small dev sets are noisy: a learning rate still climbing after its first epoch can sit a few examples
+    # under trials that do nothing at all. About one standard error of the dev metric is a sound value.
+    tolerance: Annotated[float, Field(ge=0)] = 0.0
 
 
 class NoScheduler(_Strict):
@@ -280,8 +284,23 @@ class SweepSpace:
 
     def fingerprint(self) -> dict:
         """The sections that define the trials; a resumed sweep must not change them."""
-        keys = ("models", "tasks", "methods", "seeds", "training", "data", "search", "scheduler")
-        return self.file.model_dump(mode="json", include=set(keys))
+        return self.file.model_dump(mode="json", include=set(FINGERPRINT_KEYS))
+
+    def changed_section(self, saved: dict) -> str | None:
+        """The first section of a saved fingerprint this file no longer matches, or None.
+
+        Settings added to rmask-tune after the sweep started are compared at their defaults, so a newer
+        version resumes an older sweep as long as the file itself is unchanged.
+        """
+        try:
+            saved = SweepFile.model_validate({**saved, "name": self.name}).model_dump(mode="json", include=set(saved))
+        except ValidationError:
+            pass
+        current = self.fingerprint()
+        return next((section for section in saved if saved[section] != current.get(section)), None)
+
+
+FINGERPRINT_KEYS = ("models", "tasks", "methods", "seeds", "training", "data", "search", "scheduler")
 
 
 def trial_point(cell: Cell, lr: float | None, seed: int) -> dict:

@@ -96,10 +96,11 @@ class SweepTracker:
             self._log(self.parent_id, params=params)
         return self.parent_id
 
-    def close(self, tags: dict) -> None:
-        """Tag and end the parent run once every trial has ended (errored trials included)."""
+    def close(self, tags: dict, interrupted: bool = False) -> None:
+        """Tag and end the parent run: FINISHED once every trial has ended (errored trials included),
+        KILLED when the sweep was interrupted (``--resume`` reopens it)."""
         self._log(self.parent_id, tags=tags)
-        self.client.set_terminated(self.parent_id, status="FINISHED")
+        self.client.set_terminated(self.parent_id, status="KILLED" if interrupted else "FINISHED")
 
     def trial_run(self, trial_id: str, name: str, params: dict) -> str:
         """The run of ``trial_id`` (created on first sight, with ``params``); the same run on every later call."""
@@ -126,14 +127,20 @@ class SweepTracker:
         self._log(run_id, tags={"rmask.status": "running"})
         self.client.update_run(run_id, status="RUNNING")
 
-    def running_trials(self) -> set[str]:
-        """The trial ids whose runs still say ``running``."""
+    def trials_with_status(self, status: str) -> set[str]:
+        """The trial ids of this sweep whose runs say ``status`` (``running``, ``interrupted``, ...)."""
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`rmask.status` = 'running'",
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`rmask.status` = '{status}'",
             max_results=50000,
         )
         return {run.data.tags["rmask.trial_id"] for run in found}
+
+    def interrupt_trial(self, trial_id: str) -> None:
+        """A trial the sweep's interruption cut short: tagged ``interrupted``, its run KILLED; --resume reruns it."""
+        run_id = self.runs[trial_id]
+        self._log(run_id, tags={"rmask.status": "interrupted"})
+        self.client.set_terminated(run_id, status="KILLED")
 
     def log_epoch(self, trial_id: str, result: dict) -> None:
         """One epoch's train loss and dev metric (step = epoch), unless that epoch is already logged."""

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 # Per-epoch record keys that go to Tune as they are (numbers); the rest of a record is left out.
-_EPOCH_KEYS = ("epoch", "train_loss", "dev_metric", "diverged", "step_time_s", "elapsed_s")
-_FINAL_KEYS = ("test_metric", "best_epoch", "best_dev_metric", "trainable_params", "total_params", "peak_mem_bytes")
+_EPOCH_KEYS = ("epoch", "train_loss", "dev_metric", "diverged", "step_time_s", "elapsed_s", "trainable_params",
+               "total_params")
+_FINAL_KEYS = ("test_metric", "best_epoch", "best_dev_metric", "peak_mem_bytes")
 
 
 def run_tune_trial(config: dict) -> None:

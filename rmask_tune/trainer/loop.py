@@ -160,6 +160,8 @@ class TrialRun:
             "diverged": self.diverged,
             "step_time_s": statistics.median(times) if times else None,
             "elapsed_s": time.perf_counter() - self.started,
+            "trainable_params": self.trial.trainable_params,
+            "total_params": self.trial.setup.total_params,
         }
         self.records.append(record)
         if not last:
@@ -178,8 +180,6 @@ class TrialRun:
             test_metrics=test,
             best_epoch=self.best_epoch,
             best_dev_metric=self.metric(self.best_dev),
-            trainable_params=self.trial.trainable_params,
-            total_params=self.trial.setup.total_params,
             peak_mem_bytes=self.memory.peak(),
         )
         self.report(last)
