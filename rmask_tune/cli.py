@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -25,9 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
     except RmaskError as err:
         print(f"rmask-tune: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output went into a reader that stopped early (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for SIGPIPE
     return 0
 
 

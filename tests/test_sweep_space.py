@@ -259,3 +259,32 @@ def test_a_setting_added_after_the_sweep_started_is_compared_at_its_default(tmp_
     assert space.changed_section(older) is None
     path.write_text(path.read_text().replace("{type: asha}", "{type: asha, tolerance: 0.03}"))
     assert load_space(path).changed_section(older) == "scheduler"
+
+
+def test_extend_and_guided_files_rerun_the_main_sweeps_configurations():
+    main_space = load_space(REPO / "search_spaces" / "smollm2-135m.yaml")
+    extend = load_space(REPO / "search_spaces" / "smollm2-135m-extend.yaml")
+    guided = load_space(REPO / "search_spaces" / "smollm2-135m-guided.yaml")
+    main_grid = main_space.file.methods["random_masking"].lr
+    extend_lrs = extend.file.methods["random_masking"].lr
+    # the reruns must be the very configurations the main sweep logged (the report dedupes on them)
+    assert [lr for lr in extend_lrs if lr <= max(main_grid)] == [lr for lr in main_grid if lr >= min(extend_lrs)]
+    assert extend.experiment_name == main_space.experiment_name
+    assert extend.tracking_uri == "sqlite:///runs/smollm2-135m/mlflow.db"  # the main sweep's default store
+    for other in (extend, guided):
+        ours = other.trial_config(other.grid_trials()[0])
+        theirs = main_space.trial_config(main_space.grid_trials()[0])
+        assert {k: v for k, v in ours.items() if k not in ("ratio", "lr")} == \
+               {k: v for k, v in theirs.items() if k not in ("ratio", "lr")}
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    code = "import sys; from rmask_tune.cli import main; sys.exit(main())"
+    # `true` exits without reading, long before Python has started: every write meets a closed pipe
+    shell = f"{sys.executable} -c '{code}' sweep {REPO / 'search_spaces' / 'opt125m.yaml'} --dry-run | true"
+    done = subprocess.run(["bash", "-c", shell + "; echo rc=${PIPESTATUS[0]}"], capture_output=True, text=True, timeout=120)
+    assert done.stdout == "rc=141\n"
+    assert done.stderr == ""
