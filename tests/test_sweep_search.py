@@ -2,13 +2,9 @@
 
 from types import SimpleNamespace
 
-import pytest
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-pytest.importorskip("ray.tune")
-
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # noqa: E402
-
-from rmask_tune.sweep.cell_asha import CellASHA  # noqa: E402
+from rmask_tune.sweep.cell_asha import CellASHA
 
 
 def _trial(trial_id: str, task: str, ratio: float, lr: float):

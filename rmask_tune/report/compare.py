@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rmask_tune.report.summary import Curve, Summary
+from rmask_tune.report.summary import Curve, Summary, effort
 
 
 @dataclass
@@ -35,10 +35,9 @@ class CellComparison:
 
 def _side(summary: Summary, key: tuple) -> Side:
     curve: Curve = summary.curves[key]
-    trials = [t for group in curve.trials.values() for t in group]
-    walls = [t.wall_time_s for t in trials if t.wall_time_s is not None]
+    cost = effort([t for group in curve.trials.values() for t in group])
     test = sum(curve.test) / len(curve.test) if curve.test else None
-    return Side(len(trials), sum(t.epochs for t in trials), sum(walls) / 3600, curve.best_lr, test)
+    return Side(cost["trials"], cost["trial_epochs"], cost["device_hours"], curve.best_lr, test)
 
 
 def compare(ours: Summary, theirs: Summary) -> list[CellComparison]:

@@ -178,12 +178,14 @@ def _rows(curves: list[Curve], trials: list[Trial]) -> list[Row]:
                                        else len(order), r.method, -(r.ratio or 0)))
 
 
-def _compute(trials: list[Trial]) -> dict:
-    def totals(group: list[Trial]) -> dict:
-        walls = [t.wall_time_s for t in group if t.wall_time_s is not None]
-        return {"trials": len(group), "trial_epochs": sum(t.epochs for t in group),
-                "device_hours": sum(walls) / 3600, "missing_wall_time": len(group) - len(walls)}
+def effort(group: list[Trial]) -> dict:
+    """What a group of trials cost: trials, trial-epochs and device hours (sum of their wall times)."""
+    walls = [t.wall_time_s for t in group if t.wall_time_s is not None]
+    return {"trials": len(group), "trial_epochs": sum(t.epochs for t in group),
+            "device_hours": sum(walls) / 3600, "missing_wall_time": len(group) - len(walls)}
 
+
+def _compute(trials: list[Trial]) -> dict:
     status = defaultdict(int)
     for t in trials:
         status[t.status] += 1
@@ -192,11 +194,11 @@ def _compute(trials: list[Trial]) -> dict:
     for t in trials:
         by_method[(t.model, t.method)].append(t)
     return {
-        **totals(trials),
+        **effort(trials),
         "status": dict(sorted(status.items())),
         "stopped": {"trials": len(stopped), "epochs_run": sum(t.epochs for t in stopped),
                     "epochs_saved": sum(max((t.planned_epochs or t.epochs) - t.epochs, 0) for t in stopped)},
-        "by_method": [{"model": m, "method": meth, **totals(g)} for (m, meth), g in sorted(by_method.items())],
+        "by_method": [{"model": m, "method": meth, **effort(g)} for (m, meth), g in sorted(by_method.items())],
     }
 
 

@@ -58,10 +58,14 @@ class SweepTracker:
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.logged_epochs: dict[str, int] = {}  # trial id -> last epoch already in MLflow
+        self.sized: set[str] = set()  # trial ids whose runs hold trainable_params / total_params
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks with the experiment; the client and run ids are found again on load.
-        return {**self.__dict__, "_client": None, "experiment_id": None, "parent_id": None, "runs": {}, "logged_epochs": {}}
+        return {**self.__dict__, "_client": None, "experiment_id": None, "parent_id": None, "runs": {}, "logged_epochs": {}, "sized": set()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"sized": set(), **state})  # trackers pickled before ``sized`` existed
 
     @property
     def client(self):
@@ -113,6 +117,8 @@ class SweepTracker:
             self.logged_epochs[trial_id] = max((m.step for m in history), default=0)
             missing = {k: v for k, v in params.items() if k not in run.data.params}
             self._log(run.info.run_id, params=missing)
+            if {"trainable_params", "total_params"} <= set(run.data.params):
+                self.sized.add(trial_id)
         else:
             tags = {"mlflow.parentRunId": self.parent_id, "rmask.role": "trial", "rmask.trial_id": trial_id}
             run = self.client.create_run(self.experiment_id, tags={**tags, "rmask.status": "running"}, run_name=name)
@@ -151,9 +157,9 @@ class SweepTracker:
         self._log(self.runs[trial_id], metrics=metrics, step=epoch)
         self.logged_epochs[trial_id] = epoch
         sizes = {key: result[key] for key in ("trainable_params", "total_params") if key in result}
-        if sizes:
-            known = self.client.get_run(self.runs[trial_id]).data.params
-            self._log(self.runs[trial_id], params={k: v for k, v in sizes.items() if k not in known})
+        if len(sizes) == 2 and trial_id not in self.sized:  # every epoch carries them; log them once
+            self._log(self.runs[trial_id], params=sizes)
+            self.sized.add(trial_id)
 
     def finish_trial(self, trial_id: str, status: str, result: dict, error_file: Path | None = None) -> None:
         """The final metrics, status tag, metrics.json and error file of a trial that ended; its run ends."""
