@@ -180,13 +180,15 @@ def check_ratio(ratio: float) -> float:
 
 @dataclass
 class Law:
-    """Fitted laws: one pooled over every model and task, and one per model (pooled over its tasks)."""
+    """Fitted laws: one pooled over every model and task, one per model (pooled over its tasks), and one per
+    model and task (``"model/task"``; shown in reports to see whether the tasks agree; recommend uses the others)."""
 
     pooled: Fit | None
     models: dict[str, Fit]
     method: str = "random_masking"
     data: dict = field(default_factory=dict)  # everything else law.json holds (points, excluded, source...)
     probe_calibration: dict | None = None  # written by the Hessian-probe calibration (rmask_tune.analysis)
+    tasks: dict[str, Fit] = field(default_factory=dict)
 
     def fit_for(self, model: str | None = None) -> Fit:
         """The fit for ``model`` (its own), or the pooled fit when ``model`` is None."""
@@ -227,6 +229,7 @@ class Law:
             "confidence": CONFIDENCE,
             "pooled": self.pooled.to_dict() if self.pooled else None,
             "models": {m: f.to_dict() for m, f in sorted(self.models.items())},
+            "tasks": {t: f.to_dict() for t, f in sorted(self.tasks.items())},
             **self.data,
             "probe_calibration": self.probe_calibration,
         }
@@ -246,13 +249,14 @@ def load_law(path: str | Path) -> Law:
         raise RmaskError(f"law file {path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err})") from None
     if not isinstance(d, dict) or d.get("format") != LAW_FORMAT:
         raise RmaskError(f"{path} is not an rmask-tune law file (expected format {LAW_FORMAT!r})")
-    known = {"format", "law", "method", "confidence", "pooled", "models", "probe_calibration"}
+    known = {"format", "law", "method", "confidence", "pooled", "models", "tasks", "probe_calibration"}
     return Law(
         pooled=Fit.from_dict(d["pooled"]) if d.get("pooled") else None,
         models={m: Fit.from_dict(f) for m, f in d.get("models", {}).items()},
         method=d.get("method", "random_masking"),
         data={k: v for k, v in d.items() if k not in known},
         probe_calibration=d.get("probe_calibration"),
+        tasks={t: Fit.from_dict(f) for t, f in d.get("tasks", {}).items()},
     )
 
 

@@ -184,6 +184,12 @@ def test_fitted_law_recovers_the_known_exponent(report, store):
     assert law.models["m-small"].a == pytest.approx(-4.6, abs=0.05)  # -4.5 + mean task shift -0.1
     assert law.models["m-big"].a == pytest.approx(-4.9, abs=0.05)
     assert len(law.models["m-small"].points) == 6  # SST-2 1e-7 is at the grid edge: excluded
+    # one fit per model and task recovers that task's own intercept (the law's task and model shifts)
+    assert set(law.tasks) == {f"{m}/{t}" for m in MODEL_SHIFT for t in TASK_SHIFT}
+    for name, fit in law.tasks.items():
+        model, task = name.split("/")
+        assert fit.b == pytest.approx(-0.5, abs=0.03) and len(fit.points) == 3, name
+        assert fit.a == pytest.approx(-4.5 + TASK_SHIFT[task] + MODEL_SHIFT[model], abs=0.05), name
     assert len(law.pooled.points) == 12
     # every point is the true optimum (the quadratic is exact on a parabola) up to seed noise
     for p in law.pooled.points:
@@ -208,6 +214,10 @@ def test_missing_and_partial_data_are_named(report):
     assert "m-small · CB: no trial" in notes
     assert "m-big · Full FT: no trial for CB" in notes
     assert "m-big · Random Masking 0.1% · CB: no finished trial with a test metric" in notes
+    # CB ran a window of the grid: said once, and only the holes inside the window count as missing
+    assert "m-big · Random Masking 0.1% · CB: LRs 0.001 – 0.01 only (other tasks: 0.0001 – 0.032)" in notes
+    assert "m-big · Random Masking 0.1% · CB: 4 trial(s) of the grid missing (lr 0.001 seed 1, lr 0.0032 seed 0, " \
+           "lr 0.0032 seed 1, lr 0.01 seed 1)" in notes
     # the stopped trials leave a full curve: no note for them beyond the compute table
     assert "m-small · Random Masking 0.1% · SST-2" not in notes
 
@@ -223,6 +233,8 @@ def test_readme_tables_law_and_compute(report, store):
         assert f"]({png})" in readme and (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     law_rows = [line for line in readme.splitlines() if line.startswith("| pooled |")]
     assert len(law_rows) == 1 and "-0.5" in law_rows[0]
+    rte = next(line for line in readme.splitlines() if line.startswith("| m-big · RTE |"))
+    assert rte.startswith("| m-big · RTE | -5.00") and "| 3 | 1e-05 – 0.001 |" in rte  # -4.5 - 0.2 (RTE) - 0.3 (m-big)
     # compute: every deduplicated trial, its epochs and wall time; ASHA-stopped trials and the epochs they saved
     kept = [t for t in trials if not t.get("old")]
     epochs = sum(t.get("epochs", EPOCHS) if not t.get("no_dev") else EPOCHS for t in kept)

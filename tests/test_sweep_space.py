@@ -88,6 +88,20 @@ def test_log_grid_spacing(tmp_path):
     assert space.file.methods["random_masking"].lr == [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1]
 
 
+def test_lr_by_ratio_gives_a_ratio_its_own_grid(tmp_path):
+    text = GOOD.replace("lr: [1e-3, 1e-2]", 'lr: [1e-3, 1e-2]\n    lr_by_ratio: {0.001: {min: 1e-2, max: 1, per_decade: 1}}')
+    space = load_space(write(tmp_path, text))
+    grids = {(c.method, c.ratio): c.lrs for c in space.cells()}
+    assert grids[("random_masking", 0.01)] == (1e-3, 1e-2)  # no grid of its own: the method's
+    assert grids[("random_masking", 0.001)] == (1e-2, 1e-1, 1.0)
+    assert space.num_trials() == 2 + 3 + 1 + 1
+    assert {(t["ratio"], t["lr"]) for t in space.grid_trials() if t["method"] == "random_masking"} == \
+           {(0.01, 1e-3), (0.01, 1e-2), (0.001, 1e-2), (0.001, 1e-1), (0.001, 1.0)}
+    # without a shared lr, every ratio needs its own grid
+    only_own = GOOD.replace("lr: [1e-3, 1e-2]", 'lr_by_ratio: {"1%": [1e-3], 0.001: [1e-1]}')
+    assert {c.ratio: c.lrs for c in load_space(write(tmp_path, only_own)).cells() if c.ratio} == {0.01: (1e-3,), 0.001: (1e-1,)}
+
+
 BAD = [
     ("unknown top-level key", GOOD + "colour: red\n", "colour", 13, "unknown key 'colour'"),
     ("wrong type", GOOD.replace("epochs: 2", "epochs: two"), "training.epochs", 11, "epochs must be a number"),
@@ -98,6 +112,14 @@ BAD = [
     ("unknown method", GOOD.replace("  none: {}", "  dropout: {lr: [1e-3]}"), "methods.dropout", 10, "unknown method"),
     ("negative LR", GOOD.replace("lr: [1e-3, 1e-2]", "lr: [1e-3, -1e-2]"), "methods.random_masking.lr[1]", 7, "greater than 0"),
     ("LR on none", GOOD.replace("none: {}", "none: {lr: [1e-3]}"), "methods.none.lr", 10, "no learning rate"),
+    ("per-ratio LRs on lora", GOOD.replace("lr: [1e-4]", "lr: [1e-4]\n    lr_by_ratio: {0.01: [1e-3]}"),
+     "methods.lora.lr_by_ratio", 10, "takes no per-ratio grids"),
+    ("per-ratio grid for an unlisted ratio", GOOD.replace("lr: [1e-3, 1e-2]", "lr: [1e-3]\n    lr_by_ratio: {0.05: [1e-3]}"),
+     "methods.random_masking.lr_by_ratio", 8, "not in ratios: 0.05"),
+    ("a ratio without any grid", GOOD.replace("lr: [1e-3, 1e-2]", 'lr_by_ratio: {"1%": [1e-3]}'),
+     "methods.random_masking", 5, "none for 0.001"),
+    ("per-ratio key of 0", GOOD.replace("lr: [1e-3, 1e-2]", "lr_by_ratio: {0: [1e-3]}"),
+     "methods.random_masking.lr_by_ratio[0]", 7, "(0, 1]"),
     ("ratio on lora", GOOD.replace("lr: [1e-4]", "lr: [1e-4]\n    ratios: [0.01]"), "methods.lora.ratios", 10, "takes no ratio"),
     ("unknown section key", GOOD + "scheduler: {type: asha, grace: 1}\n", "scheduler.grace", 13, "unknown key 'grace'"),
     ("optuna without samples", GOOD + "search: {type: optuna}\n", "search", 13, "'num_samples' is required"),
@@ -264,6 +286,8 @@ def test_a_setting_added_after_the_sweep_started_is_compared_at_its_default(tmp_
 def test_extend_and_guided_files_rerun_the_main_sweeps_configurations():
     main_space = load_space(REPO / "search_spaces" / "smollm2-135m.yaml")
     extend = load_space(REPO / "search_spaces" / "smollm2-135m-extend.yaml")
+    rte = load_space(REPO / "search_spaces" / "smollm2-135m-rte.yaml")
+    rte_extend = load_space(REPO / "search_spaces" / "smollm2-135m-rte-extend.yaml")
     guided = load_space(REPO / "search_spaces" / "smollm2-135m-guided.yaml")
     main_grid = main_space.file.methods["random_masking"].lr
     extend_lrs = extend.file.methods["random_masking"].lr
@@ -271,9 +295,20 @@ def test_extend_and_guided_files_rerun_the_main_sweeps_configurations():
     assert [lr for lr in extend_lrs if lr <= max(main_grid)] == [lr for lr in main_grid if lr >= min(extend_lrs)]
     assert extend.experiment_name == main_space.experiment_name
     assert extend.tracking_uri == "sqlite:///runs/smollm2-135m/mlflow.db"  # the main sweep's default store
-    for other in (extend, guided):
-        ours = other.trial_config(other.grid_trials()[0])
-        theirs = main_space.trial_config(main_space.grid_trials()[0])
+    # the RTE file runs the main file's RTE cells on windows of the same half-decade values (0.001% goes past 1)
+    assert rte.file.tasks == ["RTE"] and rte.experiment_name == main_space.experiment_name
+    assert rte.tracking_uri == extend.tracking_uri
+    main_cells = {(c.method, c.ratio): c.lrs for c in main_space.cells() if c.task == "RTE"}
+    half_decades = {float(f"{10 ** (k / 2):.3g}") for k in range(-14, 3)}
+    for cell in rte.cells() + rte_extend.cells():
+        grid = main_cells[(cell.method, cell.ratio)]
+        assert set(cell.lrs) <= half_decades and {lr for lr in cell.lrs if lr <= max(grid or [0])} <= set(grid), cell
+    assert rte_extend.tracking_uri == rte.tracking_uri and rte_extend.experiment_name == rte.experiment_name
+    for other in (extend, guided, rte, rte_extend):
+        first = other.grid_trials()[0]
+        ours = other.trial_config(first)
+        theirs = main_space.trial_config(next(t for t in main_space.grid_trials()
+                                              if (t["task"], t["method"], t["ratio"]) == (first["task"], first["method"], first["ratio"])))
         assert {k: v for k, v in ours.items() if k not in ("ratio", "lr")} == \
                {k: v for k, v in theirs.items() if k not in ("ratio", "lr")}
 
@@ -288,3 +323,61 @@ def test_output_into_a_closed_pipe_ends_quietly():
     done = subprocess.run(["bash", "-c", shell + "; echo rc=${PIPESTATUS[0]}"], capture_output=True, text=True, timeout=120)
     assert done.stdout == "rc=141\n"
     assert done.stderr == ""
+
+
+def test_summary_of_a_sitting_where_no_trial_ended(tmp_path):
+    """Ctrl+C before any trial ends (e.g. right after --resume): no NaN overhead, the resume command instead."""
+    import io
+    from types import SimpleNamespace
+
+    from rmask_tune.sweep.results import print_summary, timing
+
+    space = load_space(write(tmp_path, GOOD))
+    out = io.StringIO()
+    store = SimpleNamespace(tracking_uri="sqlite:///x.db", experiment="good")  # only where the store is, for the last line
+    print_summary([], space, store, out, timing([], slots=2, started=0.0, ray_ready=6.0, wall=150.0))
+    text = out.getvalue()
+    assert "0 trials ran here" in text and "no trial ended here, so no per-trial overhead" in text and "nan" not in text
+    assert f"0 trial(s) cut short and {space.num_trials()} not started" in text and "--resume" in text
+
+
+def test_a_reused_worker_gives_back_what_the_last_trial_freed():
+    """Freed small-object heap stays resident until trimmed: release_memory (run before every trial) returns it."""
+    from rmask_tune.sweep.trainable import _rss_bytes, release_memory
+
+    release_memory()
+    chunks = [bytearray(3000) for _ in range(200_000)]  # ~600 MB of small heap chunks
+    survivors = chunks[::8]  # a few stay alive all over the heap, so glibc cannot just shrink its top
+    del chunks  # a trial's leftovers: freed, but still resident
+    freed_but_resident = _rss_bytes()
+    assert freed_but_resident - release_memory() > 300e6
+    assert len(survivors) == 25_000
+
+
+def test_a_sweep_whose_driver_died_marks_its_running_trials_interrupted(tmp_path):
+    """Tune's driver can die under the sweep (Ray killed a worker for memory, mid-reuse): the runs MLflow
+    still has as running are marked interrupted, so the report leaves them out and --resume reruns them."""
+    import mlflow
+
+    from rmask_tune.sweep.runner import root_cause
+    from rmask_tune.sweep.tracking import SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "exp", "good", "sweep-1", tmp_path / "artifacts")
+    tracker.open({"sweep_name": "good"})
+    cut, done = tracker.trial_run("t-cut", "cut", {"lr": 0.1}), tracker.trial_run("t-done", "done", {"lr": 0.01})
+    tracker.finish_trial("t-done", "finished", {"epoch": 2, "test_metric": 0.8})
+    driver = SweepTracker(uri, "exp", "good", "sweep-1", tmp_path / "artifacts")  # the resumed driver's own
+    driver.open({"sweep_name": "good"})
+    assert driver.abandon() == 1
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(cut).data.tags["rmask.status"] == "interrupted" and client.get_run(cut).info.status == "KILLED"
+    assert client.get_run(done).data.tags["rmask.status"] == "finished" and client.get_run(done).info.status == "FINISHED"
+    assert client.get_run(driver.parent_id).info.status == "KILLED" and driver.parent_id == tracker.parent_id
+    try:
+        try:
+            raise MemoryError("1 worker(s) were killed due to the node running low on memory.\nTop 10 memory users: ...")
+        except MemoryError as oom:
+            raise RuntimeError("Caught unexpected exception: 1 worker(s) were killed ...") from oom
+    except RuntimeError as error:
+        assert root_cause(error) == "1 worker(s) were killed due to the node running low on memory."

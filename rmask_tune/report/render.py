@@ -88,6 +88,9 @@ def _fit_row(name: str, fit) -> list[str]:
 
 def _law(summary: Summary, names: set[str]) -> list:
     law = summary.law
+    # one task's own fit repeats its model's; with several tasks they show whether the tasks agree
+    several = len({name.rsplit("/", 1)[1] for name in law.tasks}) > 1  # keys are model/task; a hub model has a '/'
+    per_task = [_fit_row(" · ".join(name.rsplit("/", 1)), f) for name, f in sorted(law.tasks.items())] if several else []
     blocks: list = [
         ("h2", "3. Optimal learning rate vs sparsity"),
         ("p", f"log10 lr* = a + b · log10(ratio), fitted by weighted least squares (weights 1/se²) over the "
@@ -96,7 +99,8 @@ def _law(summary: Summary, names: set[str]) -> list:
               "larger the optimal LR. law.json beside this report holds it; "
               "`rmask-tune recommend --law law.json --ratio R` uses it."),
         ("table", Table(["Fit", "a [95% CI]", "b [95% CI]", "R²", "Points", "Ratio range"],
-                        [_fit_row(m, f) for m, f in sorted(law.models.items())] + [_fit_row("pooled", law.pooled)])),
+                        [_fit_row(m, f) for m, f in sorted(law.models.items())] + per_task
+                        + [_fit_row("pooled", law.pooled)])),
     ]
     if "law.png" in names:
         caption = "Optimal LR vs trainable ratio with the fitted line and its 95% band"

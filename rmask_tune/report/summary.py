@@ -151,6 +151,11 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
             ratios = len({p["ratio"] for p in mine})
             notes.append(f"no law for {model}: optimal LRs (interior to the grid) at {ratios} ratio(s); "
                          "two or more are needed")
+    by_task: dict[str, Fit] = {}
+    for model, task in sorted({(p["model"], p["task"]) for p in points}):
+        mine = [p for p in points if (p["model"], p["task"]) == (model, task)]
+        if len({p["ratio"] for p in mine}) >= 2:
+            by_task[f"{model}/{task}"] = fit_law(mine, bootstrap=bootstrap, seed=seed)
     try:
         pooled = fit_law(points, bootstrap=bootstrap, seed=seed)
     except RmaskError:
@@ -159,7 +164,7 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
     data = {"points": points, "excluded": excluded, "bootstrap": {"samples": bootstrap, "seed": seed},
             "estimator": "quadratic in log10(lr) through the best-dev LR and its neighbours (mean over seeds); "
                          "se combines seed noise and grid spacing / sqrt(12); edge optima are excluded"}
-    return Law(pooled=pooled, models=fits, method=LAW_METHOD, data=data)
+    return Law(pooled=pooled, models=fits, method=LAW_METHOD, data=data, tasks=by_task)
 
 
 def _rows(curves: list[Curve], trials: list[Trial]) -> list[Row]:
@@ -223,8 +228,13 @@ def _missing(trials: list[Trial], curves: dict[tuple, Curve], tasks: list[str]) 
             notes.append(f"{label}: no trial for {', '.join(absent_tasks)}")
         for task in sorted(ran):
             curve = curves.get((model, task, method, ratio))
+            own = sorted({t.lr for t in mine if t.task == task and t.lr is not None})
+            # a task may have run a narrower window of the grid on purpose: say so, and count holes inside it
+            if own and (min(own) > min(lrs) or max(own) < max(lrs)):
+                notes.append(f"{label} · {task}: LRs {fmt_lr(own[0])} – {fmt_lr(own[-1])} only "
+                             f"(other tasks: {fmt_lr(min(lrs))} – {fmt_lr(max(lrs))})")
             absent = [(lr, s) for lr in sorted(lrs, key=lambda v: v or 0.0) for s in sorted(seeds)
-                      if (task, lr, s) not in have]
+                      if (task, lr, s) not in have and (lr is None or not own or own[0] <= lr <= own[-1])]
             if absent:
                 shown = ", ".join(f"lr {fmt_lr(lr)} seed {s}" for lr, s in absent[:6])
                 more = f" and {len(absent) - 6} more" if len(absent) > 6 else ""

@@ -122,11 +122,14 @@ def print_summary(rows: list[dict], space: SweepSpace, tracker, stream, timing: 
         f"(saved {saved}: {savings['saved_by_asha']} by ASHA, {savings['saved_by_divergence']} by divergence)",
         file=stream,
     )
+    overhead = (
+        f"per-trial overhead {timing['overhead_s']:.1f} s ({timing['overhead_after_startup_s']:.1f} s after start-up)"
+        if timing["trials"] else "no trial ended here, so no per-trial overhead"
+    )
     print(
         f"wall time {timing['wall_s']:.1f} s (Ray and Tune start-up {timing['startup_s']:.1f} s); "
         f"{timing['trials']} trials ran here with {timing['compute_s']:.1f} s of trial compute on {timing['slots']} slot(s) "
-        f"in {timing['workers']} worker process(es), {timing['cache_hits']} from the model cache; "
-        f"per-trial overhead {timing['overhead_s']:.1f} s ({timing['overhead_after_startup_s']:.1f} s after start-up)",
+        f"in {timing['workers']} worker process(es), {timing['cache_hits']} from the model cache; {overhead}",
         file=stream,
     )
     for row in rows:

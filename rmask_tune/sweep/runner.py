@@ -107,7 +107,14 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
         tracker.open(_sweep_params(space, state))
         tuner = _tuner(space, tracker, state, resume)
         ray_ready = time.time()
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except Exception as error:  # Tune's driver died, e.g. on a worker Ray killed for memory
+            cut = tracker.abandon()
+            raise RmaskError(
+                f"the sweep stopped: {root_cause(error)}; {cut} running trial(s) marked interrupted; continue with "
+                f"`rmask-tune sweep {space.source} --resume`"
+            ) from None
     finally:
         if started_ray:
             import ray
@@ -117,6 +124,14 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
     rows = summary_rows(results, interrupted=tracker.trials_with_status("interrupted"))
     print_summary(rows, space, tracker, stream, timing(rows, space.file.max_concurrent_trials, started, ray_ready, wall))
     return rows
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of the exception at the bottom of ``error``'s chain (what Ray or Tune actually hit)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _sweep_params(space: SweepSpace, state: SweepState) -> dict:

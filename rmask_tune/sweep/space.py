@@ -95,12 +95,22 @@ class LogGrid(_Strict):
         return self
 
 
+LrGrid = Annotated[list[PositiveLr], BeforeValidator(_lr_grid), Field(min_length=1)]
+
+
 class MethodGrid(_Strict):
-    """One method's grids: ``ratios`` (methods that take a ratio), ``lr`` (all but ``none``), ``options``."""
+    """One method's grids: ``ratios`` (methods that take a ratio), ``lr`` (all but ``none``), ``lr_by_ratio``
+    (a ratio's own LR grid, in place of ``lr``: sparser masks want larger LRs), ``options``."""
 
     ratios: list[Ratio] | None = Field(default=None, min_length=1)
-    lr: Annotated[list[PositiveLr], BeforeValidator(_lr_grid), Field(min_length=1)] | None = None
+    lr: LrGrid | None = None
+    lr_by_ratio: dict[Ratio, LrGrid] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    def lrs(self, ratio: float | None) -> list[float] | None:
+        """The learning rates of one ratio: its own grid, else the method's."""
+        own = (self.lr_by_ratio or {}).get(ratio)
+        return own if own is not None else self.lr
 
 
 class DataSettings(_Strict):
@@ -242,7 +252,7 @@ class SweepSpace:
 
         if self.law is not None and method == self.law.method and ratio is not None:
             return tuple(narrow_grid(self.law, ratio, model if model in self.law.models else None))
-        return tuple(self.file.methods[method].lr or ())
+        return tuple(self.file.methods[method].lrs(ratio) or ())
 
     def cells(self) -> list[Cell]:
         """Every model x task x method x ratio, in file order."""
@@ -438,12 +448,21 @@ def _check_method(method: str, grid: MethodGrid) -> None:
         raise _Invalid(where + ("ratios",), f"method '{method}' takes no ratio")
     if grid.ratios is None and {"ratio", "density"} <= set(options):
         raise _Invalid(where, f"method '{method}' needs ratios (fractions like 0.001, or percentages like '0.1%')")
-    if method == "none" and grid.lr is not None:
-        raise _Invalid(where + ("lr",), "method 'none' trains nothing, so it takes no learning rate")
-    if method != "none" and grid.lr is None:
-        raise _Invalid(where, f"method '{method}' needs an lr grid (a list, or {{min, max, per_decade}})")
+    for key in ("lr", "lr_by_ratio"):
+        if method == "none" and getattr(grid, key) is not None:
+            raise _Invalid(where + (key,), "method 'none' trains nothing, so it takes no learning rate")
+    if grid.lr_by_ratio is not None and grid.ratios is None:
+        raise _Invalid(where + ("lr_by_ratio",), f"method '{method}' takes no ratio, so it takes no per-ratio grids")
     if grid.ratios is not None and len(set(grid.ratios)) != len(grid.ratios):
         raise _Invalid(where + ("ratios",), "a ratio is listed twice")
+    strays = [f"{r:g}" for r in grid.lr_by_ratio or {} if r not in grid.ratios]
+    if strays:
+        raise _Invalid(where + ("lr_by_ratio",), f"grid for ratio(s) not in ratios: {', '.join(strays)}")
+    uncovered = [r for r in grid.ratios or [None] if not grid.lrs(r)]
+    if method != "none" and uncovered:
+        which = "" if grid.ratios is None else \
+            f" or lr_by_ratio for each ratio (none for {', '.join(f'{r:g}' for r in uncovered)})"
+        raise _Invalid(where, f"method '{method}' needs an lr grid (a list, or {{min, max, per_decade}}){which}")
     for name in grid.options:
         if name in ("ratio", "density"):
             raise _Invalid(where + ("options", name), f"set {name} through the method's ratios grid")

@@ -135,12 +135,25 @@ class SweepTracker:
 
     def trials_with_status(self, status: str) -> set[str]:
         """The trial ids of this sweep whose runs say ``status`` (``running``, ``interrupted``, ...)."""
+        return set(self._runs_with_status(status))
+
+    def abandon(self) -> int:
+        """After Tune's driver died (Ray ended a worker it did not expect to lose): the trials MLflow has as
+        running are marked interrupted and the parent run KILLED, as after Ctrl+C. Returns how many."""
+        running = self._runs_with_status("running")
+        for trial_id, run_id in running.items():
+            self.runs.setdefault(trial_id, run_id)
+            self.interrupt_trial(trial_id)
+        self.close(tags={}, interrupted=True)
+        return len(running)
+
+    def _runs_with_status(self, status: str) -> dict[str, str]:
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`rmask.status` = '{status}'",
             max_results=50000,
         )
-        return {run.data.tags["rmask.trial_id"] for run in found}
+        return {run.data.tags["rmask.trial_id"]: run.info.run_id for run in found}
 
     def interrupt_trial(self, trial_id: str) -> None:
         """A trial the sweep's interruption cut short: tagged ``interrupted``, its run KILLED; --resume reruns it."""

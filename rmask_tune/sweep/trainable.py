@@ -10,6 +10,8 @@ training again.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import math
 import os
@@ -40,14 +42,39 @@ def run_tune_trial(config: dict) -> None:
         reporter.finish(result, replayed=True, metrics_json=saved.read_text())
         return
     output.mkdir(parents=True, exist_ok=True)
+    rss = release_memory()
     with open(output / "attempts.jsonl", "a") as log:
-        log.write(json.dumps({"started": time.time(), "host": socket.gethostname(), "pid": os.getpid()}) + "\n")
+        log.write(json.dumps({"started": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                              "rss_bytes": rss}) + "\n")
     trial = {key: value for key, value in config["trial"].items() if value is not None}
     CACHE.reset_stats()
     reporter = EpochReporter(tune.report, CACHE.stats)
     with CACHE.installed():
         result = run_trial({**config["settings"], **trial}, hooks=[reporter], output_dir=output, overwrite=True)
     reporter.finish(result, replayed=False, metrics_json=saved.read_text())
+
+
+def release_memory() -> int | None:
+    """Free what earlier trials in this (reused) worker left behind; returns the resident bytes after.
+
+    Collects garbage (models sit in reference cycles) and hands glibc's freed heap back to the OS. Without
+    it, SmolLM2-135M workers that had each run four RTE trials held 10.5 GB between trials and Ray's memory
+    monitor killed one; with it, they start every trial at 1.1 GB (the cached base model included).
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+    return _rss_bytes()
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class EpochReporter:
