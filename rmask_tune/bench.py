@@ -11,9 +11,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking import apply_random_masking, masked_layers
-from rmask_tune.masking.layer import detach as remove_random_masking_layer
+from rmask_tune.masking import apply_random_masking, masked_layers, remove_random_masking
 from rmask_tune.methods import prepare_method
+from rmask_tune.precision import POLICIES, PrecisionPolicy, resolve_precision
 
 RM_RATIOS = (1e-2, 1e-3, 1e-4, 1e-5)
 
@@ -52,10 +52,13 @@ class _DenseMaskedDelta(nn.Module):
 def _apply_dense_mask(model: nn.Module, ratio: float) -> int:
     """The naive implementation: a full-size trainable delta times a 0/1 mask on each q/v matrix."""
     info = apply_random_masking(model, ratio=ratio)
-    for layer in masked_layers(model).values():
-        mask = torch.zeros(layer.weight.numel(), dtype=layer.weight.dtype, device=layer.weight.device)
-        mask[layer.rmask_flat] = 1.0
-        remove_random_masking_layer(layer, merge=False)
+    masks = {}
+    for name, layer in masked_layers(model).items():
+        masks[name] = torch.zeros(layer.weight.numel(), dtype=layer.weight.dtype, device=layer.weight.device)
+        masks[name][layer.rmask_flat] = 1.0
+    remove_random_masking(model, merge=False)
+    for name, mask in masks.items():
+        layer = model.get_submodule(name)
         parametrize.register_parametrization(layer, "weight", _DenseMaskedDelta(mask.view_as(layer.weight)))
     return info.trainable_params
 
@@ -89,8 +92,10 @@ def bench_batch(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0) 
 
 
 class _Case:
-    def __init__(self, method: str, options: dict, base: nn.Module, batch: dict):
-        self.method, self.options = method, options
+    def __init__(
+        self, method: str, options: dict, base: nn.Module, batch: dict, precision: PrecisionPolicy = POLICIES["fp32"]
+    ):
+        self.method, self.options, self.precision = method, options, precision
         model = copy.deepcopy(base).train()
         if method == "dense_mask":
             self.trainable = _apply_dense_mask(model, options["ratio"])
@@ -98,10 +103,14 @@ class _Case:
         else:  # the floor is the frozen model ("none") with gradients flowing back to its inputs
             setup = prepare_method(model, "none" if method == "floor" else method, **options)
             self.model, self.trainable = setup.model, setup.trainable_params
+        precision.cast_model(self.model)
+        self.device_type = next(self.model.parameters()).device.type
+        self.scaler = precision.grad_scaler(self.device_type)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
         # Only the floor's inputs require grad: its backward runs through the whole frozen model to them.
-        self.inputs = {k: v.detach().requires_grad_(method == "floor") if v.is_floating_point() else v
+        dtype = precision.weight_dtype
+        self.inputs = {k: v.detach().to(dtype).requires_grad_(method == "floor") if v.is_floating_point() else v
                        for k, v in batch.items()}
         self.times: list[float] = []
 
@@ -132,26 +141,34 @@ class _Case:
 
     def step(self) -> None:
         start = time.perf_counter()
-        loss = self.model(**self.inputs).loss
-        loss.backward()
+        with self.precision.autocast(self.device_type):
+            loss = self.model(**self.inputs).loss
+        self.scaler.scale(loss).backward()
         if self.optimizer is not None:
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
         self.times.append(time.perf_counter() - start)
 
 
-def run_bench(base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: int = 5, steps: int = 3) -> list[dict]:
+def run_bench(
+    base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: int = 5, steps: int = 3, precision: str = "fp32"
+) -> list[dict]:
     """Time one training step per method, interleaving methods in rounds so machine noise hits all alike.
 
     ``base`` is a model with a loss: a causal LM, a sequence classifier or an image classifier (see
-    ``bench_batch``); ``seq_len`` is unused for image models. A method that refuses the model gets a
+    ``bench_batch``); ``seq_len`` is unused for image models. Each method's copy is cast by the
+    ``precision`` policy and steps under its autocast. A method that refuses the model gets a
     row with the reason under ``skipped`` instead of measurements.
     """
     batch = bench_batch(base, batch_size, seq_len)
+    policy = resolve_precision(precision, next(base.parameters()).device.type)
     cases, skipped = [], []
     for method, options in bench_cases():
         try:
-            cases.append(_Case(method, options, base, batch))
+            cases.append(_Case(method, options, base, batch, policy))
         except RmaskError as error:
             skipped.append({"method": method, "ratio": options.get("ratio"), "skipped": str(error)})
     peak = {}

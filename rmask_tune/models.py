@@ -127,6 +127,7 @@ HEADS = {
     "base": "AutoModel",
 }
 
+RANDOM_INIT = "random-init:"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
 
 
@@ -151,12 +152,16 @@ def load_model(
     """Load ``name`` (alias, local folder, ``.gguf`` file or hub id) with the given head, in eval mode.
 
     ``head`` is one of HEADS; ``num_labels`` applies to ``sequence-classification``. ``dtype`` None keeps
-    the checkpoint's dtype (float32 for the tiny and packaged models).
+    the checkpoint's dtype (float32 for the tiny and packaged models). ``random-init:NAME`` builds NAME's
+    architecture from its config alone with seeded random weights (step timings of big models without
+    their weights; the tokenizer is NAME's).
     """
     if head not in HEADS:
         raise RmaskError(f"unknown head '{head}'; choose one of {', '.join(HEADS)}")
     kwargs = {"num_labels": num_labels} if head == "sequence-classification" else {}
-    if name in TINY_CONFIGS:
+    if name.startswith(RANDOM_INIT):
+        model = _random_init(name.removeprefix(RANDOM_INIT), head, kwargs).to(dtype or torch.float32)
+    elif name in TINY_CONFIGS:
         model = _tiny_with_head(name, head, kwargs).to(dtype or torch.float32)
     else:
         path = resolve_model_path(name)
@@ -176,6 +181,7 @@ def default_head(name: str) -> str:
     """
     from transformers.models.auto import modeling_auto as auto
 
+    name = name.removeprefix(RANDOM_INIT)
     config = _tiny_config(name) if name in TINY_CONFIGS else _load_config(name)
     if config is None:  # a .gguf file: GGUF holds decoder language models
         return "causal-lm"
@@ -193,6 +199,7 @@ def load_tokenizer(name: str):
     """The tokenizer for ``name``: a packaged alias, a local folder, a ``.gguf`` file or a hub id."""
     import transformers
 
+    name = name.removeprefix(RANDOM_INIT)
     if name in TINY_CONFIGS:
         raise RmaskError(f"{name} is a random-init model with no tokenizer of its own; pair it with another model's")
     path = resolve_model_path(name)
@@ -249,6 +256,22 @@ def _load_config(name: str):
         return transformers.AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise RmaskError(f"cannot load the config of {_describe(name, path)}: {_first_line(error)}") from error
+
+
+def _random_init(name: str, head: str, kwargs: dict) -> nn.Module:
+    """``name``'s architecture with random weights (seed 0), from its config alone."""
+    import transformers
+
+    if name in TINY_CONFIGS:
+        raise RmaskError(f"{name} is random-init already; drop the '{RANDOM_INIT}' prefix")
+    config = _load_config(name)
+    if config is None:
+        raise RmaskError(f"'{RANDOM_INIT}' needs a model folder or hub id with a config.json, not a .gguf file")
+    for key, value in kwargs.items():
+        setattr(config, key, value)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return getattr(transformers, HEADS[head]).from_config(config)
 
 
 def _tiny_with_head(name: str, head: str, kwargs: dict) -> nn.Module:

@@ -102,19 +102,13 @@ def test_choice_run_trains_only_the_mask_and_keeps_the_best_epoch(tmp_path):
     records = []
     result = train_trial(trial, hooks=[records.append])
 
-    after = trial.model.state_dict()
-    layers = masked_layers(trial.model)
     changed = 0
-    for name, tensor in after.items():
-        layer = layers.get(name.removesuffix(".weight"))
-        if layer is None or not name.endswith(".weight"):
-            assert name.endswith("rmask_values") or torch.equal(tensor, before[name]), name
-            continue
-        outside = torch.ones(tensor.numel(), dtype=torch.bool)
-        outside[layer.rmask_flat] = False
-        assert torch.equal(tensor.view(-1)[outside], before[name].view(-1)[outside]), name
-        changed += int((tensor.view(-1)[layer.rmask_flat] != before[name].view(-1)[layer.rmask_flat]).sum())
-    assert 0 < changed <= result["trainable_params"]
+    for name, tensor in trial.model.state_dict().items():
+        if name.endswith("rmask_values"):
+            changed += int((tensor != before[name]).sum())
+        else:
+            assert torch.equal(tensor, before[name]), name  # the base model is never written
+    assert 0 < changed <= result["trainable_params"] and len(masked_layers(trial.model)) > 0
 
     assert [r["epoch"] for r in records] == [1, 2] and records[-1]["final"] and "final" not in records[0]
     assert result["best_epoch"] in (1, 2) and result["dev_metric"] == max(r["dev_metric"] for r in records)

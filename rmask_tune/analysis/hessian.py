@@ -6,9 +6,9 @@ Two ways to multiply the Hessian by a vector:
   through the masked layers' own autograd Function (their sparse value gradient is not twice
   differentiable). The step is relative to the trained parameters: ``h = fd_step * (1 + ||theta||)``
   for a unit ``v``, where ``theta`` are the effective weights ``W0 + delta`` at the masked entries.
-- ``exact``: double backward (Pearlmutter's trick). Each masked layer temporarily gets a differentiable
-  forward that adds the values onto a copy of its frozen weight (a dense copy per call), and attention
-  runs on PyTorch's math kernel, the one with a second derivative.
+- ``exact``: double backward (Pearlmutter's trick). The masked layers differentiate through ordinary
+  torch ops (``plain_autograd``: the effective weight is built from the values by an ``index_put``), and
+  attention runs on PyTorch's math kernel, the one with a second derivative.
 
 Two ways to find the top (largest algebraic) eigenvalue from HVPs:
 
@@ -22,19 +22,16 @@ Two ways to find the top (largest algebraic) eigenvalue from HVPs:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking import masked_layers
-from rmask_tune.masking.layer import sync_weight
+from rmask_tune.masking.layer import plain_autograd
 
 HVP_METHODS = ("fd", "exact")
 SOLVERS = ("lanczos", "power")
@@ -117,7 +114,8 @@ class MaskedHessian:
 
     def parameter_norm(self) -> float:
         """``||W0 + delta||`` over the masked entries: the scale of the finite-difference step."""
-        weights = (layer.rmask_base.float() + layer.rmask_values.detach() for layer in self.layers)
+        weights = (layer.weight.detach().reshape(-1)[layer.rmask_flat].float() + layer.rmask_values.detach()
+                   for layer in self.layers)
         return math.sqrt(sum(float(w.pow(2).sum()) for w in weights))
 
     def step_size(self) -> float:
@@ -137,7 +135,7 @@ class MaskedHessian:
         try:
             gradients = []
             for sign in (1.0, -1.0):
-                with torch.no_grad():  # in-place updates bump the version, so the layers resync their weight
+                with torch.no_grad():
                     for p, start, part in zip(self.params, saved, self._split(sign * h * vector)):
                         p.copy_(start + part)
                 gradients.append(self.gradient())
@@ -152,7 +150,7 @@ class MaskedHessian:
 
         parts = self._split(vector)
         total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
-        with differentiable_values(self.layers), sdpa_kernel(SDPBackend.MATH):
+        with plain_autograd(), sdpa_kernel(SDPBackend.MATH):
             for batch in self.batches:
                 grads = torch.autograd.grad(self.loss_fn(batch), self.params, create_graph=True)
                 dot = sum((g * part).sum() for g, part in zip(grads, parts))
@@ -269,30 +267,3 @@ def _power(hvp, dim, iters, tol, seed, device, shift: float) -> Eigenvalue:
             return Eigenvalue(history[-1], step, True, "power", history)
         vector = product / size
     return Eigenvalue(history[-1], iters, False, "power", history)
-
-
-def _differentiable_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The masked forward with a second derivative: the frozen weight plus the values (zero-valued here)."""
-    if self.rmask_values._version != self.rmask_synced_version:
-        sync_weight(self)
-    values = self.rmask_values
-    # The weight already holds W0 + values at the masked entries; adding (values - values) keeps the
-    # numbers identical and makes the output a differentiable function of the values.
-    delta = (values - values.detach()).to(self.weight.dtype)
-    weight = self.weight.detach().reshape(-1).index_add(0, self.rmask_flat, delta).view_as(self.weight)
-    if self.rmask_transposed:  # HF Conv1D stores (in, out): y = x W + b
-        return x @ weight + self.bias
-    return F.linear(x, weight, self.bias)
-
-
-@contextlib.contextmanager
-def differentiable_values(layers: list[nn.Module]):
-    """Give the masked ``layers`` a twice-differentiable forward for the duration of the block."""
-    saved = [layer.forward for layer in layers]
-    try:
-        for layer in layers:
-            layer.forward = types.MethodType(_differentiable_forward, layer)
-        yield
-    finally:
-        for layer, forward in zip(layers, saved):
-            layer.forward = forward

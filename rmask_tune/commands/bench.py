@@ -16,7 +16,7 @@ def _run(args: argparse.Namespace) -> None:
     head = default_head(args.model) if args.head == "auto" else args.head
     model = load_model(args.model, head=head)
     print(f"bench: {args.model} as {type(model).__name__} ({head} head)", file=sys.stderr)
-    rows = run_bench(model, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds)
+    rows = run_bench(model, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds, precision=args.precision)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
 
 
@@ -33,5 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--batch-size", type=int, default=8)
     bench.add_argument("--seq-len", type=int, default=64)
     bench.add_argument("--rounds", type=int, default=5)
+    bench.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="precision policy of every method's copy (rmask_tune/precision.py)")
     bench.add_argument("--json", action="store_true", help="print rows as JSON")
     bench.set_defaults(run=_run)

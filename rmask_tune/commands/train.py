@@ -21,6 +21,8 @@ SETTINGS = (
     ("--data-dir", "data_dir", str, "dataset folder (default $RMASK_DATA_DIR, then the Hugging Face hub)"),
     ("--targets", "targets", str, "target matrices: qv, attention, mlp, all-linear or name patterns"),
     ("--device", "device", str, "cpu or cuda (default: cuda when available)"),
+    ("--precision", "precision", str, "fp32, bf16, fp16 or auto (default: bf16 on CUDA, fp32 on CPU)"),
+    ("--optimizer", "optimizer", str, "adamw, adamw_foreach, adamw_fused, sgd or adafactor (default adamw)"),
     ("--objective", "objective", str, "lm or classification (choice tasks on a causal LM; default lm)"),
     ("--schedule", "schedule", str, "constant, linear or cosine (default constant)"),
     ("--warmup-ratio", "warmup_ratio", float, "fraction of the steps spent warming up (default 0)"),
@@ -56,7 +58,8 @@ def summary(result: dict, output: str | None) -> str:
     ratio = "" if result["ratio"] is None else f" ratio={result['ratio']:g}"
     lr = "" if result["method"] == "none" else f" lr={result['lr']:g}"
     lines = [
-        f"{result['task']} {result['model']} {result['method']}{ratio}{lr} seed={result['seed']}: {result['status']}",
+        f"{result['task']} {result['model']} {result['method']}{ratio}{lr} seed={result['seed']} "
+        f"precision={result['precision']['precision']}: {result['status']}",
         f"  test {result['metric']}: {_number(result['test_metric'])} "
         f"(best dev {_number(result['dev_metric'])} at epoch {result['best_epoch']})",
         f"  trainable {result['trainable_params']:,} of {result['total_params']:,} "

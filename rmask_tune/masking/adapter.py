@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking.model import apply_random_masking, masked_layers, sync_masked_weights
+from rmask_tune.masking.model import apply_random_masking, masked_layers
 
 FORMAT = "rmask-tune/adapter/1"
 _FINGERPRINT_STRIDE = 997
@@ -22,19 +22,16 @@ REBUILD_KEYS = ("requested_ratio", "requested_density", "seed", "structure", "sa
 def base_fingerprint(model: nn.Module) -> str:
     """A hash of the base model: every parameter's name and shape, and a strided sample of its values.
 
-    Masked layers contribute their pretrained entries (``W0``), so the fingerprint of a masked and
-    trained model equals that of the freshly loaded base model.
+    Masked layers keep their pretrained weights in their ``base_layer`` and are hashed under the
+    wrapped layer's own name, so the fingerprint of a masked and trained model equals that of the
+    freshly loaded base model.
     """
     digest = hashlib.sha256()
-    layers = masked_layers(model)
     for name, param in model.named_parameters():
         if name.endswith("rmask_values"):
             continue
         values = param.detach().reshape(-1)
-        owner = layers.get(name.rsplit(".", 1)[0])
-        if owner is not None and name.endswith("weight"):
-            values = values.clone()
-            values[owner.rmask_flat] = owner.rmask_base
+        name = name.replace(".base_layer.", ".")
         digest.update(f"{name}:{tuple(param.shape)}".encode())
         digest.update(values[::_FINGERPRINT_STRIDE].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:32]
@@ -56,7 +53,6 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, masking: dict, overw
     layers = masked_layers(model)
     if not layers:
         raise RmaskError("this model carries no Random Masking adapter to save")
-    sync_masked_weights(model)
     tensors = {name: layer.rmask_values.detach().float().contiguous().cpu() for name, layer in layers.items()}
     meta = {
         "format": FORMAT,
@@ -105,5 +101,4 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict:
             raise RmaskError(f"the mask of {name} rebuilt from the seed differs from the saved one (torch version?)")
         with torch.no_grad():
             layer.rmask_values.copy_(values[name])
-    sync_masked_weights(model)
     return info.to_dict()

@@ -1,21 +1,29 @@
-"""A linear layer with sparse trainable deltas: merged effective weight, sparse value gradient.
+"""``RandomMaskingLinear``: a wrapper that owns a frozen linear layer and trains a sparse delta on it.
 
-The layer's own ``weight`` stays frozen and always holds ``W0 + delta`` at the masked entries, so the
-forward pass costs what the frozen layer costs. The trainable state is ``rmask_values`` (fp32, one per
-masked entry); the pretrained entries under the mask are kept in ``rmask_base`` so that the effective
-weight is recomputed from them (never accumulated) whenever the values change.
+The wrapped ``base_layer`` (``nn.Linear``, or HF's ``Conv1D`` whose weight is stored (in, out)) is
+never written to: it keeps ``W0``. The trainable state is ``rmask_values``, one fp32 master value per
+masked entry. Every forward builds the effective weight ``W0 + delta`` from the values in the compute
+dtype (the autocast dtype when autocast is on, else the base weight's) and runs one matmul with it, so:
 
-Both ``nn.Linear`` (``y = x W^T + b``, weight stored (out, in)) and HF's ``Conv1D`` (``y = x W + b``,
-weight stored (in, out)) are supported. Masks, ``rmask_rows`` / ``rmask_cols`` and the CSR pattern are
-in (out, in) terms for both; ``rmask_flat`` indexes the weight as stored.
+- any optimizer trains it (fused or foreach AdamW, SGD, Adafactor, 8-bit optimizers) and so do direct
+  edits of the values (``.data``, ``copy_``, ``load_state_dict``): nothing is cached between calls;
+- it is safe under ``torch.autocast`` (bf16, fp16) and on fp32, bf16 or fp16 base weights, with
+  gradients and outputs in the dtypes autocast would give a plain linear layer;
+- the value gradient ``(grad_out^T x)`` is computed only at the masked entries (a gather of the two
+  factors for very few entries, a sampled product on a CSR pattern at low density, a dense product then
+  a gather at high density), always accumulated in fp32.
+
+Masks, ``rmask_rows`` / ``rmask_cols``, the CSR pattern and ``rmask_shape`` are in (out, in) terms for
+both layer kinds; ``rmask_flat`` indexes the base weight as stored.
 """
 
 from __future__ import annotations
 
-import types
+import contextlib
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rmask_tune.masking.backends import spops_sampled_product
@@ -25,9 +33,25 @@ from rmask_tune.masking.targets import is_conv1d, out_in_shape
 # below GATHER_MAX_WORK (rows x masked entries) a plain gather of the two factors is fastest.
 DENSE_GRAD_DENSITY = 0.1
 GATHER_MAX_WORK = 1 << 18
+# Compute dtypes the sampled product runs in directly; others go through fp32.
+_SDDMM_DTYPES = (torch.float32, torch.float64)
+
+_plain_autograd = False
 
 
-def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+@contextlib.contextmanager
+def plain_autograd():
+    """Within the block masked layers differentiate through ordinary torch ops instead of their sparse
+    autograd Function: slower and dense, but twice differentiable (exact Hessian-vector products)."""
+    global _plain_autograd
+    saved, _plain_autograd = _plain_autograd, True
+    try:
+        yield
+    finally:
+        _plain_autograd = saved
+
+
+def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: RandomMaskingLinear) -> torch.Tensor:
     """d loss / d values: (grad_out^T x) at the masked (out, in) entries only, in fp32."""
     g = grad_out.reshape(-1, grad_out.shape[-1])
     a = x.reshape(-1, x.shape[-1])
@@ -38,95 +62,122 @@ def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: nn.Module) ->
         return (g[:, layer.rmask_rows].float() * a[:, layer.rmask_cols].float()).sum(0)
     if layer.rmask_backend == "spops":
         return spops_sampled_product(layer.rmask_crow, layer.rmask_cols, g, a)
-    if g.device.type == "cpu" and g.dtype not in (torch.float32, torch.float64):
+    if g.dtype not in _SDDMM_DTYPES:
         g, a = g.float(), a.float()
     with warnings.catch_warnings():  # torch calls its CSR support "beta" on first use; the pattern is ours and valid
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         pattern = torch.sparse_csr_tensor(
-            layer.rmask_crow, layer.rmask_cols, torch.zeros(k, dtype=g.dtype, device=g.device), out_in_shape(layer),
+            layer.rmask_crow, layer.rmask_cols, torch.zeros(k, dtype=g.dtype, device=g.device), layer.rmask_shape,
             check_invariants=False,
         )
     return torch.sparse.sampled_addmm(pattern, g.t(), a, beta=0.0).values().float()
 
 
-def _frozen_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's own class forward with its current (merged) weight."""
-    return type(layer).forward(layer, x)
+def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a plain linear layer would compute in: autocast's when it is on, else the weight's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and weight.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def effective_weight(layer: RandomMaskingLinear, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``W0 + delta`` as stored by the base layer, in ``dtype``: a new tensor (the base weight is untouched).
+
+    The masked entries are ``W0 + values`` summed in fp32 and rounded once to ``dtype``, so zero values
+    give back ``W0`` exactly.
+    """
+    w0 = layer.base_layer.weight.detach()
+    merged = (w0.reshape(-1)[layer.rmask_flat].float() + values).to(dtype)
+    return w0.to(dtype).reshape(-1).index_put((layer.rmask_flat,), merged).view_as(w0)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> torch.Tensor:
+    """``x W^T + b`` for a weight stored (out, in), ``x W + b`` for one stored (in, out) (HF Conv1D)."""
+    return F.linear(x, weight.t() if transposed else weight, bias)
 
 
 class _MaskedLinearFunction(torch.autograd.Function):
+    """One matmul with the effective weight; backward recomputes it and samples the value gradient."""
+
     @staticmethod
-    def forward(ctx, x, values, layer):
-        ctx.layer = layer
-        ctx.save_for_backward(x)
-        return _frozen_forward(layer, x)
+    def forward(ctx, x, values, bias, layer, dtype):
+        ctx.layer, ctx.dtype = layer, dtype
+        ctx.save_for_backward(x, values)
+        return _linear(x, effective_weight(layer, values, dtype), bias, layer.rmask_transposed)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
+        x, values = ctx.saved_tensors
         layer = ctx.layer
-        weight = layer.weight.t() if layer.rmask_transposed else layer.weight  # (out, in)
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
-        grad_values = value_gradient(grad_out, x, layer) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_values, None
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            weight = effective_weight(layer, values, grad_out.dtype)
+            grad_x = grad_out @ (weight.t() if layer.rmask_transposed else weight)
+        if ctx.needs_input_grad[1]:
+            grad_values = value_gradient(grad_out, x, layer)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).float().sum(0).to(grad_out.dtype)
+        return grad_x, grad_values, grad_bias, None, None
 
 
-@torch.no_grad()
-def sync_weight(layer: nn.Module) -> None:
-    """Write ``W0 + values`` into the masked entries of the layer's weight (from the stored W0)."""
-    merged = (layer.rmask_base.float() + layer.rmask_values).to(layer.weight.dtype)
-    layer.weight.view(-1)[layer.rmask_flat] = merged
-    layer.rmask_synced_version = layer.rmask_values._version
+class RandomMaskingLinear(nn.Module):
+    """A frozen linear-like ``base_layer`` plus trainable fp32 deltas (starting at zero) at ``flat``.
 
-
-def _masked_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # Optimizers update parameters in place, which bumps their version counter: resync only then.
-    if self.rmask_values._version != self.rmask_synced_version:
-        sync_weight(self)
-    if torch.is_grad_enabled() and self.rmask_values.requires_grad:
-        return _MaskedLinearFunction.apply(x, self.rmask_values, self)
-    return _frozen_forward(self, x)
-
-
-def attach(layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch") -> None:
-    """Make ``layer`` carry sparse trainable deltas (starting at zero) at ``flat``.
-
-    ``flat`` holds sorted row-major indices into the (out, in) matrix; ``backend`` (``torch`` or
-    ``spops``) computes the sampled value gradient.
+    ``flat`` holds sorted row-major indices into the (out, in) matrix; ``density`` is their share of it;
+    ``backend`` (``torch`` or ``spops``) computes the sampled value gradient.
     """
-    rows_n, cols_n = out_in_shape(layer)
-    device = layer.weight.device
-    flat = flat.to(device)
-    rows, cols = flat // cols_n, flat % cols_n
-    layer.rmask_transposed = is_conv1d(layer)
-    layer.weight.requires_grad_(False)
-    layer.register_buffer("rmask_flat", cols * rows_n + rows if layer.rmask_transposed else flat, persistent=False)
-    layer.register_buffer("rmask_rows", rows, persistent=False)
-    layer.register_buffer("rmask_cols", cols, persistent=False)
-    crow = torch.zeros(rows_n + 1, dtype=torch.int64, device=device)
-    crow[1:] = torch.bincount(rows, minlength=rows_n).cumsum(0)
-    layer.register_buffer("rmask_crow", crow, persistent=False)
-    layer.register_buffer("rmask_base", layer.weight.detach().reshape(-1)[layer.rmask_flat].clone(), persistent=False)
-    layer.rmask_values = nn.Parameter(torch.zeros(flat.numel(), dtype=torch.float32, device=device))
-    layer.rmask_density = density
-    layer.rmask_backend = backend
-    layer.rmask_synced_version = layer.rmask_values._version
-    layer.forward = types.MethodType(_masked_forward, layer)
 
+    def __init__(self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch"):
+        super().__init__()
+        self.base_layer = base_layer
+        base_layer.weight.requires_grad_(False)
+        rows_n, cols_n = out_in_shape(base_layer)
+        device = base_layer.weight.device
+        flat = flat.to(device)
+        rows, cols = flat // cols_n, flat % cols_n
+        self.rmask_shape = (rows_n, cols_n)
+        self.rmask_transposed = is_conv1d(base_layer)
+        self.rmask_density = density
+        self.rmask_backend = backend
+        self.register_buffer("rmask_flat", cols * rows_n + rows if self.rmask_transposed else flat, persistent=False)
+        self.register_buffer("rmask_rows", rows, persistent=False)
+        self.register_buffer("rmask_cols", cols, persistent=False)
+        crow = torch.zeros(rows_n + 1, dtype=torch.int64, device=device)
+        crow[1:] = torch.bincount(rows, minlength=rows_n).cumsum(0)
+        self.register_buffer("rmask_crow", crow, persistent=False)
+        self.rmask_values = nn.Parameter(torch.zeros(flat.numel(), dtype=torch.float32, device=device))
 
-def detach(layer: nn.Module, merge: bool) -> None:
-    """Remove the sparse deltas; ``merge`` keeps ``W0 + delta`` in the weight, otherwise W0 is restored."""
-    with torch.no_grad():
-        if merge:
-            sync_weight(layer)
-        else:
-            layer.weight.view(-1)[layer.rmask_flat] = layer.rmask_base
-    for name in ("rmask_flat", "rmask_rows", "rmask_cols", "rmask_crow", "rmask_base"):
-        delattr(layer, name)
-    del layer.rmask_values, layer.rmask_density, layer.rmask_backend, layer.rmask_transposed
-    del layer.rmask_synced_version, layer.forward
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's (frozen, pretrained) weight."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(x, self.weight)
+        bias = self.bias.to(dtype) if self.bias is not None else None
+        x = x.to(dtype)
+        device = x.device.type
+        with torch.autocast(device, enabled=False):
+            if _plain_autograd or not torch.is_grad_enabled():
+                return _linear(x, effective_weight(self, self.rmask_values, dtype), bias, self.rmask_transposed)
+            return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype)
+
+    @torch.no_grad()
+    def merged_base_layer(self) -> nn.Module:
+        """The base layer with ``W0 + delta`` written into its weight (in its own dtype); the wrapper is spent."""
+        weight = self.base_layer.weight
+        weight.copy_(effective_weight(self, self.rmask_values.detach(), weight.dtype))
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        return f"trainable={self.rmask_values.numel()}, density={self.rmask_density:.3g}, backend={self.rmask_backend}"
 
 
 def is_masked(module: nn.Module) -> bool:
     """True for a layer that carries Random Masking deltas."""
-    return hasattr(module, "rmask_values")
+    return isinstance(module, RandomMaskingLinear)

@@ -8,7 +8,7 @@ from typing import Sequence
 from torch import nn
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking import layer as masked_layer
+from rmask_tune.masking.layer import RandomMaskingLinear, is_masked
 from rmask_tune.masking.backends import resolve_backend
 from rmask_tune.masking.budget import allocate_counts, check_ratio
 from rmask_tune.masking.sampling import SAMPLINGS, STRUCTURES, sample_flat_indices
@@ -84,7 +84,7 @@ def apply_random_masking(
     """
     _check_choice(structure, STRUCTURES, "structure")
     _check_choice(sampling, SAMPLINGS, "sampling")
-    if any(masked_layer.is_masked(m) for m in model.modules()):
+    if any(is_masked(m) for m in model.modules()):
         raise RmaskError("this model already carries Random Masking; remove or merge it first")
     names = resolve_targets(model, targets)
     linears = linear_modules(model)
@@ -101,7 +101,7 @@ def apply_random_masking(
         rows, cols = shapes[name]
         p = counts[name] / (rows * cols)
         flat = sample_flat_indices(shapes[name], counts[name], p, seed, name, structure, sampling)
-        masked_layer.attach(linears[name], flat, p, backend)
+        model.set_submodule(name, RandomMaskingLinear(linears[name], flat, p, backend))
         achieved[name] = flat.numel()
     trainable = sum(achieved.values())
     target_params = sum(r * c for r, c in shapes.values())
@@ -123,13 +123,7 @@ def apply_random_masking(
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers of ``model`` that carry Random Masking deltas, by name."""
-    return {n: m for n, m in model.named_modules() if masked_layer.is_masked(m)}
-
-
-def sync_masked_weights(model: nn.Module) -> None:
-    """Refresh every effective weight from its values (needed only after editing values outside autograd)."""
-    for layer in masked_layers(model).values():
-        masked_layer.sync_weight(layer)
+    return {n: m for n, m in model.named_modules() if is_masked(m)}
 
 
 def remove_random_masking(model: nn.Module, merge: bool = True) -> nn.Module:
@@ -140,8 +134,8 @@ def remove_random_masking(model: nn.Module, merge: bool = True) -> nn.Module:
     layers = masked_layers(model)
     if not layers:
         raise RmaskError("this model carries no Random Masking to remove")
-    for layer in layers.values():
-        masked_layer.detach(layer, merge)
+    for name, layer in layers.items():
+        model.set_submodule(name, layer.merged_base_layer() if merge else layer.base_layer)
     return model
 
 

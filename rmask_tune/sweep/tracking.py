@@ -21,6 +21,8 @@ FINAL_METRICS = (
     "test_metric", "best_dev_metric", "best_epoch", "diverged", "step_time_s", "peak_mem_bytes",
     "epochs_completed", "wall_time_s", "trainable_fraction",
 )  # fmt: skip
+# Trial facts only the trial itself knows (its sizes, its resolved precision), logged once as params.
+TRIAL_PARAMS = ("trainable_params", "total_params", "precision")
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -58,7 +60,7 @@ class SweepTracker:
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.logged_epochs: dict[str, int] = {}  # trial id -> last epoch already in MLflow
-        self.sized: set[str] = set()  # trial ids whose runs hold trainable_params / total_params
+        self.sized: set[str] = set()  # trial ids whose runs hold TRIAL_PARAMS
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks with the experiment; the client and run ids are found again on load.
@@ -117,7 +119,7 @@ class SweepTracker:
             self.logged_epochs[trial_id] = max((m.step for m in history), default=0)
             missing = {k: v for k, v in params.items() if k not in run.data.params}
             self._log(run.info.run_id, params=missing)
-            if {"trainable_params", "total_params"} <= set(run.data.params):
+            if set(TRIAL_PARAMS) <= set(run.data.params):
                 self.sized.add(trial_id)
         else:
             tags = {"mlflow.parentRunId": self.parent_id, "rmask.role": "trial", "rmask.trial_id": trial_id}
@@ -169,8 +171,8 @@ class SweepTracker:
         metrics = {key: result[key] for key in ("train_loss", "dev_metric") if key in result}
         self._log(self.runs[trial_id], metrics=metrics, step=epoch)
         self.logged_epochs[trial_id] = epoch
-        sizes = {key: result[key] for key in ("trainable_params", "total_params") if key in result}
-        if len(sizes) == 2 and trial_id not in self.sized:  # every epoch carries them; log them once
+        sizes = {key: result[key] for key in TRIAL_PARAMS if key in result}
+        if len(sizes) == len(TRIAL_PARAMS) and trial_id not in self.sized:  # every epoch carries them; log them once
             self._log(self.runs[trial_id], params=sizes)
             self.sized.add(trial_id)
 

@@ -19,9 +19,9 @@ import socket
 import time
 from pathlib import Path
 
-# Per-epoch record keys that go to Tune as they are (numbers); the rest of a record is left out.
+# Per-epoch record keys that go to Tune as they are (numbers, and the precision's name); the rest is left out.
 _EPOCH_KEYS = ("epoch", "train_loss", "dev_metric", "diverged", "step_time_s", "elapsed_s", "trainable_params",
-               "total_params")
+               "total_params", "precision")
 _FINAL_KEYS = ("test_metric", "best_epoch", "best_dev_metric", "peak_mem_bytes")
 
 

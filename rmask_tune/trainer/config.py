@@ -6,11 +6,13 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.precision import PRECISIONS
 
 SCHEDULES = ("constant", "linear", "cosine")
 OBJECTIVES = ("lm", "classification")
 DEVICES = ("cpu", "cuda")
 HEADS = ("causal-lm", "sequence-classification", "image-classification")
+OPTIMIZERS = ("adamw", "adamw_foreach", "adamw_fused", "sgd", "adafactor")
 
 _FLOATS = ("ratio", "density", "lr", "warmup_ratio", "weight_decay", "divergence_factor")
 _INTS = (
@@ -31,7 +33,10 @@ class TrialConfig:
     ``tokenizer`` None uses the model's own (tiny random-init models borrow one, see ``trial.TINY_TOKENIZERS``).
     ``train_head`` None trains a classification head next to the method (not for ``none`` or ``full``).
     A trial whose loss is not finite, or whose smoothed loss exceeds ``divergence_factor`` x its first
-    loss, stops as diverged.
+    loss, stops as diverged. ``precision`` names a policy of ``rmask_tune.precision`` (auto: bf16 on
+    CUDA, fp32 on CPU); ``optimizer`` is AdamW (betas 0.9/0.999; torch picks its implementation, or
+    ``adamw_foreach`` / ``adamw_fused`` ask for one), SGD with momentum 0.9, or transformers' Adafactor
+    at the fixed ``lr``.
     """
 
     model: str
@@ -60,6 +65,8 @@ class TrialConfig:
     max_new_tokens: int = 50
     divergence_factor: float = 10.0
     device: str | None = None
+    precision: str = "auto"
+    optimizer: str = "adamw"
     head: str | None = None
     tokenizer: str | None = None
     train_head: bool | None = None
@@ -94,6 +101,8 @@ class TrialConfig:
             ("schedule", self.schedule, SCHEDULES),
             ("objective", self.objective, OBJECTIVES),
             ("device", self.device, DEVICES + (None,)),
+            ("precision", self.precision, PRECISIONS),
+            ("optimizer", self.optimizer, OPTIMIZERS),
             ("head", self.head, HEADS + (None,)),
         ):
             if value not in choices:

@@ -98,11 +98,12 @@ class TrialRun:
         trainable = [p for p in trial.model.parameters() if p.requires_grad]
         optimizer, scheduler = make_optimizer(config, trainable, config.optimizer_steps(len(trial.items["train"])))
         optimizer = trial.accelerator.prepare(optimizer)
+        scaler = trial.precision.grad_scaler(trial.device.type)
         generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)  # dropout
         monitor = DivergenceMonitor(config.divergence_factor)
         for epoch in tqdm(range(1, config.epochs + 1), desc="epochs", disable=config.quiet):
-            losses, times = self.train_epoch(epoch, optimizer, scheduler, generator, monitor)
+            losses, times = self.train_epoch(epoch, optimizer, scaler, scheduler, generator, monitor)
             self.diverged = self.diverged or not all(bool(torch.isfinite(p).all()) for p in trainable)
             self.step_times += times
             train_loss = statistics.fmean(losses) if losses and all(map(math.isfinite, losses)) else None
@@ -111,8 +112,12 @@ class TrialRun:
                 return
             self.end_epoch(epoch, train_loss, times, trial.evaluate("dev"), last=epoch == config.epochs)
 
-    def train_epoch(self, epoch, optimizer, scheduler, generator, monitor) -> tuple[list[float], list[float]]:
-        """One pass over the shuffled training batches; the losses and the optimizer steps' durations."""
+    def train_epoch(self, epoch, optimizer, scaler, scheduler, generator, monitor) -> tuple[list[float], list[float]]:
+        """One pass over the shuffled training batches; the losses and the optimizer steps' durations.
+
+        ``scaler`` is the precision policy's loss scaler (a pass-through except for fp16, where a step whose
+        gradients overflowed is skipped and the scale lowered).
+        """
         from tqdm.auto import tqdm
 
         trial, accum = self.trial, self.config.grad_accum
@@ -129,9 +134,10 @@ class TrialRun:
                     break
                 group_start = index - index % accum
                 group = min(accum, len(batches) - group_start)  # the last group may be short
-                trial.accelerator.backward(loss / group)
+                scaler.scale(loss / group).backward()
                 if index + 1 == group_start + group:
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     self.step += 1
                     if trial.setup.on_step_end is not None:
                         trial.setup.on_step_end(self.step)
@@ -162,6 +168,7 @@ class TrialRun:
             "elapsed_s": time.perf_counter() - self.started,
             "trainable_params": self.trial.trainable_params,
             "total_params": self.trial.setup.total_params,
+            "precision": self.trial.precision.name,
         }
         self.records.append(record)
         if not last:
@@ -221,6 +228,7 @@ class TrialRun:
             "peak_mem_bytes": last["peak_mem_bytes"],
             "peak_mem_kind": self.memory.kind,
             "device": str(trial.device),
+            "precision": {**trial.precision.to_dict(), "param_dtypes": trial.param_dtypes},
             "method_details": trial.setup.details,
             "data": {
                 **trial.splits.meta,
@@ -234,17 +242,31 @@ class TrialRun:
 
 
 def make_optimizer(config: TrialConfig, params: list, total_steps: int):
-    """AdamW (betas 0.9/0.999) over ``params`` and the learning-rate schedule over ``total_steps``."""
+    """The config's optimizer over ``params`` and the learning-rate schedule over ``total_steps``."""
     from transformers import get_scheduler
 
     from rmask_tune.errors import RmaskError
 
     if not params:
         raise RmaskError(f"method '{config.method}' left nothing trainable")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
+    optimizer = build_optimizer(config.optimizer, params, config.lr, config.weight_decay)
     warmup = round(config.warmup_ratio * total_steps)
     name = "constant_with_warmup" if config.schedule == "constant" and warmup else config.schedule
     return optimizer, get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def build_optimizer(name: str, params: list, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """One of ``config.OPTIMIZERS`` at a fixed ``lr``."""
+    if name.startswith("adamw"):
+        implementation = {"adamw_foreach": {"foreach": True}, "adamw_fused": {"fused": True}}.get(name, {})
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, **implementation)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    from transformers.optimization import Adafactor
+
+    return Adafactor(
+        params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False, warmup_init=False
+    )
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -253,14 +275,11 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy a snapshot of trainable tensors back and refresh the masked layers' effective weights."""
-    from rmask_tune.masking import sync_masked_weights
-
+    """Copy a snapshot of trainable tensors back."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
-    sync_masked_weights(model)
 
 
 def elapsed_since(tick: float, device: torch.device) -> float:

@@ -10,6 +10,7 @@ from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.methods import MethodSetup, method_options, prepare_method
+from rmask_tune.precision import PrecisionPolicy, resolve_precision
 from rmask_tune.trainer.config import TrialConfig
 
 # Tokenizers the random-init models borrow (their embeddings are resized to the tokenizer's vocabulary).
@@ -30,6 +31,8 @@ class Trial:
     ``model`` is the model to train (``setup.model``, placed by the accelerator); ``items`` holds the
     encoded train / dev / test examples; ``family`` computes losses and predictions for the task kind.
     ``head_params`` names the classification-head parameters the trainer made trainable next to the method.
+    ``precision`` is the precision policy: forward passes run under its autocast, and ``param_dtypes``
+    counts the parameter values each dtype holds after it cast the model.
     """
 
     config: TrialConfig
@@ -41,6 +44,8 @@ class Trial:
     family: Any
     accelerator: Any
     items: dict[str, list]
+    precision: PrecisionPolicy
+    param_dtypes: dict[str, int]
     head_params: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -56,7 +61,8 @@ class Trial:
 
     def loss(self, batch: list) -> torch.Tensor:
         """The training loss (a scalar with gradients) of a batch from ``train_batches``."""
-        return self.family.loss(self.model, batch)
+        with self.precision.autocast(self.device.type):
+            return self.family.loss(self.model, batch)
 
     def train_batches(self, generator: torch.Generator | None = None) -> Iterator[list]:
         """The training items in batches of ``batch_size``, shuffled by ``generator`` (in order without one)."""
@@ -77,7 +83,7 @@ class Trial:
 
         batch_size = self.config.eval_batch_size or self.config.batch_size
         bar = tqdm(total=len(items), desc=split, leave=False, disable=self.config.quiet)
-        with self.accelerator.autocast(), bar:
+        with self.precision.autocast(self.device.type), bar:
             predictions = self.family.predict(self.model, items, batch_size, bar.update)
         return {key: float(value) for key, value in self.task.evaluate(examples, predictions).items()}
 
@@ -94,6 +100,7 @@ def prepare_trial(config: TrialConfig | dict) -> Trial:
     head = config.head or choose_head(task.kind, config.model)
     check_head(task, head, config.objective)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     splits = task.load_splits(
         config.data_dir,
         train_examples=config.train_examples,
@@ -114,7 +121,9 @@ def prepare_trial(config: TrialConfig | dict) -> Trial:
             notes.append(f"tokenizer of {tokenizer_name}")
 
     torch.manual_seed(config.seed)
-    model = load_model(config.model, head=head, num_labels=task.num_labels or 2)
+    model = load_model(
+        config.model, head=head, num_labels=task.num_labels or 2, dtype=precision.load_dtype(config.method == "full")
+    )
     if tokenizer is not None:
         fit_vocabulary(model, tokenizer, config.model, notes)
     if head == "image-classification" and model.config.num_labels != task.num_labels:
@@ -127,11 +136,17 @@ def prepare_trial(config: TrialConfig | dict) -> Trial:
         from rmask_tune.trainer.classifiers import unfreeze_head
 
         head_params = unfreeze_head(setup.model)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if device == "cuda" else "no")
+    param_dtypes = precision.cast_model(setup.model)
+    # Autocast and loss scaling come from the precision policy, not from Accelerate (which would leave
+    # fp16 on a CPU silently in fp32).
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
     prepared = accelerator.prepare(setup.model)
     family = make_family(config, task, head, prepared, tokenizer, accelerator.device)
     items = {name: [family.encode(e) for e in getattr(splits, name)] for name in ("train", "dev", "test")}
-    return Trial(config, task, splits, setup, prepared, tokenizer, family, accelerator, items, head_params, notes)
+    return Trial(
+        config, task, splits, setup, prepared, tokenizer, family, accelerator, items, precision, param_dtypes,
+        head_params, notes,
+    )
 
 
 def choose_head(task_kind: str, model_name: str) -> str:

@@ -1,0 +1,25 @@
+"""The GPU check script in its CPU configuration (what CI runs): benchmark and one trial per method."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rmask_tune.gpu_check import TRIAL_CASES, main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+def test_gpu_check_runs_on_cpu_in_bf16_and_every_method_trains(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert main(["--device", "cpu", "--small", "--data-dir", str(DATA), "--json", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    report = json.loads(out.read_text())
+    assert report["precision"] == "bf16"
+    methods = [row["method"] for row in report["bench"]]
+    assert methods == ["floor"] + ["random_masking"] * 4 + ["structured_masking", "lora", "shira", "full", "dense_mask"]
+    assert all(row["step_time_s"] > 0 and row["peak_mem_bytes"] > 0 for row in report["bench"])
+    assert len(report["trials"]) == len(TRIAL_CASES)
+    assert all(trial["status"] == "finished" for trial in report["trials"]), report["trials"]
+    assert len(table) == 1 + len(report["bench"]) and sum("finished" in line for line in table) == len(TRIAL_CASES)
