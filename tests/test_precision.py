@@ -159,8 +159,8 @@ def test_every_method_trains_under_every_precision_through_the_trainer(method, p
     assert result["precision"]["precision"] == precision
     dtypes = result["precision"]["param_dtypes"]
     assert sum(dtypes.values()) == sum(p.numel() for p in trial.model.parameters())
-    if precision != "fp32":
-        assert dtypes[str(HALF[precision]).removeprefix("torch.")] > dtypes["float32"]
+    half = dtypes.get(str(HALF[precision]).removeprefix("torch."), 0)
+    assert half == 0 if method == "full" else half > dtypes["float32"]  # full fine-tuning trains every weight
     after = trained_state(trial)
     moved = sum(int((after[n] != before[n]).sum()) for n in before)
     assert moved > 0 and all(torch.isfinite(t).all() for t in after.values())
@@ -210,3 +210,43 @@ def test_train_cli_takes_precision_and_optimizer_and_records_them(tmp_path):
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].endswith(
         "unknown precision 'fp8'; choose one of auto, fp32, bf16, fp16"
     )
+
+
+@pytest.mark.parametrize(("saved_in", "loaded_in"), [("bf16", "fp32"), ("fp32", "fp16"), ("fp16", "bf16")])
+def test_an_adapter_trained_in_one_precision_loads_on_the_base_in_another(tmp_path, saved_in, loaded_in):
+    from rmask_tune.masking import load_adapter, save_adapter
+
+    model = tiny_model("tiny-llama", dtype=HALF[saved_in])
+    info = apply_random_masking(model, ratio=1e-3, seed=4)
+    with torch.no_grad():
+        for layer in masked_layers(model).values():
+            layer.rmask_values.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    path = save_adapter(model, tmp_path / "adapter.safetensors", info.to_dict())
+    fresh = tiny_model("tiny-llama", dtype=HALF[loaded_in])
+    load_adapter(fresh, path)
+    assert all(torch.equal(fresh_layer.rmask_values, layer.rmask_values)
+               for fresh_layer, layer in zip(masked_layers(fresh).values(), masked_layers(model).values()))  # fmt: skip
+    with pytest.raises(Exception, match="different base model"):
+        load_adapter(tiny_model("tiny-llama", seed=1, dtype=HALF[loaded_in]), path)
+
+
+def test_a_format_1_adapter_still_loads_on_its_exact_base(tmp_path):
+    """Adapters written before the dtype-tolerant signature carry a hash of names, shapes and values."""
+    from safetensors.torch import load_file, save_file
+
+    from rmask_tune.masking import base_fingerprint, load_adapter, save_adapter
+    from rmask_tune.masking.adapter import FORMATS
+
+    model = tiny_model("tiny-llama")
+    info = apply_random_masking(model, ratio=1e-3, seed=4)
+    path = save_adapter(model, tmp_path / "new.safetensors", info.to_dict())
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    legacy = {**{k: v for k, v in meta.items() if k != "base_sample"}, "format": FORMATS[0],
+              "fingerprint": base_fingerprint(tiny_model("tiny-llama"))}  # fmt: skip
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=legacy)
+    assert load_adapter(tiny_model("tiny-llama"), tmp_path / "old.safetensors")["seed"] == 4
+    with pytest.raises(Exception, match="different base model"):
+        load_adapter(tiny_model("tiny-llama", dtype=torch.bfloat16), tmp_path / "old.safetensors")

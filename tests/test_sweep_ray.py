@@ -154,6 +154,7 @@ def test_grid_sweep_logs_one_run_per_trial_under_one_parent(grid_sweep):
         assert run.info.status == "FINISHED" and status in ("finished", "stopped", "diverged")
         # sizes are logged with the first epoch, so trials ASHA stops carry them too
         assert int(params["trainable_params"]) / int(params["total_params"]) == pytest.approx(float(params["ratio"]), rel=0.01)
+        assert params["precision"] == "fp32"  # the policy the trial resolved ("auto" on a CPU)
         if status == "stopped":  # ASHA ended it after the first epoch: no test metric
             assert epochs == 1 and "test_metric" not in metrics
         else:

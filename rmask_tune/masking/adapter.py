@@ -14,9 +14,18 @@ from torch import nn
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.model import apply_random_masking, masked_layers
 
-FORMAT = "rmask-tune/adapter/1"
+FORMAT = "rmask-tune/adapter/2"
+FORMATS = ("rmask-tune/adapter/1", FORMAT)
 _FINGERPRINT_STRIDE = 997
+_SAMPLE_SIZE = 256
 REBUILD_KEYS = ("requested_ratio", "requested_density", "seed", "structure", "sampling", "targets")
+
+
+def _base_parameters(model: nn.Module):
+    """(name, tensor) of the base model's parameters, masked layers under their wrapped layer's own name."""
+    for name, param in model.named_parameters():
+        if not name.endswith("rmask_values"):
+            yield name.replace(".base_layer.", "."), param.detach()
 
 
 def base_fingerprint(model: nn.Module) -> str:
@@ -24,17 +33,35 @@ def base_fingerprint(model: nn.Module) -> str:
 
     Masked layers keep their pretrained weights in their ``base_layer`` and are hashed under the
     wrapped layer's own name, so the fingerprint of a masked and trained model equals that of the
-    freshly loaded base model.
+    freshly loaded base model in the same dtype (format 1 adapters; format 2 uses ``base_signature``).
     """
     digest = hashlib.sha256()
-    for name, param in model.named_parameters():
-        if name.endswith("rmask_values"):
-            continue
-        values = param.detach().reshape(-1)
-        name = name.replace(".base_layer.", ".")
+    for name, param in _base_parameters(model):
         digest.update(f"{name}:{tuple(param.shape)}".encode())
-        digest.update(values[::_FINGERPRINT_STRIDE].float().cpu().numpy().tobytes())
+        digest.update(param.reshape(-1)[::_FINGERPRINT_STRIDE].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def base_signature(model: nn.Module) -> tuple[str, torch.Tensor]:
+    """A hash of the base model's parameter names and shapes, and ``_SAMPLE_SIZE`` of its values (fp32).
+
+    The values are compared with a tolerance (``same_base``), so the base loaded in another dtype
+    (bf16 or fp16 under a precision policy, fp32 elsewhere) is still recognised.
+    """
+    digest = hashlib.sha256()
+    strided = []
+    for name, param in _base_parameters(model):
+        digest.update(f"{name}:{tuple(param.shape)}".encode())
+        strided.append(param.reshape(-1)[::_FINGERPRINT_STRIDE].float().cpu())
+    values = torch.cat(strided)
+    picks = torch.linspace(0, values.numel() - 1, min(_SAMPLE_SIZE, values.numel())).long()
+    return digest.hexdigest()[:32], values[picks]
+
+
+def same_base(sample: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether two value samples are one base model up to a cast to bf16 or fp16 (and back)."""
+    scale = float(other.abs().max()) or 1.0
+    return sample.shape == other.shape and bool(torch.allclose(sample, other, rtol=1e-2, atol=1e-4 * scale))
 
 
 def _index_checksum(flat: torch.Tensor) -> str:
@@ -54,10 +81,12 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, masking: dict, overw
     if not layers:
         raise RmaskError("this model carries no Random Masking adapter to save")
     tensors = {name: layer.rmask_values.detach().float().contiguous().cpu() for name, layer in layers.items()}
+    structure, sample = base_signature(model)
     meta = {
         "format": FORMAT,
         "masking": json.dumps({k: masking[k] for k in REBUILD_KEYS}),
-        "fingerprint": base_fingerprint(model),
+        "fingerprint": structure,
+        "base_sample": json.dumps([float(f"{v:.6g}") for v in sample.tolist()]),
         "index_checksums": json.dumps({n: _index_checksum(l.rmask_flat) for n, l in layers.items()}),
     }
     tmp = path.with_name(path.name + ".partial")
@@ -75,13 +104,18 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict:
 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in FORMATS:
         raise RmaskError(f"{path} is not a rmask-tune adapter (format {meta.get('format')!r})")
-    fingerprint = base_fingerprint(model)
-    if fingerprint != meta["fingerprint"]:
+    if meta["format"] == FORMAT:
+        structure, sample = base_signature(model)
+        same = structure == meta["fingerprint"] and same_base(sample, torch.tensor(json.loads(meta["base_sample"])))
+    else:
+        structure = base_fingerprint(model)
+        same = structure == meta["fingerprint"]
+    if not same:
         raise RmaskError(
             f"adapter {path} was trained on a different base model (fingerprint {meta['fingerprint']}, "
-            f"this model {fingerprint})"
+            f"this model {structure})"
         )
     masking = json.loads(meta["masking"])
     info = apply_random_masking(
