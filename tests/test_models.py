@@ -188,3 +188,15 @@ def test_hub_id_offline_gives_one_line_error_with_cause(monkeypatch):
             load("rmask-tune-test/no-such-model")
         assert "\n" not in str(raised.value)
         assert isinstance(raised.value.__cause__, OSError)
+
+
+def test_random_init_builds_the_architecture_from_a_config_folder_alone(tmp_path):
+    tiny_model("tiny-opt").config.save_pretrained(tmp_path)  # config.json only, no weights
+    model = load_model(f"random-init:{tmp_path}")
+    reference = tiny_model("tiny-opt")
+    assert type(model) is type(reference) and default_head(f"random-init:{tmp_path}") == "causal-lm"
+    assert [p.shape for p in model.parameters()] == [p.shape for p in reference.parameters()]
+    again = load_model(f"random-init:{tmp_path}")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))  # seeded
+    with pytest.raises(RmaskError, match="random-init already"):
+        load_model("random-init:tiny-opt")

@@ -172,7 +172,8 @@ class SweepTracker:
         self._log(self.runs[trial_id], metrics=metrics, step=epoch)
         self.logged_epochs[trial_id] = epoch
         sizes = {key: result[key] for key in TRIAL_PARAMS if key in result}
-        if len(sizes) == len(TRIAL_PARAMS) and trial_id not in self.sized:  # every epoch carries them; log them once
+        # every epoch carries them; log them once (records from before precision was logged lack it)
+        if {"trainable_params", "total_params"} <= set(sizes) and trial_id not in self.sized:
             self._log(self.runs[trial_id], params=sizes)
             self.sized.add(trial_id)
 
