@@ -80,7 +80,8 @@ def bench_batch(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0) 
     gen = torch.Generator().manual_seed(seed)
     config = model.config
     if model.main_input_name == "pixel_values":
-        shape = (batch_size, config.num_channels, config.image_size, config.image_size)
+        vision = getattr(config, "vision_config", config)  # CLIP keeps the image shape in its vision config
+        shape = (batch_size, vision.num_channels, vision.image_size, vision.image_size)
         inputs = {"pixel_values": torch.randn(shape, generator=gen).to(model.dtype)}
         labels = None
     else:

@@ -15,10 +15,21 @@ from rmask_tune.errors import RmaskError
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand found in ``rmask_tune.commands``."""
     parser = argparse.ArgumentParser(prog="rmask-tune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
         importlib.import_module(f"rmask_tune.commands.{module}").register(sub)
     return parser
+
+
+def installed_version() -> str:
+    """The version of the installed ``rmask-tune`` distribution (its package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rmask-tune")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed: no package metadata; pip install -e .)"
 
 
 def main(argv: list[str] | None = None) -> int:

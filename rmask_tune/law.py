@@ -1,14 +1,13 @@
 """The "optimal learning rate vs sparsity" law: ``log10 lr* = a + b * log10(ratio)``.
 
-Three steps, numpy only (importable without mlflow or matplotlib):
+Numpy only (importable without mlflow or matplotlib). The optima it is fitted on, with their errors,
+come from :mod:`rmask_tune.resampling`; the rules for which enter are in docs/statistics.md.
 
-1. :func:`estimate_optimum` turns one LR curve (dev metric per LR, several seeds) into a continuous
-   optimal LR with a standard error in log10 units: a quadratic in ``log10 lr`` through the best grid
-   point and its two neighbours, or the grid point itself when it lies at the grid's edge (flagged).
-2. :func:`fit_law` fits the line by weighted least squares (weights ``1 / se**2``) with seeded
-   case-resampling bootstrap intervals.
-3. :class:`Law` (saved as ``law.json``, loaded by :func:`load_law`) predicts the LR for a ratio, and
-   :func:`narrow_grid` gives a short log-spaced grid around the prediction for a follow-up sweep.
+1. :func:`fit_shared` fits one exponent across (model, task) pairs with an offset per pair (what
+   ``recommend`` uses); :func:`fit_law` fits a single line (per model, per pair, pooled: shown in reports).
+2. :class:`Law` (saved as ``law.json``, loaded by :func:`load_law`) recommends an LR for a ratio with an
+   interval that holds for the case asked (a known pair, a new task, an unseen model), and
+   :func:`narrow_grid` gives a short log-spaced grid around it for a follow-up sweep.
 """
 
 from __future__ import annotations
@@ -22,64 +21,23 @@ import numpy as np
 
 from rmask_tune.errors import RmaskError
 
-LAW_FORMAT = "rmask-tune law v1"
+LAW_FORMAT = "rmask-tune law v2"
+LAW_FORMATS = ("rmask-tune law v1", LAW_FORMAT)
 CONFIDENCE = 0.95
 _Z = 1.959963984540054  # two-sided 95% normal quantile
+# Two-sided 95% Student-t quantiles by degrees of freedom (interpolated in 1/dof; the normal's beyond 120).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 
 
-@dataclass
-class Optimum:
-    """A continuous optimal LR estimated from one LR curve."""
-
-    log10_lr: float
-    se: float  # standard error of log10_lr
-    kind: str  # "quadratic", or "edge-low" / "edge-high" (best LR at the grid's edge)
-    best_grid_lr: float
-
-    @property
-    def lr(self) -> float:
-        return 10.0**self.log10_lr
-
-    @property
-    def at_edge(self) -> bool:
-        return self.kind.startswith("edge")
-
-
-def estimate_optimum(lrs, values) -> Optimum:
-    """Estimate the dev-metric-maximising LR from ``values[i]`` = the metrics (one per seed) at ``lrs[i]``.
-
-    The mean curve's best point and its neighbours get a quadratic in ``log10 lr``; its vertex is the
-    estimate. Its standard error combines the seed noise (the per-point standard error of the mean,
-    propagated through the vertex) with the grid's resolution (``spacing / sqrt(12)``). A best point
-    at either end of the grid returns that grid point, flagged ``edge-*``, with one grid spacing as
-    its error: the true optimum may lie beyond the grid.
-    """
-    x = np.log10(np.asarray(lrs, dtype=float))
-    if len(x) < 2 or len(set(x.tolist())) != len(x):
-        raise RmaskError("an optimal-LR estimate needs at least two distinct learning rates")
-    order = np.argsort(x)
-    x = x[order]
-    samples = [np.asarray(values[i], dtype=float) for i in order]
-    if any(s.size == 0 for s in samples):
-        raise RmaskError("an optimal-LR estimate needs at least one metric per learning rate")
-    mean = np.array([s.mean() for s in samples])
-    sem = np.array([s.std(ddof=1) / math.sqrt(s.size) if s.size > 1 else 0.0 for s in samples])
-    best = int(np.argmax(mean))
-    best_lr = float(10.0 ** x[best])
-    if best in (0, len(x) - 1):
-        spacing = abs(x[1] - x[0]) if best == 0 else abs(x[-1] - x[-2])
-        kind = "edge-low" if best == 0 else "edge-high"
-        return Optimum(float(x[best]), float(spacing), kind, best_lr)
-    xs, ys, es = x[best - 1 : best + 2], mean[best - 1 : best + 2], sem[best - 1 : best + 2]
-    spacing = (xs[2] - xs[0]) / 2
-    grid_se = spacing / math.sqrt(12.0)
-    design = np.stack([xs**2, xs, np.ones(3)], axis=1)
-    solve = np.linalg.inv(design)  # coefficients (c2, c1, c0) = solve @ ys
-    c2, c1, _ = solve @ ys  # c2 < 0: the middle point is the first maximum of the three
-    vertex = float(np.clip(-c1 / (2 * c2), xs[0], xs[2]))
-    grad = np.array([c1 / (2 * c2**2), -1 / (2 * c2), 0.0]) @ solve  # d vertex / d ys
-    noise_se = float(math.sqrt(np.sum((grad * es) ** 2)))
-    return Optimum(vertex, float(math.hypot(noise_se, grid_se)), "quadratic", best_lr)
+def t_quantile(dof: float) -> float:
+    """The two-sided 95% Student-t quantile for ``dof`` degrees of freedom (at least 1)."""
+    dof = max(float(dof), 1.0)
+    if dof >= 120:
+        return _Z if dof == math.inf else float(np.interp(1 / dof, [0.0, 1 / 120], [_Z, _T975[120]]))
+    keys = sorted(_T975)
+    inv = [1 / k for k in reversed(keys)]
+    return float(np.interp(1 / dof, inv, [_T975[k] for k in reversed(keys)]))
 
 
 @dataclass
@@ -171,6 +129,148 @@ def fit_law(points: list[dict], *, bootstrap: int = 1000, seed: int = 0) -> Fit:
     return Fit(a, b, a_ci, b_ci, cov.tolist(), r2, residual_sd, (min(ratios), max(ratios)), list(points), bootstrap)
 
 
+def _paule_mandel(residual_q, dof: int) -> float:
+    """The extra variance tau^2 >= 0 at which the weighted residual sum ``residual_q(tau2)`` equals ``dof``."""
+    if dof < 1 or residual_q(0.0) <= dof:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while residual_q(hi) > dof:
+        hi *= 4
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if residual_q(mid) > dof else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass
+class SharedFit:
+    """``log10 lr* = offset[pair] + b * (log10 ratio - x0)``: one exponent ``b`` shared by every (model, task)
+    pair (``"model/task"``), an offset per pair.
+
+    ``tau`` is the points' scatter around their pair's line beyond their own errors, and ``between_sd`` the
+    spread of the offsets between pairs (None with one pair), both estimated by Paule-Mandel moments.
+    A known pair's interval combines the fit's uncertainty and ``tau``; a new pair's adds ``between_sd``,
+    with the Student-t quantile of (pairs - 1) degrees of freedom: few pairs give wide, honest intervals.
+    """
+
+    b: float
+    x0: float
+    pairs: list[str]
+    offsets: list[float]
+    cov: list[list[float]]  # covariance of (offsets..., b)
+    tau: float
+    dof: int
+    mean_offset: float
+    mean_offset_se: float
+    between_sd: float | None
+    ratio_range: tuple[float, float]
+    points: list[dict] = field(default_factory=list)
+
+    @property
+    def b_ci(self) -> tuple[float, float]:
+        half = t_quantile(self.dof) * math.sqrt(self.cov[-1][-1])
+        return self.b - half, self.b + half
+
+    def pair_interval(self, pair: str, ratio: float) -> tuple[float, float, float]:
+        """(log10 centre, lo, hi) of the pair's optimum at ``ratio``."""
+        i = self.pairs.index(pair)
+        dx = math.log10(ratio) - self.x0
+        cov = np.asarray(self.cov)
+        var = cov[i, i] + 2 * dx * cov[i, -1] + dx**2 * cov[-1, -1] + self.tau**2
+        centre = self.offsets[i] + self.b * dx
+        half = t_quantile(self.dof) * math.sqrt(var)
+        return centre, centre - half, centre + half
+
+    def new_pair_interval(self, ratio: float, pairs: list[str] | None = None) -> tuple[float, float, float] | None:
+        """(log10 centre, lo, hi) for a pair the fit has not seen, from the offsets of ``pairs`` (default all);
+        None when fewer than two pairs leave the between-pair spread unknown."""
+        chosen = pairs or self.pairs
+        mean, mean_se, between = self._offset_spread(chosen)
+        if between is None:
+            return None
+        dx = math.log10(ratio) - self.x0
+        centre = mean + self.b * dx
+        var = mean_se**2 + dx**2 * self.cov[-1][-1] + between**2 + self.tau**2
+        half = t_quantile(len(chosen) - 1) * math.sqrt(var)
+        return centre, centre - half, centre + half
+
+    def _offset_spread(self, pairs: list[str]) -> tuple[float, float, float | None]:
+        if sorted(pairs) == sorted(self.pairs):
+            return self.mean_offset, self.mean_offset_se, self.between_sd
+        index = [self.pairs.index(p) for p in pairs]
+        return offset_spread(np.asarray(self.offsets)[index], np.asarray(self.cov)[index][:, index].diagonal())
+
+    def to_dict(self) -> dict:
+        return {
+            "law": "log10(lr*) = offset[model/task] + b * (log10(ratio) - x0)", "b": self.b, "b_ci": list(self.b_ci),
+            "x0": self.x0, "pairs": self.pairs, "offsets": self.offsets, "cov": self.cov, "tau": self.tau,
+            "dof": self.dof, "mean_offset": self.mean_offset, "mean_offset_se": self.mean_offset_se,
+            "between_sd": self.between_sd, "ratio_range": list(self.ratio_range), "n_points": len(self.points),
+            "points": self.points,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SharedFit:
+        return cls(
+            b=float(d["b"]), x0=float(d["x0"]), pairs=list(d["pairs"]), offsets=[float(v) for v in d["offsets"]],
+            cov=d["cov"], tau=float(d["tau"]), dof=int(d["dof"]), mean_offset=float(d["mean_offset"]),
+            mean_offset_se=float(d["mean_offset_se"]), between_sd=d.get("between_sd"),
+            ratio_range=tuple(d["ratio_range"]), points=list(d.get("points", [])),
+        )
+
+
+def offset_spread(offsets: np.ndarray, variances: np.ndarray) -> tuple[float, float, float | None]:
+    """Random-effects mean of the pairs' offsets, its standard error, and the between-pair sd (None for one pair)."""
+    if len(offsets) < 2:
+        return float(offsets[0]), float(math.sqrt(variances[0])), None
+
+    def q(tau2: float) -> float:
+        w = 1 / (variances + tau2)
+        return float(np.sum(w * (offsets - np.average(offsets, weights=w)) ** 2))
+
+    between2 = _paule_mandel(q, len(offsets) - 1)
+    w = 1 / (variances + between2)
+    return float(np.average(offsets, weights=w)), float(math.sqrt(1 / np.sum(w))), float(math.sqrt(between2))
+
+
+def fit_shared(points: list[dict]) -> SharedFit:
+    """Fit one exponent across (model, task) pairs with an offset per pair, by weighted least squares.
+
+    Each point needs ``model``, ``task``, ``ratio``, ``log10_lr`` and ``se``. Pairs with one ratio still
+    inform the exponent only through their offset (they add no slope information) and are kept.
+    """
+    pairs = sorted({f"{p['model']}/{p['task']}" for p in points})
+    slope_pairs = [k for k in pairs if len({p["ratio"] for p in points if f"{p['model']}/{p['task']}" == k}) >= 2]
+    if not slope_pairs:
+        raise RmaskError("a law fit needs optimal learning rates at two or more ratios of one (model, task)")
+    x = np.log10([p["ratio"] for p in points])
+    x0 = float(x.mean())
+    y = np.array([p["log10_lr"] for p in points], dtype=float)
+    se2 = np.maximum(np.array([p["se"] for p in points], dtype=float), 1e-6) ** 2
+    design = np.zeros((len(points), len(pairs) + 1))
+    for row, p in enumerate(points):
+        design[row, pairs.index(f"{p['model']}/{p['task']}")] = 1.0
+    design[:, -1] = x - x0
+
+    def solve(tau2: float):
+        w = 1 / (se2 + tau2)
+        information = design.T @ (design * w[:, None])
+        theta = np.linalg.solve(information, design.T @ (w * y))
+        return theta, information, float(np.sum(w * (y - design @ theta) ** 2))
+
+    dof = len(points) - len(pairs) - 1
+    tau2 = _paule_mandel(lambda t: solve(t)[2], dof)
+    theta, information, _ = solve(tau2)
+    cov = np.linalg.inv(information)
+    offsets = theta[:-1]
+    mean, mean_se, between = offset_spread(offsets, cov.diagonal()[:-1])
+    ratios = [p["ratio"] for p in points]
+    return SharedFit(
+        float(theta[-1]), x0, pairs, offsets.tolist(), cov.tolist(), math.sqrt(tau2), max(dof, 1), mean, mean_se,
+        between, (min(ratios), max(ratios)), list(points),
+    )
+
+
 def check_ratio(ratio: float) -> float:
     """A trainable ratio must lie in (0, 1]."""
     if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0 < ratio <= 1):
@@ -179,9 +279,26 @@ def check_ratio(ratio: float) -> float:
 
 
 @dataclass
+class Recommendation:
+    """A recommended LR for a ratio with its 95% interval, and what it rests on."""
+
+    lr: float
+    lo: float | None
+    hi: float | None
+    basis: str  # "pair", "new task", "anchor", "pooled law (unseen model)"
+    detail: str
+    warning: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"lr": self.lr, "interval": [self.lo, self.hi], "basis": self.basis, "detail": self.detail,
+                "warning": self.warning}
+
+
+@dataclass
 class Law:
-    """Fitted laws: one pooled over every model and task, one per model (pooled over its tasks), and one per
-    model and task (``"model/task"``; shown in reports to see whether the tasks agree; recommend uses the others)."""
+    """Fitted laws. ``shared``: one exponent across (model, task) pairs with an offset per pair, which
+    ``recommend`` uses; ``pooled`` (all points, one line), ``models`` (one line per model) and ``tasks`` (one
+    per ``"model/task"``) are shown in reports to see whether the pairs agree."""
 
     pooled: Fit | None
     models: dict[str, Fit]
@@ -189,9 +306,10 @@ class Law:
     data: dict = field(default_factory=dict)  # everything else law.json holds (points, excluded, source...)
     probe_calibration: dict | None = None  # written by the Hessian-probe calibration (rmask_tune.analysis)
     tasks: dict[str, Fit] = field(default_factory=dict)
+    shared: SharedFit | None = None
 
     def fit_for(self, model: str | None = None) -> Fit:
-        """The fit for ``model`` (its own), or the pooled fit when ``model`` is None."""
+        """The single-line fit for ``model`` (its own), or the pooled fit when ``model`` is None."""
         if model is None:
             if self.pooled is None:
                 raise RmaskError("the law has no pooled fit (fewer than two ratios with an interior optimum)")
@@ -206,19 +324,85 @@ class Law:
     def predict(
         self, ratio: float, model: str | None = None, *, prediction: bool = False
     ) -> tuple[float, float, float]:
-        """The recommended LR for ``ratio`` and its 95% interval: ``(lr, lo, hi)``.
+        """The single-line fit's LR for ``ratio`` and its 95% interval: ``(lr, lo, hi)``.
 
         The interval is the fitted line's confidence band; ``prediction=True`` widens it by the
-        tasks' scatter around the line (where one new task's optimum is expected to fall).
+        points' scatter around the line.
         """
         fit = self.fit_for(model)
         ratio = check_ratio(ratio)
         lo, hi = fit.band(ratio, prediction=prediction)
         return 10.0 ** fit.log10_lr(ratio), float(10.0**lo), float(10.0**hi)
 
+    def models_known(self) -> list[str]:
+        return sorted({pair.split("/", 1)[0] for pair in self.shared.pairs}) if self.shared else sorted(self.models)
+
+    def recommend(self, ratio: float, model: str | None = None, task: str | None = None,
+                  anchor: dict | None = None) -> Recommendation:
+        """The LR for ``ratio`` on (``model``, ``task``), with an interval that holds for that case.
+
+        A known pair uses its own offset; a new task on a known model the model's pairs' mean offset plus
+        their spread; a model the law has never seen needs ``anchor`` (an optimum measured on it:
+        ``{"ratio", "log10_lr", "se"}``), which sets its offset under the shared exponent; without one the
+        pooled pairs are used, with a warning.
+        """
+        ratio = check_ratio(ratio)
+        if self.shared is None:
+            raise RmaskError("the law has no shared fit (optimal LRs at fewer than two ratios of any task); "
+                             "it cannot recommend")
+        fit = self.shared
+        pair = f"{model}/{task}"
+        if anchor is not None:
+            dx = math.log10(ratio) - math.log10(anchor["ratio"])
+            centre = anchor["log10_lr"] + fit.b * dx
+            var = anchor["se"] ** 2 + dx**2 * fit.cov[-1][-1] + fit.tau**2
+            half = t_quantile(fit.dof) * math.sqrt(var)
+            detail = (f"offset from an anchor optimum {10 ** anchor['log10_lr']:.3g} at ratio {anchor['ratio']:g}, "
+                      f"shared exponent {fit.b:.3f}")
+            return _recommendation(centre, centre - half, centre + half, "anchor", detail)
+        if pair in fit.pairs:
+            return _recommendation(*fit.pair_interval(pair, ratio), "pair", f"{pair}'s own offset")
+        mine = [p for p in fit.pairs if p.split("/", 1)[0] == model]
+        if mine:
+            interval = fit.new_pair_interval(ratio, mine)
+            if interval is not None:
+                return _recommendation(*interval, "new task",
+                                       f"mean offset of {model}'s {len(mine)} tasks, plus their spread")
+            return self._borrowed_spread(fit, mine[0], ratio)
+        interval = fit.new_pair_interval(ratio)
+        warning = (f"model {model!r} is not in the law: " if model else "no model given: ") + (
+            "this is the pooled law over other models, which can miss by several grid steps on an unseen model; "
+            "calibrate it with --anchor (a short sweep at one ratio on your model) or --probe")
+        if interval is None:
+            only = fit.pairs[0]
+            centre = fit.offsets[0] + fit.b * (math.log10(ratio) - fit.x0)
+            return _recommendation(centre, None, None, "pooled law (unseen model)", f"{only}'s offset (one pair)",
+                                   warning + "; with one pair in the law there is no interval")
+        return _recommendation(*interval, "pooled law (unseen model)", f"mean offset of {len(fit.pairs)} pairs",
+                               warning)
+
+    @staticmethod
+    def _borrowed_spread(fit: SharedFit, pair: str, ratio: float) -> Recommendation:
+        """A new task on a model with one task in the law: that task's offset, with the spread between all pairs."""
+        i = fit.pairs.index(pair)
+        dx = math.log10(ratio) - fit.x0
+        centre = fit.offsets[i] + fit.b * dx
+        model = pair.split("/", 1)[0]
+        if fit.between_sd is None:
+            return _recommendation(centre, None, None, "new task", f"{pair}'s offset",
+                                   f"{model} has one task in the law and the law one pair: no interval for a new task")
+        cov = np.asarray(fit.cov)
+        var = cov[i, i] + 2 * dx * cov[i, -1] + dx**2 * cov[-1, -1] + fit.between_sd**2 + fit.tau**2
+        half = t_quantile(len(fit.pairs) - 1) * math.sqrt(var)
+        return _recommendation(centre, centre - half, centre + half, "new task", f"{pair}'s offset",
+                               f"{model} has one task in the law; the interval borrows the spread between all pairs")
+
     def in_range(self, ratio: float, model: str | None = None) -> bool:
         """Whether ``ratio`` lies within the ratios the fit was made on (no extrapolation)."""
-        low, high = self.fit_for(model).ratio_range
+        if self.shared is not None:
+            low, high = self.shared.ratio_range
+        else:
+            low, high = self.fit_for(model).ratio_range
         return low * (1 - 1e-9) <= ratio <= high * (1 + 1e-9)
 
     def to_dict(self) -> dict:
@@ -227,6 +411,7 @@ class Law:
             "law": "log10(lr*) = a + b * log10(ratio)",
             "method": self.method,
             "confidence": CONFIDENCE,
+            "shared": self.shared.to_dict() if self.shared else None,
             "pooled": self.pooled.to_dict() if self.pooled else None,
             "models": {m: f.to_dict() for m, f in sorted(self.models.items())},
             "tasks": {t: f.to_dict() for t, f in sorted(self.tasks.items())},
@@ -238,8 +423,14 @@ class Law:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
 
+def _recommendation(centre: float, lo: float | None, hi: float | None, basis: str, detail: str,
+                    warning: str | None = None) -> Recommendation:
+    return Recommendation(10.0**centre, None if lo is None else 10.0**lo, None if hi is None else 10.0**hi,
+                          basis, detail, warning)
+
+
 def load_law(path: str | Path) -> Law:
-    """Read a ``law.json`` written by ``rmask-tune report``."""
+    """Read a ``law.json`` written by ``rmask-tune report`` (v1 files have no shared fit)."""
     path = Path(path)
     if not path.is_file():
         raise RmaskError(f"law file not found: {path}")
@@ -247,9 +438,9 @@ def load_law(path: str | Path) -> Law:
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RmaskError(f"law file {path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err})") from None
-    if not isinstance(d, dict) or d.get("format") != LAW_FORMAT:
+    if not isinstance(d, dict) or d.get("format") not in LAW_FORMATS:
         raise RmaskError(f"{path} is not an rmask-tune law file (expected format {LAW_FORMAT!r})")
-    known = {"format", "law", "method", "confidence", "pooled", "models", "tasks", "probe_calibration"}
+    known = {"format", "law", "method", "confidence", "pooled", "models", "tasks", "probe_calibration", "shared"}
     return Law(
         pooled=Fit.from_dict(d["pooled"]) if d.get("pooled") else None,
         models={m: Fit.from_dict(f) for m, f in d.get("models", {}).items()},
@@ -257,6 +448,7 @@ def load_law(path: str | Path) -> Law:
         data={k: v for k, v in d.items() if k not in known},
         probe_calibration=d.get("probe_calibration"),
         tasks={t: Fit.from_dict(f) for t, f in d.get("tasks", {}).items()},
+        shared=SharedFit.from_dict(d["shared"]) if d.get("shared") else None,
     )
 
 
@@ -269,5 +461,7 @@ def log_grid(centre: float, points: int = 5, decades: float = 1.0) -> list[float
 
 
 def narrow_grid(law: Law, ratio: float, model: str | None = None, points: int = 5, decades: float = 1.0) -> list[float]:
-    """``points`` log-spaced LRs spanning ``decades`` decades, centred on the law's prediction for ``ratio``."""
-    return log_grid(law.predict(ratio, model)[0], points, decades)
+    """``points`` log-spaced LRs spanning ``decades`` decades, centred on the law's recommendation for
+    ``ratio`` (the shared fit's; a v1 law.json, which has none, its single-line fit's)."""
+    centre = law.recommend(ratio, model).lr if law.shared is not None else law.predict(ratio, model)[0]
+    return log_grid(centre, points, decades)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
-import logging
+import io
 import os
 import shutil
+import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +19,8 @@ from torch import nn
 
 from rmask_tune.errors import RmaskError
 
-logger = logging.getLogger(__name__)
+# Whether long model steps show their progress on stderr (see ``progress``).
+_PROGRESS = contextvars.ContextVar("rmask_tune_model_progress", default=True)
 
 # Small random-init configs: big enough that a step is dominated by matrix work, small enough for CI.
 TINY_CONFIGS = {
@@ -90,6 +95,35 @@ TINY_CONFIGS = {
             num_labels=10,
         ),
     ),
+    # A CLIP with tiny text and vision towers. The text tower reads MiniLM's (BERT) tokenizer, since no CLIP
+    # tokenizer is available offline: its vocabulary size, and [CLS]/[SEP]/[PAD] ids as bos/eos/pad (the
+    # text embedding is read at the first eos, as CLIP reads its end token).
+    "tiny-clip": (
+        "CLIPConfig",
+        "CLIPModel",
+        dict(
+            text_config=dict(
+                hidden_size=64,
+                intermediate_size=256,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                vocab_size=30522,
+                max_position_embeddings=77,
+                bos_token_id=101,
+                eos_token_id=102,
+                pad_token_id=0,
+            ),
+            vision_config=dict(
+                hidden_size=128,
+                intermediate_size=512,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=4,
+            ),
+            projection_dim=64,
+        ),
+    ),
 }
 
 
@@ -118,14 +152,19 @@ MODEL_ALIASES = {
     "opt-1.3b": ModelAlias("hub", "facebook/opt-1.3b"),
     "opt-13b": ModelAlias("hub", "facebook/opt-13b"),
     "llama2-7b": ModelAlias("hub", "meta-llama/Llama-2-7b-hf"),
+    "clip-vit-b16": ModelAlias("hub", "openai/clip-vit-base-patch16"),
 }
 
 HEADS = {
     "causal-lm": "AutoModelForCausalLM",
     "sequence-classification": "AutoModelForSequenceClassification",
     "image-classification": "AutoModelForImageClassification",
+    # An image-text model (CLIP) classifying images against its text embeddings of the class names.
+    "zero-shot-image": "AutoModel",
     "base": "AutoModel",
 }
+# Model types that classify images zero-shot: an image tower and a text tower in one model.
+ZERO_SHOT_IMAGE_TYPES = ("clip",)
 
 RANDOM_INIT = "random-init:"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
@@ -133,7 +172,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A small random-init transformers model (``tiny-llama``, ``tiny-opt``, ``tiny-gpt2``, ``tiny-bert``,
-    ``tiny-vit``)."""
+    ``tiny-vit``, ``tiny-clip``)."""
     import transformers
 
     config = _tiny_config(name)
@@ -173,7 +212,8 @@ def load_model(
 
 def default_head(name: str) -> str:
     """The head ``name`` is naturally trained with: ``causal-lm`` for decoder language models,
-    ``image-classification`` for vision models, ``sequence-classification`` for encoders (BERT, MiniLM).
+    ``zero-shot-image`` for image-text models (CLIP), ``image-classification`` for vision models,
+    ``sequence-classification`` for encoders (BERT, MiniLM).
 
     Decided from the config alone (no weights are loaded). BERT-like encoders also have a causal-LM
     class in transformers, so a model counts as a decoder only when its config says so
@@ -188,6 +228,8 @@ def default_head(name: str) -> str:
     causal_lm, model_type = auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, config.model_type
     if getattr(config, "is_decoder", False) or set(causal_lm.values()) & set(config.architectures or ()):
         return "causal-lm"
+    if model_type in ZERO_SHOT_IMAGE_TYPES:
+        return "zero-shot-image"
     if model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         return "image-classification"
     if model_type in causal_lm and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
@@ -323,12 +365,19 @@ def _converted_smollm2() -> Path:
         return target
     gguf = _package_path("smollm2-135m")
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("converting %s into %s (once, about half a minute)", gguf, target)
+    shown = _PROGRESS.get()
+    if shown:
+        print(f"converting {gguf} into {target} (once, about half a minute)", file=sys.stderr, flush=True)
+    started = time.monotonic()
     scratch = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"  # mkdir, unlike mkdtemp, honours umask
     scratch.mkdir()
     try:
-        _from_pretrained("smollm2-135m", gguf, "AutoModelForCausalLM", {}).save_pretrained(scratch)
-        load_tokenizer(gguf).save_pretrained(scratch)
+        # transformers draws its tensor-conversion bar on stderr with no switch of its own
+        with contextlib.nullcontext() if shown else contextlib.redirect_stderr(io.StringIO()):
+            _from_pretrained("smollm2-135m", gguf, "AutoModelForCausalLM", {}).save_pretrained(scratch)
+            load_tokenizer(gguf).save_pretrained(scratch)
+        if shown:
+            print(f"converted smollm2-135m in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         try:
             os.rename(scratch, target)
         except OSError:
@@ -338,6 +387,17 @@ def _converted_smollm2() -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def progress(enabled: bool):
+    """Show (the default) or, with False, hide the progress of long model steps (the one-time GGUF
+    conversion) while inside the block."""
+    token = _PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 def _package_path(name: str) -> str:

@@ -85,6 +85,11 @@ def test_cli_bench_picks_the_head_by_architecture_and_one_line_error():
     assert by_method[("full", None)]["trainable_params"] == total
     assert by_method[("random_masking", 1e-3)]["trainable_params"] == round(1e-3 * total)
     assert "bench: tiny-bert as BertForSequenceClassification (sequence-classification head)" in ok.stderr
+    clip = subprocess.run(  # CLIP trains under a frozen zero-shot head; its image tower is timed under a linear one
+        [sys.executable, "-m", "rmask_tune.cli", "bench", "--model", "tiny-clip", "--rounds", "1", "--batch-size", "2",
+         "--json"], capture_output=True, text=True, check=True,
+    )
+    assert "(image-classification head)" in clip.stderr and json.loads(clip.stdout)[0]["step_time_s"] > 0
     bad = subprocess.run(
         [sys.executable, "-m", "rmask_tune.cli", "bench", "--model", "/no/such/model"], capture_output=True, text=True
     )

@@ -1,4 +1,4 @@
-"""The optimal-LR estimator, the law fit, law.json and the narrow grid, on data with a known truth."""
+"""The optimal-LR point estimate, the single-line law fit, law.json and the narrow grid, on data with a known truth."""
 
 import json
 import math
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.law import Law, estimate_optimum, fit_law, load_law, narrow_grid
+from rmask_tune.law import Law, fit_law, load_law, narrow_grid
+from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, quadratic_vertex
 
 GRID = [10.0**e for e in np.arange(-5.0, -0.99, 0.5)]
 
@@ -16,42 +17,39 @@ def parabola(lr, vertex=-3.3, peak=0.9, curvature=0.05):
     return peak - curvature * (math.log10(lr) - vertex) ** 2
 
 
+def exact_cell(lrs, curve):
+    """A noise-free cell: one constant record per LR."""
+    return bootstrap_cell({lr: {0: DevRecord(curve(lr), 0)} for lr in lrs}, samples=20)
+
+
 def test_quadratic_optimum_recovers_a_parabolas_vertex_from_shuffled_grid():
-    lrs = GRID[::-1]
-    est = estimate_optimum(lrs, [[parabola(lr)] * 3 for lr in lrs])
+    est = optimum_with_interval(exact_cell(GRID[::-1], parabola))
     assert est.kind == "quadratic" and not est.at_edge
     assert est.log10_lr == pytest.approx(-3.3, abs=1e-9)
     assert est.best_grid_lr == pytest.approx(10**-3.5)
-    # no seed noise: the error is the grid's resolution, spacing / sqrt(12)
+    # no noise: the error is the grid's resolution, spacing / sqrt(12)
     assert est.se == pytest.approx(0.5 / math.sqrt(12))
-
-
-def test_seed_noise_widens_the_error_and_the_truth_stays_inside():
-    rng = np.random.default_rng(1)
-    values = [[parabola(lr) + rng.normal(0, 0.004) for _ in range(4)] for lr in GRID]
-    est = estimate_optimum(GRID, values)
-    assert est.se > 0.5 / math.sqrt(12)
-    assert abs(est.log10_lr + 3.3) < 3 * est.se
+    assert est.interval == pytest.approx((-3.3, -3.3))
 
 
 def test_best_point_at_the_grid_edge_is_flagged_not_extrapolated():
-    high = estimate_optimum(GRID, [[parabola(lr, vertex=0.0)] for lr in GRID])
-    assert high.kind == "edge-high" and high.at_edge
-    assert high.log10_lr == pytest.approx(-1.0) and high.se == pytest.approx(0.5)
-    low = estimate_optimum(GRID, [[parabola(lr, vertex=-7.0)] for lr in GRID])
+    high = optimum_with_interval(exact_cell(GRID, lambda lr: parabola(lr, vertex=0.0)))
+    assert high.kind == "edge-high" and high.at_edge and high.edge_fraction == 1.0
+    assert high.log10_lr == pytest.approx(-1.0)
+    low = optimum_with_interval(exact_cell(GRID, lambda lr: parabola(lr, vertex=-7.0)))
     assert low.kind == "edge-low" and low.lr == pytest.approx(1e-5)
 
 
 def test_a_plateau_of_two_best_points_puts_the_optimum_between_them():
-    est = estimate_optimum([1e-4, 1e-3, 1e-2, 1e-1], [[0.4], [0.5], [0.5], [0.4]])
-    assert est.kind == "quadratic" and est.log10_lr == pytest.approx(-2.5)
+    x = np.log10([1e-4, 1e-3, 1e-2, 1e-1])
+    assert quadratic_vertex(x, np.array([0.4, 0.5, 0.5, 0.4])) == (pytest.approx(-2.5), "quadratic")
 
 
 def test_estimator_rejects_unusable_curves():
-    with pytest.raises(RmaskError, match="two distinct"):
-        estimate_optimum([1e-3], [[0.5]])
-    with pytest.raises(RmaskError, match="two distinct"):
-        estimate_optimum([1e-3, 1e-3], [[0.5], [0.6]])
+    with pytest.raises(RmaskError, match="at least two learning rates"):
+        optimum_with_interval(exact_cell([1e-3], parabola))
+    with pytest.raises(RmaskError, match="at least one trial"):
+        bootstrap_cell({1e-3: {}})
 
 
 def synthetic_points(seed=0, noise=0.1, a=-4.5, b=-0.5):
@@ -108,7 +106,7 @@ def law_file(tmp_path):
 
 def test_law_json_round_trip_predict_and_narrow_grid(law_file):
     raw = json.loads(law_file.read_text())
-    assert raw["format"] == "rmask-tune law v1" and raw["probe_calibration"] is None
+    assert raw["format"] == "rmask-tune law v2" and raw["probe_calibration"] is None
     assert set(raw["pooled"]) >= {"a", "b", "a_ci", "b_ci", "cov", "r2", "ratio_range", "points", "n_points"}
     law = load_law(law_file)
     fit = law.fit_for(None)

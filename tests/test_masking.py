@@ -77,12 +77,13 @@ def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(n
         assert layer.rmask_values.abs().sum() > 0
 
 
+@pytest.mark.parametrize("structure", ["random", "head"])
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-gpt2"])
 @pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # gather, sampled CSR and dense kernels
-def test_value_gradients_equal_a_dense_masked_reference(name, density):
+def test_value_gradients_equal_a_dense_masked_reference(name, density, structure):
     model = tiny_model(name)
     reference = tiny_model(name)
-    apply_random_masking(model, density=density, seed=5)
+    apply_random_masking(model, density=density, seed=5, structure=structure)
     batch = lm_batch(model, batch=8, seq=32)  # 256 rows: the 5% case takes the sampled CSR path
     model(**batch).loss.backward()
     ref_params = dict(reference.named_parameters())
@@ -129,6 +130,145 @@ def test_structured_masking_trains_whole_columns(name):
     assert abs(info.ratio - 0.01) / 0.01 < 0.1
 
 
+def head_mask(shape: tuple[int, int], count: int) -> torch.Tensor:
+    """The paper's structured mask of an (out, in) matrix: its first ``count`` entries in column-major order."""
+    mask = torch.zeros(shape[1], shape[0], dtype=torch.bool)  # (in, out): row-major here is column-major there
+    mask.view(-1)[:count] = True
+    return mask.t()
+
+
+def out_in_mask(layer) -> torch.Tensor:
+    """The masked entries of ``layer``, read off the weight as stored through ``rmask_flat``, in (out, in) terms."""
+    stored = torch.zeros(layer.weight.numel(), dtype=torch.bool)
+    stored[layer.rmask_flat] = True
+    stored = stored.view_as(layer.weight)
+    return stored.t() if layer.rmask_transposed else stored
+
+
+@pytest.mark.parametrize("ratio", [1e-5, 1e-3, 1e-2])
+def test_structured_masking_gives_every_opt_matrix_the_same_density_as_leading_columns(ratio):
+    from rmask_tune.methods import prepare_method
+
+    model = tiny_model("tiny-opt")
+    total = count_parameters(model)
+    setup = prepare_method(model, "structured_masking", ratio=ratio)
+    info = setup.details
+    layers = masked_layers(model)
+    assert info["structure"] == "head" and sorted(layers) == sorted(info["targets"])  # every q/v matrix trains
+    target_size = sum(layer.weight.numel() for layer in layers.values())
+    per_matrix = max(1, round(round(ratio * total) / target_size * 256 * 256))  # all tiny-opt q/v are 256 x 256
+    assert info["counts"] == {name: per_matrix for name in layers}
+    assert info["trainable_params"] == setup.trainable_params == count_parameters(model, trainable_only=True)
+    assert abs(info["trainable_params"] - round(ratio * total)) <= len(layers) / 2
+    for layer in layers.values():
+        assert layer.rmask_shape == (256, 256)
+        assert torch.equal(out_in_mask(layer), head_mask(layer.rmask_shape, per_matrix))
+        full, partial = divmod(per_matrix, 256)
+        assert set(layer.rmask_cols.tolist()) == set(range(full + (partial > 0)))  # leading columns only
+        assert torch.bincount(layer.rmask_cols)[full:].tolist() == ([partial] if partial else [])
+
+
+def test_structured_masking_under_one_column_fills_the_top_of_the_first_column():
+    model = tiny_model("tiny-opt")
+    info = apply_random_masking(model, density=10 / (256 * 256), structure="head")
+    assert set(info.counts.values()) == {10} and len(info.counts) == 8
+    for layer in masked_layers(model).values():
+        assert layer.rmask_cols.tolist() == [0] * 10 and layer.rmask_rows.tolist() == list(range(10))
+    tiny = apply_random_masking(tiny_model("tiny-opt"), density=1e-9, structure="head")
+    assert set(tiny.counts.values()) == {1}  # at least one entry per matrix
+
+
+def test_structured_masking_on_conv1d_lays_columns_out_in_the_out_in_view():
+    model = tiny_model("tiny-gpt2")
+    info = apply_random_masking(model, ratio=1e-3, structure="head", seed=4)
+    layers = masked_layers(model)
+    assert sorted(layers) == sorted(info.targets) and len(set(info.counts.values())) == 1
+    for name, layer in layers.items():
+        count = info.counts[name]
+        out_features, in_features = layer.weight.shape[1], layer.weight.shape[0]  # Conv1D stores (in, out)
+        assert layer.rmask_transposed and layer.rmask_shape == (out_features, in_features) and count > out_features
+        assert torch.equal(out_in_mask(layer), head_mask(layer.rmask_shape, count))
+        # (out, in) columns are stored rows: the mask is the stored weight's first entries, contiguous
+        assert torch.equal(layer.rmask_flat.sort().values, torch.arange(count))
+        stored = layer.weight.reshape(-1)[layer.rmask_flat]
+        assert torch.equal(layer.weight.t()[layer.rmask_rows, layer.rmask_cols], stored)
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-gpt2"])
+def test_structured_masked_forward_equals_a_dense_model_with_the_delta_in_the_head_entries(name):
+    model = tiny_model(name)
+    info = apply_random_masking(model, ratio=1e-3, structure="head")
+    gen = torch.Generator().manual_seed(0)
+    reference = tiny_model(name)
+    modules = dict(reference.named_modules())
+    with torch.no_grad():
+        for layer_name, layer in masked_layers(model).items():
+            layer.rmask_values.copy_(torch.randn(layer.rmask_values.shape, generator=gen))
+            weight = modules[layer_name].weight
+            out_in = weight.t() if layer.rmask_transposed else weight
+            # values follow the (out, in) entries in row-major order, as boolean indexing reads them
+            out_in[head_mask(out_in.shape, info.counts[layer_name])] += layer.rmask_values
+        batch = lm_batch(model)
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(model(**batch).logits, tiny_model(name)(**batch).logits)
+
+
+def test_random_columns_layout_keeps_the_earlier_structured_masks():
+    from rmask_tune.methods import prepare_method
+
+    for ratio, seed in ((1e-2, 0), (1e-3, 3)):
+        named = tiny_model("tiny-opt")
+        setup = prepare_method(named, "structured_masking", ratio=ratio, seed=seed, layout="random-columns")
+        plain = tiny_model("tiny-opt")
+        apply_random_masking(plain, ratio=ratio, seed=seed, structure="columns")
+        assert setup.details["structure"] == "columns"
+        ours, theirs = masked_layers(named), masked_layers(plain)
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[n].rmask_flat, theirs[n].rmask_flat) for n in ours)
+        for layer in ours.values():
+            per_col = torch.bincount(layer.rmask_cols)
+            assert set(per_col[per_col > 0].tolist()) == {256}  # random whole columns
+            assert not torch.equal(out_in_mask(layer), head_mask((256, 256), layer.rmask_flat.numel()))
+    sparse = prepare_method(tiny_model("tiny-opt"), "structured_masking", ratio=1e-4, layout="random-columns")
+    assert len(sparse.details["counts"]) < len(sparse.details["targets"])  # whole columns: few matrices train
+    with pytest.raises(RmaskError, match="columns masking at this ratio selects nothing"):
+        prepare_method(tiny_model("tiny-opt"), "structured_masking", ratio=1e-5, layout="random-columns")
+    with pytest.raises(RmaskError, match="unknown structured_masking layout 'rows'; choose one of head, random-col"):
+        prepare_method(tiny_model("tiny-opt"), "structured_masking", ratio=1e-3, layout="rows")
+    with pytest.raises(RmaskError, match="sampling 'bernoulli' applies to structure 'random' only, not 'head'"):
+        apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, structure="head", sampling="bernoulli")
+
+
+def test_structured_sweep_file_passes_dry_run_and_its_layout_reaches_the_trials(capsys, tmp_path):
+    from pathlib import Path
+
+    from rmask_tune.cli import main
+    from rmask_tune.methods import prepare_method
+    from rmask_tune.sweep import load_space
+    from rmask_tune.trainer.config import TrialConfig
+    from rmask_tune.trainer.trial import method_settings
+
+    path = Path(__file__).resolve().parents[1] / "search_spaces" / "opt125m-structured.yaml"
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    space = load_space(path)
+    grids = space.file.methods
+    assert set(grids) == {"structured_masking", "random_masking"} and space.file.seeds == [0, 1, 2]
+    assert grids["structured_masking"].ratios == grids["random_masking"].ratios
+    assert len(grids["random_masking"].ratios) == 9
+    per_seed = sum(len(grid.ratios) * len(grid.lr) for grid in grids.values()) * len(space.file.tasks)
+    assert space.num_trials() == per_seed * 3 and f"{space.num_trials()} trials" in out
+    assert "structured_masking 0.001%" in out and "random_masking 0.001%" in out
+    columns = tmp_path / "columns.yaml"
+    columns.write_text(path.read_text().replace("layout: head", "layout: random-columns"))
+    for file, structure in ((path, "head"), (columns, "columns")):  # the file's options reach the trial
+        swept = load_space(file)
+        trial = next(t for t in swept.grid_trials() if t["method"] == "structured_masking" and t["ratio"] == 1e-3)
+        config = TrialConfig.from_dict({**swept.trial_config(trial), "model": "tiny-opt"})
+        setup = prepare_method(tiny_model("tiny-opt"), config.method, **method_settings(config, "choice", 8))
+        assert setup.details["structure"] == structure
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -169,12 +309,13 @@ def test_merge_gives_a_plain_model_that_saves_and_reloads(name, tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(restored.parameters(), tiny_model(name).parameters()))
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-def test_adapter_round_trip_size_and_mismatch_refusal(name, tmp_path):
+@pytest.mark.parametrize(("name", "structure"), [("tiny-llama", "random"), ("tiny-gpt2", "random"),
+                                               ("tiny-llama", "head"), ("tiny-gpt2", "head")])
+def test_adapter_round_trip_size_and_mismatch_refusal(name, structure, tmp_path):
     from rmask_tune.masking import load_adapter, save_adapter
 
     model = tiny_model(name)
-    info = apply_random_masking(model, ratio=1e-3, seed=11)
+    info = apply_random_masking(model, ratio=1e-3, seed=11, structure=structure)
     batch = lm_batch(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
@@ -191,7 +332,7 @@ def test_adapter_round_trip_size_and_mismatch_refusal(name, tmp_path):
         save_adapter(model, path, info.to_dict())
     fresh = tiny_model(name)
     loaded = load_adapter(fresh, path)
-    assert loaded["trainable_params"] == info.trainable_params
+    assert loaded["trainable_params"] == info.trainable_params and loaded["structure"] == structure
     with torch.no_grad():
         assert torch.equal(fresh(**batch).logits, trained)
     with pytest.raises(RmaskError, match="different base model"):

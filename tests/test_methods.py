@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch
 from rmask_tune.errors import RmaskError
 from rmask_tune.methods import METHODS, prepare_method
 from rmask_tune.models import tiny_model
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def random_ids(model):
@@ -67,7 +70,10 @@ def peft_trainable(setup):
 
 
 def test_registry_lists_every_method():
-    expected = {"random_masking", "structured_masking", "full", "none", "bitfit", "lora", "adalora", "prefix", "shira"}
+    expected = {
+        "random_masking", "structured_masking", "full", "none", "bitfit", "lora", "adalora", "prefix", "shira",
+        "adapter",
+    }  # fmt: skip
     assert set(METHODS) == expected
 
 
@@ -141,13 +147,93 @@ def test_adalora_allocates_ranks_across_steps():
     model = tiny_model("tiny-llama")
     total = sum(p.numel() for p in model.parameters())
     setup = prepare_method(model, "adalora", total_step=2)
-    expected = sum(12 * (i + o) + 12 for i, o in qv_shapes(model))  # A, B and the singular values E at init_r=12
+    expected = sum(8 * (i + o) + 8 for i, o in qv_shapes(model))  # A, B and the singular values E at init_r=8
     assert_counts(setup, total, expected)
     assert peft_trainable(setup) == expected
     train_and_check(setup, lm_batch(model))
-    # Step 2 = total_step finalizes the budget: on average target_r=8 of the 12 ranks per matrix survive.
+    # Step 2 = total_step finalizes the budget: on average target_r=5 of the 8 ranks per matrix survive.
     rank_pattern = setup.model.peft_config["default"].rank_pattern
-    assert sum(sum(kept) for kept in rank_pattern.values()) == 8 * len(qv_shapes(model))
+    assert sum(sum(kept) for kept in rank_pattern.values()) == 5 * len(qv_shapes(model))
+
+
+def test_adalora_trains_loras_budget_plus_its_singular_values():
+    lora = prepare_method(tiny_model("tiny-llama"), "lora")
+    adalora = prepare_method(tiny_model("tiny-llama"), "adalora", total_step=10)
+    matrices = len(lora.details["targets"])
+    # Same A and B sizes as LoRA r=8; the only excess is E, one vector of init_r=8 values per matrix.
+    assert adalora.trainable_params == lora.trainable_params + 8 * matrices
+    e_values = sum(p.numel() for n, p in adalora.model.named_parameters() if ".lora_E." in n)
+    assert adalora.trainable_params - e_values == lora.trainable_params
+    # peft's own defaults (init_r 12, target_r 8) remain the named variant at 1.5x LoRA's A and B.
+    peft_defaults = prepare_method(tiny_model("tiny-llama"), "adalora", total_step=10, init_r=12, target_r=8)
+    assert peft_defaults.trainable_params == 1.5 * lora.trainable_params + 12 * matrices
+
+
+def adalora_factors(setup):
+    """Each AdaLoRA matrix's A and B, read off peft's layers."""
+    from peft.tuners.adalora import AdaLoraLayer
+
+    layers = [m for m in setup.model.modules() if isinstance(m, AdaLoraLayer)]
+    return [(m.lora_A["default"], m.lora_B["default"]) for m in layers]
+
+
+def reference_orthogonality(setup):
+    """Mean over all A and B of ||A A^T - I||_F and ||B^T B - I||_F, written out matrix by matrix."""
+    terms = []
+    for a, b in adalora_factors(setup):
+        terms.append(torch.linalg.norm(a @ a.T - torch.eye(a.shape[0])))
+        terms.append(torch.linalg.norm(b.T @ b - torch.eye(b.shape[1])))
+    return sum(terms) / len(terms)
+
+
+def test_adalora_loss_from_logits_plus_extra_loss_equals_peft_loss_with_labels():
+    model = tiny_model("tiny-llama")
+    setup = prepare_method(model, "adalora", total_step=10, orth_reg_weight=0.3)
+    train_and_check(setup, lm_batch(model), steps=1)  # move A and B off their initialization
+    ids = random_ids(model)
+    with torch.no_grad():
+        peft_loss = setup.model(input_ids=ids, labels=ids).loss  # peft adds 0.3 x its regularizer here
+        logits = setup.model(input_ids=ids).logits
+        plain = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        extra = setup.extra_loss()
+        reference = reference_orthogonality(setup)
+    assert (plain + extra).item() == pytest.approx(peft_loss.item(), rel=1e-6)
+    assert (peft_loss - plain).item() == pytest.approx(0.3 * reference.item(), rel=1e-5)
+    assert extra.item() == pytest.approx(0.3 * reference.item(), rel=1e-6) and reference.item() > 0.1
+    assert setup.details["orth_reg_weight"] == 0.3
+
+
+def test_adalora_regularizer_gradient_reaches_a_and_b_only():
+    setup = prepare_method(tiny_model("tiny-llama"), "adalora", total_step=10)
+    setup.extra_loss().backward()
+    for a, b in adalora_factors(setup):
+        assert a.grad is not None and a.grad.abs().sum() > 0
+        assert b.grad is not None and b.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in setup.model.named_parameters() if ".lora_E." in n)
+
+
+def test_adalora_without_the_regularizer_has_no_extra_loss():
+    setup = prepare_method(tiny_model("tiny-llama"), "adalora", total_step=10, orth_reg_weight=0)
+    assert setup.extra_loss is None
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+def test_trial_loss_adds_and_records_the_methods_extra_loss():
+    from rmask_tune.trainer import prepare_trial, train_trial
+
+    config = dict(model="tiny-llama", task="SST-2", method="adalora", lr=1e-3, data_dir=str(DATA), epochs=1,
+                  batch_size=4, train_examples=8, dev_examples=2, test_examples=2, quiet=True)  # fmt: skip
+    trial = prepare_trial(config)
+    batch = next(trial.train_batches())
+    with torch.no_grad():
+        total = trial.loss(batch)
+        family = trial.family.loss(trial.model, batch)
+        extra = trial.setup.extra_loss()
+    assert total.item() == pytest.approx((family + extra).item(), rel=1e-6) and extra.item() > 0
+    assert trial.take_extra_loss() == pytest.approx(extra.item()) and trial.take_extra_loss() is None
+    records = []
+    train_trial(trial, hooks=[records.append])
+    assert records[-1]["extra_loss"] > 0 and records[-1]["train_loss"] > records[-1]["extra_loss"]
 
 
 def test_adalora_step_after_zero_grad_is_an_error():
@@ -169,6 +255,54 @@ def test_prefix_on_a_causal_lm():
     assert_counts(setup, total, expected)
     assert peft_trainable(setup) == expected
     train_and_check(setup, lm_batch(model))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
+def test_prefix_real_words_init_acts_as_those_tokens_in_front(name):
+    setup = prepare_method(tiny_model(name), "prefix", seed=3)
+    tokens = torch.tensor([setup.details["init_tokens"]])
+    assert setup.details["init"] == "real-words" and tokens.shape == (1, 5)
+    base = setup.model.get_base_model()
+    ids = random_ids(base)
+    with torch.no_grad():
+        prefixed = setup.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        cache = base(input_ids=tokens, use_cache=True).cache  # the frozen model's keys and values of the tokens
+        cache.batch_repeat_interleave(len(ids))
+        mask = torch.ones(len(ids), 5 + ids.shape[1], dtype=torch.long)
+        expected = base(input_ids=ids, cache=cache, attention_mask=mask).logits
+        in_front = base(input_ids=torch.cat([tokens.expand(len(ids), -1), ids], dim=1)).logits[:, 5:]
+        without = base(input_ids=ids).logits
+    assert torch.equal(prefixed, expected)
+    torch.testing.assert_close(prefixed, in_front, atol=1e-4, rtol=1e-4)  # one sequence, other kernel shapes
+    assert not torch.allclose(prefixed, without, atol=1e-2)
+
+
+def test_prefix_real_words_are_drawn_from_the_seed():
+    draws = [prepare_method(tiny_model("tiny-opt"), "prefix", seed=s).details["init_tokens"] for s in (1, 1, 2)]
+    assert draws[0] == draws[1] != draws[2]
+    assert all(0 <= t < 2048 for t in draws[0] + draws[2])
+
+
+def test_prefix_random_init_keeps_pefts():
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    ours = prepare_method(tiny_model("tiny-llama"), "prefix", init="random").model  # tiny_model reseeds torch
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5)
+    peft_own = get_peft_model(tiny_model("tiny-llama"), config)
+    weight = lambda m: m.prompt_encoder["default"].embedding.weight  # noqa: E731
+    assert torch.equal(weight(ours), weight(peft_own))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"init": "zeros"}, "prefix: unknown init 'zeros'; choose one of real-words, random"),
+        ({"virtual_tokens": 0}, "prefix: virtual_tokens must be at least 1, got 0"),
+    ],
+)
+def test_prefix_bad_options(options, message):
+    with pytest.raises(RmaskError, match=message):
+        prepare_method(tiny_model("tiny-llama"), "prefix", **options)
 
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-vit"])
@@ -217,6 +351,8 @@ def test_masking_methods_train_only_their_entries():
         ("lora", {"rank": 4}, "unknown option 'rank' for method 'lora' \\(its options: r, alpha"),
         ("full", {"r": 4}, "unknown option 'r' for method 'full' \\(it takes no options\\)"),
         ("adalora", {}, "method 'adalora' needs the option 'total_step'"),
+        ("adalora", {"total_step": 1}, "adalora: total_step - tfinal must be at least 2 .* got total_step 1 and"),
+        ("adalora", {"total_step": 10, "orth_reg_weight": -1}, "adalora: `orth_reg_weight` should be greater than"),
         ("shira", {"r": 4, "ratio": 0.01}, "shira: give r or ratio, not both"),
         ("shira", {"ratio": 1e-6}, "shira: ratio 1e-06 is below the smallest ShiRA"),
         ("shira", {"r": 1000}, "shira: The set rank 1000 results in more shira params"),

@@ -23,6 +23,7 @@ from rmask_tune.models import MODEL_ALIASES, default_head, load_model, load_toke
         ("tiny-bert", "base", "BertModel"),
         ("tiny-vit", "image-classification", "ViTForImageClassification"),
         ("tiny-vit", "base", "ViTModel"),
+        ("tiny-clip", "zero-shot-image", "CLIPModel"),
     ],
 )
 def test_tiny_alias_builds_with_the_head_asked_for(name, head, expected):
@@ -46,6 +47,7 @@ def test_every_alias_is_described():
     assert tiny | {"smollm2-135m", "minilm-l6"} <= MODEL_ALIASES.keys()
     hub = {"opt-125m": "facebook/opt-125m", "opt-1.3b": "facebook/opt-1.3b", "opt-13b": "facebook/opt-13b"}
     hub["llama2-7b"] = "meta-llama/Llama-2-7b-hf"
+    hub["clip-vit-b16"] = "openai/clip-vit-base-patch16"
     assert {alias: resolve_model_path(alias) for alias in hub} == hub
 
 
@@ -66,6 +68,7 @@ def test_tiny_alias_errors():
         ("tiny-gpt2", "causal-lm"),
         ("tiny-bert", "sequence-classification"),
         ("tiny-vit", "image-classification"),
+        ("tiny-clip", "zero-shot-image"),  # CLIP also has an image-classification head; zero-shot is its natural one
         ("minilm-l6", "sequence-classification"),  # a BERT encoder, though transformers has BertLMHeadModel
     ],
 )

@@ -159,7 +159,7 @@ def test_grid_sweep_logs_one_run_per_trial_under_one_parent(grid_sweep):
             assert epochs == 1 and "test_metric" not in metrics
         else:
             assert "test_metric" in metrics or metrics["diverged"] == 1
-            assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["metrics.json"]
+            assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["examples.json", "metrics.json"]
             saved = json.loads((storage / "trials" / run.data.tags["rmask.trial_id"] / "metrics.json").read_text())
             assert saved["status"] == status and saved["lr"] == float(params["lr"])
             if status == "finished":

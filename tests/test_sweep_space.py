@@ -50,7 +50,7 @@ def test_paper_files_have_the_papers_grids(name):
     assert space.file.tasks == TASKS
     rm = space.file.methods["random_masking"]
     assert rm.ratios == pytest.approx(PAPER_RATIOS)
-    assert max(rm.lr) == pytest.approx(0.1) and min(rm.lr) <= 1e-4
+    assert max(rm.lr) >= 3 and min(rm.lr) <= 1e-5  # past the sparsest masks' best LRs (tests/test_protocol.py)
     assert space.file.methods["none"].lr is None and "lora" in space.file.methods
     settings = space.settings()
     assert (settings["train_examples"], settings["dev_examples"], settings["test_examples"]) == (1000, 500, 1000)

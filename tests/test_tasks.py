@@ -37,7 +37,8 @@ def test_get_task_ignores_case_and_punctuation():
     assert get_task("cifar10") is TASKS["CIFAR-10"]
     assert get_task("record").name == "ReCoRD"
     assert list(TASKS) == [
-        "SST-2", "RTE", "CB", "BoolQ", "WSC", "WiC", "MultiRC", "COPA", "ReCoRD", "SQuAD", "DROP", "CIFAR-10"
+        "SST-2", "RTE", "CB", "BoolQ", "WSC", "WiC", "MultiRC", "COPA", "ReCoRD", "SQuAD", "DROP", "CIFAR-10",
+        "GTSRB", "MNIST", "SVHN", "RESISC45",
     ]  # fmt: skip
 
 
@@ -61,6 +62,10 @@ def test_task_attributes():
         "SQuAD": ("generation", "f1", None),
         "DROP": ("generation", "f1", None),
         "CIFAR-10": ("image", "accuracy", 10),
+        "GTSRB": ("image", "accuracy", 43),
+        "MNIST": ("image", "accuracy", 10),
+        "SVHN": ("image", "accuracy", 10),
+        "RESISC45": ("image", "accuracy", 45),
     }
     assert get_task("RTE").require_num_labels() == 2
     for name in ("COPA", "ReCoRD", "SQuAD"):

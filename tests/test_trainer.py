@@ -156,7 +156,7 @@ def test_existing_output_is_refused_and_overwrite_keeps_foreign_files(tmp_path):
         run_trial(config, output_dir=out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     result = run_trial(config, output_dir=out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["examples.json", "metrics.json", "notes.txt"]
     # Zero-shot: one evaluation, no training, nothing saved but the metrics.
     assert [r["epoch"] for r in result["epochs"]] == [1] and result["epochs"][0]["train_loss"] is None
     assert result["trainable_params"] == 0 and result["test_metric"] is not None
@@ -257,3 +257,24 @@ def test_cli_train_end_to_end(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith("rmask-tune: error: output folder")
+
+
+@pytest.mark.parametrize("method", ["random_masking", "lora"])
+def test_head_lr_trains_the_classification_head_at_its_own_rate(method):
+    """With head_lr the swept lr moves the method alone; the head (the trainer's or peft's copy) keeps its rate."""
+    from rmask_tune.trainer.loop import make_optimizer, parameter_groups
+
+    options = {"ratio": 1e-2} if method == "random_masking" else {}
+    trial = prepare_trial(dict(model="tiny-bert", task="SST-2", method=method, lr=0.3, head_lr=1e-3, **options, **SMALL))
+    optimizer, _ = make_optimizer(trial.config, parameter_groups(trial), 10)
+    method_group, head_group = optimizer.param_groups
+    assert (method_group["lr"], head_group["lr"]) == (0.3, 1e-3)
+    names = {id(p): n for n, p in trial.model.named_parameters()}
+    assert all("classifier" in names[id(p)] for p in head_group["params"]) and head_group["params"]
+    assert not any("classifier" in names[id(p)] for p in method_group["params"])
+    trainable = sum(p.numel() for p in trial.model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable
+    without = prepare_trial(dict(model="tiny-bert", task="SST-2", method=method, lr=0.3, **options, **SMALL))
+    assert [g["lr"] for g in make_optimizer(without.config, parameter_groups(without), 10)[0].param_groups] == [0.3]
+    with pytest.raises(RmaskError, match="head_lr must be positive"):
+        TrialConfig(model="tiny-bert", task="SST-2", head_lr=0)

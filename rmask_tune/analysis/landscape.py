@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
-from rmask_tune.analysis.hessian import HVP_DESCRIPTIONS, SOLVERS, MaskedHessian
+from rmask_tune.analysis.hessian import HVP_DESCRIPTIONS, SOLVERS, STEP_DESCRIPTIONS, MaskedHessian
 from rmask_tune.errors import RmaskError
 
 MASKING_METHODS = ("random_masking", "structured_masking")
 # Settings of a finished run that decide its model, data, mask and loss (the rest concerns training).
 RUN_SETTINGS = (
-    "model", "task", "method", "ratio", "density", "seed", "data_seed", "mask_seed", "targets", "objective",
+    "model", "task", "method", "ratio", "density", "seed", "data_seed", "mask_seed", "targets", "objective", "scoring",
     "max_length", "head", "tokenizer", "train_head", "method_options", "data_dir",
 )  # fmt: skip
 _MASK_SETTINGS = ("ratio", "density", "targets", "method_options")
@@ -32,7 +32,10 @@ SOLVER_NAMES = {"lanczos": "Lanczos", "power": "power iteration"}
 class ProbeSettings:
     """How the probe measures: the data (``batches`` x ``batch_size`` training examples, ``seed`` for data
     and mask unless a run fixes them), the eigenvalue solver (``solver``, at most ``iters`` HVPs per run,
-    ``tol``, start vector from ``seed``) and the HVPs (``hvp``, ``fd_step``); see ``analysis.hessian``."""
+    ``tol``, start vector from ``seed``) and the HVPs (``hvp``; for ``fd`` the step: ``fd_step_mode``,
+    ``fd_step``, ``fd_loss_change``); see ``analysis.hessian``. ``repeat`` r > 0 starts the solver from
+    another vector and, in ``probe_ratio``, draws other batches (data seed ``seed + r``), on the same model
+    and mask."""
 
     batches: int = 4
     batch_size: int = 8
@@ -41,7 +44,10 @@ class ProbeSettings:
     hvp: str = "fd"
     solver: str = "lanczos"
     fd_step: float = 1e-2
+    fd_step_mode: str = "curvature"
+    fd_loss_change: float = 1e-3
     seed: int = 0
+    repeat: int = 0
     data_dir: str | None = None
     device: str | None = None
 
@@ -49,10 +55,37 @@ class ProbeSettings:
         for name in ("batches", "batch_size", "iters"):
             if getattr(self, name) < 1:
                 raise RmaskError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.repeat < 0:
+            raise RmaskError(f"repeat must be at least 0, got {self.repeat}")
         if self.hvp not in HVP_DESCRIPTIONS:
             raise RmaskError(f"unknown HVP method '{self.hvp}'; choose one of {', '.join(HVP_DESCRIPTIONS)}")
+        if self.fd_step_mode not in STEP_DESCRIPTIONS:
+            raise RmaskError(
+                f"unknown fd step mode '{self.fd_step_mode}'; choose one of {', '.join(STEP_DESCRIPTIONS)}"
+            )
         if self.solver not in SOLVERS:
             raise RmaskError(f"unknown eigenvalue solver '{self.solver}'; choose one of {', '.join(SOLVERS)}")
+
+    @classmethod
+    def from_record(cls, record: dict, **extra) -> "ProbeSettings":
+        """The settings stored in a law.json calibration (``probe``), plus ``extra`` (data_dir, device).
+
+        A record written before the step mode was recorded was measured with the ``relative`` step.
+        """
+        known = {f.name for f in fields(cls)} - {"repeat", "data_dir", "device"}
+        unknown = set(record) - known
+        if unknown:
+            raise RmaskError(f"unknown probe setting(s) in the calibration record: {', '.join(sorted(unknown))}")
+        return cls(**{"fd_step_mode": "relative", **record, **extra})
+
+    def record(self) -> dict:
+        """The settings a calibration stores: everything that decides the measurement, for ``from_record``."""
+        return {k: v for k, v in asdict(self).items() if k not in ("repeat", "data_dir", "device")}
+
+    def hessian_options(self) -> dict:
+        """The keyword arguments of ``MaskedHessian`` these settings choose."""
+        return {"hvp": self.hvp, "fd_step": self.fd_step, "fd_step_mode": self.fd_step_mode,
+                "fd_loss_change": self.fd_loss_change}  # fmt: skip
 
     def trial_overrides(self) -> dict:
         """The trial settings that make ``prepare_trial`` load exactly the probe's examples."""
@@ -85,11 +118,14 @@ class LandscapePoint:
     bottom: float | None  # the lowest Ritz value (Lanczos): how negative the curvature gets
     loss: float
     hvp: str
-    step: float | None  # the absolute finite-difference step (None for exact HVPs)
+    step_mode: str | None  # how the finite-difference step was chosen (None for exact HVPs)
+    step: float | None  # the last finite-difference step along a unit vector (None for exact HVPs)
+    step_range: list[float] | None  # the smallest and largest step the probe took (None for exact HVPs)
     examples: int
     seconds: float
     run: str | None = None
     lr: float | None = None
+    repeat: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,14 +134,14 @@ class LandscapePoint:
 def probe_trial(trial, state: str, settings: ProbeSettings, run: str | None = None) -> LandscapePoint:
     """Measure the top eigenvalue of the Hessian over ``trial``'s masked values on its first batches."""
     started = time.perf_counter()
-    batches = [batch for _, batch in zip(range(settings.batches), trial.train_batches())]
+    batches = probe_batches(trial, settings)
     examples = sum(len(b) for b in batches)
-    if examples == 0:
-        raise RmaskError(f"task {trial.config.task} gave no training examples to probe")
     model = trial.accelerator.unwrap_model(trial.model)
-    model.eval()  # no dropout: the Hessian of one fixed function
-    hessian = MaskedHessian(model, trial.loss, batches, hvp=settings.hvp, fd_step=settings.fd_step)
-    result = hessian.top_eigenvalue(solver=settings.solver, iters=settings.iters, tol=settings.tol, seed=settings.seed)
+    hessian = MaskedHessian(model, trial.loss, batches, **settings.hessian_options())
+    result = hessian.top_eigenvalue(
+        solver=settings.solver, iters=settings.iters, tol=settings.tol, seed=settings.seed + settings.repeat
+    )
+    fd = settings.hvp == "fd"
     config = trial.config
     return LandscapePoint(
         model=config.model,
@@ -120,21 +156,40 @@ def probe_trial(trial, state: str, settings: ProbeSettings, run: str | None = No
         bottom=result.bottom,
         loss=hessian.loss(),
         hvp=settings.hvp,
-        step=hessian.step_size() if settings.hvp == "fd" else None,
+        step_mode=settings.fd_step_mode if fd else None,
+        step=hessian.steps[-1] if fd else None,
+        step_range=[min(hessian.steps), max(hessian.steps)] if fd else None,
         examples=examples,
         seconds=time.perf_counter() - started,
         run=run,
         lr=config.lr if state == "trained" else None,
+        repeat=settings.repeat,
     )
+
+
+def ratio_trial(model: str, task: str, ratio: float, settings: ProbeSettings):
+    """The prepared trial the probe measures: Random Masking of ``model`` at ``ratio`` on ``task``, at init."""
+    from rmask_tune.trainer import prepare_trial
+
+    config = {"model": model, "task": task, "method": "random_masking", "ratio": ratio, "seed": settings.seed,
+              "data_seed": settings.seed + settings.repeat}  # fmt: skip
+    return prepare_trial({**config, **settings.trial_overrides()})
+
+
+def probe_batches(trial, settings: ProbeSettings) -> list:
+    """The first ``settings.batches`` training batches of ``trial``, with its model in eval mode (no dropout:
+    the Hessian of one fixed function)."""
+    batches = [batch for _, batch in zip(range(settings.batches), trial.train_batches())]
+    if sum(len(b) for b in batches) == 0:
+        raise RmaskError(f"task {trial.config.task} gave no training examples to probe")
+    trial.accelerator.unwrap_model(trial.model).eval()
+    return batches
 
 
 def probe_ratio(model: str, task: str, ratio: float, settings: ProbeSettings | None = None) -> LandscapePoint:
     """The top eigenvalue at initialization for Random Masking of ``model`` at ``ratio`` on ``task``."""
-    from rmask_tune.trainer import prepare_trial
-
     settings = settings or ProbeSettings()
-    config = {"model": model, "task": task, "method": "random_masking", "ratio": ratio, "seed": settings.seed}
-    return probe_trial(prepare_trial({**config, **settings.trial_overrides()}), "init", settings)
+    return probe_trial(ratio_trial(model, task, ratio, settings), "init", settings)
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -195,22 +250,24 @@ def _load_extra_trainables(model: torch.nn.Module, path: Path) -> None:
 
 
 def format_points(points: list[LandscapePoint]) -> str:
-    """A table of eigenvalue vs ratio, with the HVP method named."""
+    """A table of eigenvalue vs ratio, with the HVP method and the finite-difference steps named."""
     lines = [
         f"{'ratio':>9} {'state':>7} {'values':>9} {'lambda_max':>11} {'lowest':>10} {'HVPs':>5} {'conv':>4} "
-        f"{'loss':>8} {'secs':>6}  run"
+        f"{'loss':>8} {'fd steps':>17} {'secs':>6}  run"
     ]
     for p in points:
         flag = "yes" if p.converged else "no"
         lowest = "-" if p.bottom is None else f"{p.bottom:.4g}"
+        steps = "exact" if p.step_range is None else f"{p.step_range[0]:.3g}-{p.step_range[1]:.3g}"
         lines.append(
             f"{p.ratio:>9.3g} {p.state:>7} {p.trainable_params:>9} {p.lambda_max:>11.4g} {lowest:>10} "
-            f"{p.iterations:>5} {flag:>4} {p.loss:>8.4g} {p.seconds:>6.1f}  {p.run or '-'}"
+            f"{p.iterations:>5} {flag:>4} {p.loss:>8.4g} {steps:>17} {p.seconds:>6.1f}  {p.run or '-'}"
         )
     methods = sorted({p.hvp for p in points})
     solvers = ", ".join(sorted({SOLVER_NAMES[p.solver] for p in points}))
     lines.append(f"lambda_max: top eigenvalue of the training-loss Hessian over the masked values ({solvers})")
     lines += [f"HVPs: {HVP_DESCRIPTIONS[m]}" for m in methods]
+    lines += [f"fd steps: {STEP_DESCRIPTIONS[m]}" for m in sorted({p.step_mode for p in points if p.step_mode})]
     if any(p.bottom is not None for p in points):
         lines.append("lowest: the lowest Ritz value, a bound on how negative the curvature gets")
     return "\n".join(lines)

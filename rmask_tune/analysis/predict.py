@@ -2,13 +2,14 @@
 
 ``c`` is calibrated once against sweep results: the geometric mean of ``lr* x lambda_max`` over
 (lambda_max, best LR) pairs. It is stored in law.json under ``probe_calibration`` together with the
-probe settings it was measured with, which a prediction should reuse (``predict_lr(**probe)``).
+probe settings it was measured with, which a prediction should reuse (``predict_lr(**probe)``), and the
+spread of ``lambda_max`` and ``c`` over repeated probes (other batches, other start vectors).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -29,29 +30,16 @@ def calibrate(points: Iterable[tuple[float, float]]) -> float:
 
 
 def predict_lr(
-    model: str,
-    task: str,
-    ratio: float,
-    c: float,
-    *,
-    batches: int = 4,
-    batch_size: int = 8,
-    iters: int = 20,
-    tol: float = 1e-3,
-    hvp: str = "fd",
-    solver: str = "lanczos",
-    fd_step: float = 1e-2,
-    seed: int = 0,
-    data_dir: str | None = None,
-    device: str | None = None,
+    model: str, task: str, ratio: float, c: float, *, data_dir: str | None = None, device: str | None = None, **probe
 ) -> tuple[float, float]:
-    """``(c / lambda_max, lambda_max)``: the predicted LR for Random Masking of ``model`` at ``ratio``."""
+    """``(c / lambda_max, lambda_max)``: the predicted LR for Random Masking of ``model`` at ``ratio``.
+
+    ``probe`` are the settings ``c`` was calibrated with (law.json's ``probe_calibration["probe"]``), read
+    by ``ProbeSettings.from_record``: a record without ``fd_step_mode`` is probed with the relative step.
+    """
     if not (c > 0 and math.isfinite(c)):
         raise RmaskError(f"the calibration constant must be positive, got {c}")
-    settings = ProbeSettings(
-        batches=batches, batch_size=batch_size, iters=iters, tol=tol, hvp=hvp, solver=solver,
-        fd_step=fd_step, seed=seed, data_dir=data_dir, device=device,
-    )  # fmt: skip
+    settings = ProbeSettings.from_record(probe, data_dir=data_dir, device=device)
     lam = probe_ratio(model, task, ratio, settings).lambda_max
     if not lam > 0:
         raise RmaskError(f"the loss Hessian at ratio {ratio} has no positive eigenvalue ({lam:.3g}); no LR to predict")
@@ -64,14 +52,21 @@ def calibrate_law(
     *,
     model: str | None = None,
     task: str | None = None,
+    repeats: int = 1,
     progress=None,
 ) -> dict:
     """Probe every optimum in law.json's ``points`` (optionally one model / task), fit ``c``, save it.
 
+    Each point is probed ``repeats`` times (repeat r: other batches and another start vector, see
+    ``ProbeSettings.repeat``). A point's ``lambda_max`` is the geometric mean over repeats and ``c`` is fitted
+    on those; ``c`` fitted on each repeat alone gives ``c_repeats``, whose spread (and that of each point's
+    ``lambda_max``) says how much the probe's own sampling moves the calibration.
     Returns the ``probe_calibration`` entry written into the law file; the rest of the file is kept.
     """
     from rmask_tune.law import load_law
 
+    if repeats < 1:
+        raise RmaskError(f"repeats must be at least 1, got {repeats}")
     law = load_law(law_path)
     points = [
         p for p in law.data.get("points", [])
@@ -81,14 +76,23 @@ def calibrate_law(
         raise RmaskError(f"{law_path} has no optimal-LR points{_filter_text(model, task)} to calibrate against")
     pairs = []
     for point in points:
-        probed = probe_ratio(point["model"], point["task"], point["ratio"], settings)
-        pairs.append({**{k: point[k] for k in ("model", "task", "ratio", "lr")}, "lambda_max": probed.lambda_max})
+        probes = [
+            probe_ratio(point["model"], point["task"], point["ratio"], replace(settings, repeat=r))
+            for r in range(repeats)
+        ]  # fmt: skip
+        pairs.append({
+            **{k: point[k] for k in ("model", "task", "ratio", "lr")},
+            "lambda_max": _geometric_mean([probe.lambda_max for probe in probes], point),
+            "lambda_max_repeats": [probe.lambda_max for probe in probes],
+            **_spread("lambda_max", [probe.lambda_max for probe in probes]),
+            "step_range": _step_range(probes),
+        })  # fmt: skip
         if progress:
             progress(pairs[-1])
     c = calibrate((p["lambda_max"], p["lr"]) for p in pairs)
-    spread = _log10_spread([math.log10(p["lr"] * p["lambda_max"] / c) for p in pairs])
+    c_repeats = [calibrate((p["lambda_max_repeats"][r], p["lr"]) for p in pairs) for r in range(repeats)]
+    spread = _sample_sd([math.log10(p["lr"] * p["lambda_max"] / c) for p in pairs])  # how far points sit from c
     errors = prediction_errors(pairs, c)
-    probe = {k: v for k, v in asdict(settings).items() if k not in ("data_dir", "device")}
     law.probe_calibration = {
         "c": c,
         "n": len(pairs),
@@ -96,11 +100,34 @@ def calibrate_law(
         "log10_sd": spread,
         "mean_abs_error_steps": _mean_abs(e["error_steps"] for e in errors),
         "mean_abs_loo_error_steps": _mean_abs(e["loo_error_steps"] for e in errors),
-        "probe": probe,
+        "repeats": repeats,
+        "c_repeats": c_repeats,
+        **_spread("c", c_repeats),
+        "probe": settings.record(),
         "points": [{**pair, **error} for pair, error in zip(pairs, errors)],
     }
     law.save(law_path)
     return law.probe_calibration
+
+
+def _geometric_mean(values: list[float], point: dict) -> float:
+    if not all(v > 0 for v in values):
+        raise RmaskError(
+            f"{point['model']} {point['task']} ratio {point['ratio']:g}: a probe found no positive eigenvalue "
+            f"({', '.join(f'{v:.3g}' for v in values)}); no calibration point"
+        )
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _spread(name: str, values: list[float]) -> dict:
+    """``<name>_sd`` (sample standard deviation, 0 for one value) and ``<name>_range`` ([min, max])."""
+    return {f"{name}_sd": _sample_sd(values), f"{name}_range": [min(values), max(values)]}
+
+
+def _step_range(probes) -> list[float] | None:
+    """The smallest and largest finite-difference step over ``probes`` (None for exact HVPs)."""
+    ranges = [probe.step_range for probe in probes if probe.step_range is not None]
+    return [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None
 
 
 def prediction_errors(pairs: list[dict], c: float, step_decades: float = 0.5) -> list[dict]:
@@ -133,8 +160,8 @@ def _filter_text(model: str | None, task: str | None) -> str:
     return f" for {chosen}" if chosen else ""
 
 
-def _log10_spread(values: list[float]) -> float:
-    """Sample standard deviation (0 for a single value): how far single points sit from ``c``."""
+def _sample_sd(values: list[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
     if len(values) < 2:
         return 0.0
     mean = sum(values) / len(values)

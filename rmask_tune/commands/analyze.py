@@ -1,4 +1,5 @@
-"""``rmask-tune analyze``: loss-landscape sharpness vs ratio, distance travelled, LR-probe calibration."""
+"""``rmask-tune analyze``: loss-landscape sharpness vs ratio, distance travelled, LR-probe calibration, and a
+check of finite-difference HVPs against exact ones."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def _settings(args: argparse.Namespace):
         hvp=args.hvp,
         solver=args.solver,
         fd_step=args.fd_step,
+        fd_step_mode=args.fd_step_mode,
+        fd_loss_change=args.fd_loss_change,
         seed=args.seed,
         data_dir=args.data_dir,
         device=args.device,
@@ -77,13 +80,16 @@ def _calibrate(args: argparse.Namespace) -> None:
     from rmask_tune.analysis.predict import calibrate_law
 
     def progress(pair: dict) -> None:
+        low, high = pair["lambda_max_range"]
         print(
-            f"{pair['model']} {pair['task']} ratio {pair['ratio']:.3g}: lambda_max {pair['lambda_max']:.4g}, "
-            f"best LR {pair['lr']:.3g}",
+            f"{pair['model']} {pair['task']} ratio {pair['ratio']:.3g}: lambda_max {pair['lambda_max']:.4g} "
+            f"(range {low:.4g} - {high:.4g} over {len(pair['lambda_max_repeats'])} probe(s)), best LR {pair['lr']:.3g}",
             file=sys.stderr,
         )
 
-    entry = calibrate_law(args.law, _settings(args), model=args.model, task=args.task, progress=progress)
+    entry = calibrate_law(
+        args.law, _settings(args), model=args.model, task=args.task, repeats=args.repeats, progress=progress
+    )
     if args.json:
         print(json.dumps(entry, indent=1))
     else:
@@ -101,6 +107,30 @@ def _calibrate(args: argparse.Namespace) -> None:
             + ("" if loo_mean is None else f", {loo_mean:.2f} leave-one-out")
             + f"; saved to {args.law} under probe_calibration; predicted LR = c / lambda_max"
         )
+        if entry["repeats"] > 1:
+            low, high = entry["c_range"]
+            print(f"c over {entry['repeats']} repeated probes (other batches and start vectors): "
+                  f"sd {entry['c_sd']:.3g}, range {low:.4g} - {high:.4g}")  # fmt: skip
+
+
+def _hvp_check(args: argparse.Namespace) -> None:
+    from rmask_tune.analysis.hvp_check import check_ratio, format_checks
+    from rmask_tune.analysis.outputs import output_paths, parse_ratios, write_json
+
+    paths = output_paths(args.out, ["hvp_check.json"]) if args.out else None
+    settings = _settings(args)
+    checks = []
+    for ratio in parse_ratios(args.ratios):
+        checks.append(
+            check_ratio(args.model, args.task, ratio, settings, vectors=args.vectors, tolerance=args.tolerance)
+        )
+        print(f"ratio {ratio:.3g}: worst fd error {checks[-1].max_error:.2e}, lambda_max exact "
+              f"{checks[-1].lambda_exact:.4g} / fd {checks[-1].lambda_fd:.4g}", file=sys.stderr)  # fmt: skip
+    data = {"settings": vars(settings), "vectors": args.vectors, "checks": [c.to_dict() for c in checks]}
+    print(json.dumps(data, indent=1) if args.json else format_checks(checks))
+    if paths:
+        write_json(paths[0], data)
+        print(f"wrote {paths[0]}", file=sys.stderr)
 
 
 def _probe_options(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +145,16 @@ def _probe_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hvp", choices=("fd", "exact"), default="fd",
                         help="Hessian-vector products: fd = central differences of gradients (default), "
                              "exact = double backward")  # fmt: skip
-    parser.add_argument("--fd-step", type=float, default=1e-2, help="fd step relative to 1 + ||W0 + delta||")
+    parser.add_argument("--fd-step-mode", choices=("curvature", "relative"), default="curvature",
+                        help="how fd chooses its step: curvature = a local step, h^2 kappa / 2 = --fd-loss-change "
+                             "with kappa the largest ||H u|| measured (default); relative = --fd-step * "
+                             "(1 + ||W0 + delta||), the first version's step, to reproduce calibrations made "
+                             "with it (not local at large masks)")  # fmt: skip
+    parser.add_argument("--fd-step", type=float, default=1e-2,
+                        help="relative step: fd step relative to 1 + ||W0 + delta|| (the ceiling of the curvature "
+                             "step; default 1e-2)")  # fmt: skip
+    parser.add_argument("--fd-loss-change", type=float, default=1e-3,
+                        help="curvature step: second-order loss change along the step, in nats (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="data, mask and power-iteration seed")
     parser.add_argument("--data-dir", help="offline data folder (default: $RMASK_DATA_DIR, then the hub)")
     parser.add_argument("--device", choices=("cpu", "cuda"))
@@ -123,7 +162,7 @@ def _probe_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``analyze`` subcommand and its ``landscape`` / ``distance`` / ``calibrate`` actions."""
+    """Add the ``analyze`` subcommand and its ``landscape`` / ``distance`` / ``calibrate`` / ``hvp-check`` actions."""
     analyze = sub.add_parser("analyze", help="loss-landscape sharpness, distance travelled, LR-probe calibration")
     actions = analyze.add_subparsers(dest="action", required=True)
 
@@ -163,5 +202,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--law", required=True, help="law.json written by rmask-tune report")
     calibrate.add_argument("--model", help="only this model's points")
     calibrate.add_argument("--task", help="only this task's points")
+    calibrate.add_argument("--repeats", type=int, default=1,
+                           help="probe each point this many times, each on other batches (data seed --seed + r) from "
+                                "another start vector; reports the spread of lambda_max and c (default 1)")  # fmt: skip
     _probe_options(calibrate)
     calibrate.set_defaults(run=_calibrate)
+
+    check = actions.add_parser(
+        "hvp-check",
+        help="agreement of finite-difference HVPs with exact ones (double backward), per ratio",
+        description="For each --ratios mask at initialization: the relative error of fd HVPs (with the chosen "
+        "step, and with the relative step) against exact HVPs on the exact top eigenvector and on --vectors "
+        "random unit vectors, and lambda_max by Lanczos on fd and on exact products.",
+    )
+    check.add_argument("--model", required=True)
+    check.add_argument("--task", required=True)
+    check.add_argument("--ratios", default="1e-2,1e-3,1e-4,1e-5", help="comma-separated (default 1e-2,1e-3,1e-4,1e-5)")
+    check.add_argument("--vectors", type=int, default=3, help="random unit vectors per ratio (default 3)")
+    check.add_argument("--tolerance", type=float, default=0.02,
+                       help="relative error that counts as agreement (default 0.02)")  # fmt: skip
+    check.add_argument("--out", help="folder for hvp_check.json (never overwritten)")
+    _probe_options(check)
+    check.set_defaults(run=_hvp_check)

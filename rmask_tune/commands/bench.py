@@ -14,6 +14,8 @@ def _run(args: argparse.Namespace) -> None:
     from rmask_tune.models import default_head, load_model
 
     head = default_head(args.model) if args.head == "auto" else args.head
+    if head == "zero-shot-image":  # CLIP: time its image tower under a linear head (the zero-shot head is frozen)
+        head = "image-classification"
     model = load_model(args.model, head=head)
     print(f"bench: {args.model} as {type(model).__name__} ({head} head)", file=sys.stderr)
     rows = run_bench(model, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds, precision=args.precision)

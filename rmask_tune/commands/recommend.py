@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 
@@ -23,15 +24,40 @@ def _law(args: argparse.Namespace):
     raise RmaskError("recommend needs --law PATH (a report's law.json) or --experiment NAME")
 
 
-def _from_law(args: argparse.Namespace, law, ratio: float) -> dict:
-    from rmask_tune.law import narrow_grid
+def _anchor(args: argparse.Namespace, ratio: float) -> dict | None:
+    """The optimum a short sweep on the user's model measured (``--anchor``), nearest ``ratio``."""
+    if not args.anchor:
+        return None
+    from rmask_tune.errors import RmaskError
+    from rmask_tune.report import load_summary
+    from rmask_tune.report.summary import LAW_METHOD
 
-    lr, lo, hi = law.predict(ratio, args.model)
-    _, plo, phi = law.predict(ratio, args.model, prediction=True)
-    fit = law.fit_for(args.model)
-    return {"lr": lr, "ci": [lo, hi], "prediction_interval": [plo, phi], "a": fit.a, "b": fit.b,
-            "ratio_range": list(fit.ratio_range), "extrapolated": not law.in_range(ratio, args.model),
-            "grid": narrow_grid(law, ratio, args.model, points=args.points, decades=args.decades)}
+    summary = load_summary(args.anchor, args.tracking_uri)
+    cells = [c for c in summary.curves.values() if c.method == LAW_METHOD and c.ratio is not None
+             and (args.model is None or c.model == args.model) and (args.task is None or c.task == args.task)]
+    usable = [c for c in cells if c.optimum is not None and not c.optimum.at_edge]
+    if not usable:
+        why = "its best LR is at the grid's edge" if cells else "it has no Random Masking cell for this model/task"
+        raise RmaskError(f"--anchor {args.anchor}: no interior optimum to calibrate on ({why})")
+    cell = min(usable, key=lambda c: abs(math.log10(c.ratio) - math.log10(ratio)))
+    return {"ratio": cell.ratio, "log10_lr": cell.optimum.log10_lr, "se": cell.optimum.se,
+            "model": cell.model, "task": cell.task}
+
+
+def _from_law(args: argparse.Namespace, law, ratio: float) -> dict:
+    from rmask_tune.law import log_grid
+
+    if law.shared is None:  # a law.json from before the shared fit (format v1)
+        lr, lo, hi = law.predict(ratio, args.model, prediction=True)
+        return {"lr": lr, "interval": [lo, hi], "basis": "single-line law (v1 law.json)",
+                "detail": "refit with `rmask-tune report` for per-task offsets and honest intervals",
+                "warning": "this law.json has no shared fit; its interval is the single line's prediction band",
+                "extrapolated": not law.in_range(ratio, args.model), "ratio_range": list(law.fit_for(args.model).ratio_range),
+                "grid": log_grid(lr, args.points, args.decades)}
+    rec = law.recommend(ratio, args.model, args.task, anchor=_anchor(args, ratio))
+    return {**rec.to_dict(), "b": law.shared.b, "b_ci": list(law.shared.b_ci),
+            "ratio_range": list(law.shared.ratio_range), "extrapolated": not law.in_range(ratio),
+            "grid": log_grid(rec.lr, args.points, args.decades)}
 
 
 def _from_probe(args: argparse.Namespace, law, ratio: float) -> dict:
@@ -68,22 +94,25 @@ def _run(args: argparse.Namespace) -> None:
         low, high = result["ratio_range"]
         print(f"rmask-tune: warning: ratio {ratio:g} is outside the fitted range {low:g} – {high:g}; "
               "the law is extrapolated", file=sys.stderr)
+    if result.get("warning"):
+        print(f"rmask-tune: warning: {result['warning']}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"ratio": ratio, "model": args.model, "source": "probe" if args.probe else "law", **result}))
+        print(json.dumps({"ratio": ratio, "model": args.model, "task": args.task,
+                          "source": "probe" if args.probe else "law", **result}))
         return
-    scope = f"model {args.model}" if args.model else "pooled over models and tasks"
     if args.probe:
         print(f"recommended lr for ratio {ratio:g} (Hessian probe, {args.model} on {args.task}): {result['lr']:.3g}")
         print(f"  lambda_max = {result['lambda_max']:.4g}, c = {result['c']:.4g} (calibrated on "
               f"{result['calibration_points']} optima); 95% range from the calibration's scatter: "
               f"{result['interval'][0]:.3g} – {result['interval'][1]:.3g}")
     else:
-        print(f"recommended lr for ratio {ratio:g} ({scope}): {result['lr']:.3g}")
-        print(f"  95% CI of the law: {result['ci'][0]:.3g} – {result['ci'][1]:.3g};  a single task's optimum (95%): "
-              f"{result['prediction_interval'][0]:.3g} – {result['prediction_interval'][1]:.3g}")
-        sign = "-" if result["b"] < 0 else "+"
-        print(f"  law: log10 lr* = {result['a']:.3f} {sign} {abs(result['b']):.3f} * log10(ratio), fitted on ratios "
-              f"{result['ratio_range'][0]:g} – {result['ratio_range'][1]:g}")
+        lo, hi = result["interval"]
+        span = "no interval" if lo is None else f"95% interval {lo:.3g} – {hi:.3g}"
+        print(f"recommended lr for ratio {ratio:g}: {result['lr']:.3g} ({span})")
+        print(f"  from: {result['basis']}: {result['detail']}")
+        if "b" in result:
+            print(f"  shared exponent b = {result['b']:.3f} [{result['b_ci'][0]:.3f}, {result['b_ci'][1]:.3f}], "
+                  f"fitted on ratios {result['ratio_range'][0]:g} – {result['ratio_range'][1]:g}")
     print("  grid: " + " ".join(f"{v:g}" for v in result["grid"]))
 
 
@@ -91,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``recommend`` subcommand."""
     rec = sub.add_parser("recommend", help="the learning rate the fitted law gives for a trainable ratio")
     rec.add_argument("--ratio", type=float, required=True, help="trainable fraction of the model, e.g. 1e-4")
-    rec.add_argument("--model", help="use this model's fit (default: the pooled fit)")
+    rec.add_argument("--model", help="the model to train (a model the law has not seen needs --anchor or --probe)")
     rec.add_argument("--law", help="law.json written by `rmask-tune report`")
     rec.add_argument("--experiment", help="fit the law from this experiment (name, sweep folder or sweep YAML)")
     rec.add_argument("--tracking-uri", help="MLflow tracking URI for --experiment")
@@ -100,7 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--probe", action="store_true",
                      help="predict a priori from the top Hessian eigenvalue "
                           "(needs --model, --task and a calibrated --law)")
-    rec.add_argument("--task", help="task for --probe")
+    rec.add_argument("--task", help="the task to train (its own offset when the law has it; needed by --probe)")
+    rec.add_argument("--anchor", metavar="SWEEP",
+                     help="a short sweep of your model at one ratio (name, folder, YAML or export): its optimum sets "
+                          "the model's offset under the law's shared exponent")
     rec.add_argument("--data-dir", help="offline data folder for --probe (default: $RMASK_DATA_DIR, then the hub)")
     rec.add_argument("--device", choices=("cpu", "cuda"), help="device for --probe")
     rec.add_argument("--json", action="store_true", help="print one JSON object")

@@ -10,24 +10,36 @@ def _run(args: argparse.Namespace) -> None:
     from rmask_tune.law import load_law
 
     out = build_report(args.source, args.tracking_uri, args.out, overwrite=args.overwrite,
-                       bootstrap=args.bootstrap, seed=args.seed, versus=args.versus)
+                       bootstrap=args.bootstrap, seed=args.seed, versus=args.versus, export=not args.no_export)
     law = load_law(out / "law.json")
-    for name, fit in [*sorted(law.models.items()), ("pooled", law.pooled)]:
-        if fit is not None:
-            print(f"law {name}: lr* = 10^{fit.a:.2f} * ratio^{fit.b:.3f} "
-                  f"(b 95% CI [{fit.b_ci[0]:.3f}, {fit.b_ci[1]:.3f}], R² {fit.r2:.3f}, {len(fit.points)} points)")
+    shared = law.shared
+    if shared is None:
+        print("no law: no (model, task) has cells that pass the rules at two or more ratios")
+    else:
+        print(f"law: lr* = 10^offset[model/task] * ratio^{shared.b:.3f} (b 95% CI [{shared.b_ci[0]:.3f}, "
+              f"{shared.b_ci[1]:.3f}]; {len(shared.points)} optima of {len(shared.pairs)} pair(s), "
+              f"{len(law.data.get('excluded', []))} cell(s) excluded)")
+        for key, name in (("leave_one_task_out", "leave-one-task-out"), ("leave_one_ratio_out", "leave-one-ratio-out")):
+            summary = law.data["validation"]["summary"][key]
+            if summary:
+                print(f"  {name}: error {summary['mean_error_steps']:.2f} grid steps (worst "
+                      f"{summary['max_error_steps']:.2f}), regret {summary['mean_regret']:.1f} points (worst "
+                      f"{summary['max_regret']:.1f}) over {summary['cells']} cell(s)")
     print(f"report written to {out / 'index.html'}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand."""
     report = sub.add_parser("report", help="write an HTML/Markdown report and law.json for a sweep")
-    report.add_argument("source", help="experiment name, sweep folder (holding mlflow.db) or sweep YAML")
+    report.add_argument("source", help="experiment name, sweep folder (holding mlflow.db), sweep YAML, "
+                                       "or a sweep export (sweep-export.json.gz, regenerates its report)")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's own store)")
     report.add_argument("--out", help="report folder (default: reports/<experiment>)")
     report.add_argument("--overwrite", action="store_true", help="replace the files of an existing report folder")
+    report.add_argument("--no-export", action="store_true",
+                        help="leave the sweep's export (sweep-export.json.gz) out of the report folder")
     report.add_argument("--versus", metavar="SWEEP",
-                        help="another sweep (name, folder or YAML) to compare with on the cells both ran, "
+                        help="another sweep (name, folder, YAML or export) to compare with on the cells both ran, "
                              "e.g. the full grid behind a law-guided sweep")
     report.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the law's intervals")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")

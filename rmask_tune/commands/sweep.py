@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -29,17 +30,49 @@ def _law(path: str, space):
     law = load_law(path)
     if law.method not in space.file.methods:
         raise RmaskError(f"{path} is a law for method '{law.method}', which {space.source} does not sweep")
+    unseen = [m for m in space.file.models if m not in law.models_known()]
+    if unseen:
+        print(f"rmask-tune: warning: {path} has never seen {', '.join(unseen)}; their grids centre on the pooled "
+              "law, which can miss an unseen model by several grid steps (calibrate with "
+              "`rmask-tune recommend --anchor` first)", file=sys.stderr)
     return law
 
 
 def _print_plan(space) -> None:
-    """What the sweep would run: its trial count and each cell's learning rates."""
+    """What the sweep would run: its trial count, each task's own settings and each cell's learning rates."""
     print(f"{space.name}: {space.num_trials()} trials ({space.file.search.type} search, {space.file.scheduler.type} scheduler, "
           f"{space.epochs} epochs), storage {space.storage}")  # fmt: skip
+    for task, settings in space.file.task_settings.items():
+        print(f"  {task} trials: " + ", ".join(f"{key} {value}" for key, value in settings.items()))
     for cell in space.cells():
         ratio = "" if cell.ratio is None else f" {cell.ratio * 100:g}%"
         lrs = ", ".join(f"{lr:.3g}" for lr in cell.lrs) or "no learning rate"
         print(f"  {cell.model} {cell.task} {cell.method}{ratio}: {lrs}")
+    _print_cost(space)
+
+
+def _print_cost(space) -> None:
+    """The sweep's size and its GPU-hours at the per-step costs stated in rmask_tune/sweep/cost.py."""
+    from rmask_tune.sweep.cost import MODEL_COSTS, REFERENCE_BATCH, REFERENCE_TOKENS, sweep_cost
+    from rmask_tune.sweep.space import AshaScheduler
+
+    cost = sweep_cost(space)
+    priced = [m for m in space.file.models if m in MODEL_COSTS]
+    print(f"Estimate for {space.name}:")
+    print(f"  trials: {cost.trials}")
+    print(f"  optimizer steps: {cost.steps:,} (every trial for all its epochs)")
+    if priced:
+        which = "" if not cost.unpriced else f" for {', '.join(priced)}"
+        cut = "; ASHA's early stops may cut it" if isinstance(space.file.scheduler, AshaScheduler) else ""
+        print(f"  GPU-hours: ~{cost.gpu_hours:,.1f}{which} (whole-GPU hours{cut}), from the stated costs "
+              f"(rmask_tune/sweep/cost.py, scaled to each trial's batch and task length):")
+        for model in priced:
+            c = MODEL_COSTS[model]
+            print(f"    {model}: {c.step_s:.3g} s per step of {REFERENCE_BATCH} x {REFERENCE_TOKENS} tokens, "
+                  f"{c.eval_s:.3g} s per evaluated example; {c.source}")
+    if cost.unpriced:
+        print(f"  GPU-hours unavailable for {', '.join(cost.unpriced)}: "
+              "no stated step cost in rmask_tune/sweep/cost.py")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,5 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the file's storage_path")
     sweep.add_argument("--address", help="Ray cluster to run on: 'auto' or HOST:PORT (default: a local Ray)")
     sweep.add_argument("--lr-from", metavar="LAW_JSON", help="replace the law's method's LR grids by narrow grids around its predictions")
-    sweep.add_argument("--dry-run", action="store_true", help="validate the file and list the trials' grids, then stop")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="validate the file, list the trials' grids, estimate their optimizer steps and GPU-hours, then stop")
     sweep.set_defaults(run=_run)

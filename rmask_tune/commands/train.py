@@ -24,6 +24,7 @@ SETTINGS = (
     ("--precision", "precision", str, "fp32, bf16, fp16 or auto (default: bf16 on CUDA, fp32 on CPU)"),
     ("--optimizer", "optimizer", str, "adamw, adamw_foreach, adamw_fused, sgd or adafactor (default adamw)"),
     ("--objective", "objective", str, "lm or classification (choice tasks on a causal LM; default lm)"),
+    ("--scoring", "scoring", str, "a candidate's score: mean or sum of its tokens' log-probabilities (default mean)"),
     ("--schedule", "schedule", str, "constant, linear or cosine (default constant)"),
     ("--warmup-ratio", "warmup_ratio", float, "fraction of the steps spent warming up (default 0)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay (default 0)"),
@@ -45,11 +46,13 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from rmask_tune.models import progress
     from rmask_tune.trainer import TrialConfig, run_trial
 
     values = {"model": args.model, "task": args.task, "quiet": args.quiet, "method_options": dict(args.option)}
     values.update({field: getattr(args, field) for _, field, _, _ in SETTINGS if getattr(args, field) is not None})
-    result = run_trial(TrialConfig.from_dict(values), output_dir=args.output, overwrite=args.overwrite)
+    with progress(not args.quiet):  # the model conversion's; the epochs' bars follow TrialConfig.quiet
+        result = run_trial(TrialConfig.from_dict(values), output_dir=args.output, overwrite=args.overwrite)
     print(summary(result, args.output))
 
 
@@ -87,5 +90,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--output", help="folder for metrics.json and the trained adapter")
     train.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --output")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--quiet", action="store_true", help="no progress (model conversion, epochs, evaluation)")
     train.set_defaults(run=_run)

@@ -7,6 +7,7 @@ from rmask_tune.masking.model import (
     apply_random_masking,
     masked_layers,
     merge,
+    plan_random_masking,
     remove_random_masking,
 )
 from rmask_tune.masking.targets import resolve_targets
@@ -20,6 +21,7 @@ __all__ = [
     "apply_random_masking",
     "masked_layers",
     "merge",
+    "plan_random_masking",
     "remove_random_masking",
     "resolve_targets",
 ]

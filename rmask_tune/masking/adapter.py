@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,11 +22,13 @@ _SAMPLE_SIZE = 256
 REBUILD_KEYS = ("requested_ratio", "requested_density", "seed", "structure", "sampling", "targets")
 
 
-def _base_parameters(model: nn.Module):
-    """(name, tensor) of the base model's parameters, masked layers under their wrapped layer's own name."""
+def _base_parameters(model: nn.Module, skip: Callable[[str], bool] | None = None):
+    """(name, tensor) of the base model's parameters, masked layers under their wrapped layer's own name;
+    parameters whose name ``skip`` accepts are left out."""
     for name, param in model.named_parameters():
-        if not name.endswith("rmask_values"):
-            yield name.replace(".base_layer.", "."), param.detach()
+        name = name.replace(".base_layer.", ".")
+        if not name.endswith("rmask_values") and not (skip and skip(name)):
+            yield name, param.detach()
 
 
 def base_fingerprint(model: nn.Module) -> str:
@@ -42,15 +45,16 @@ def base_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:32]
 
 
-def base_signature(model: nn.Module) -> tuple[str, torch.Tensor]:
+def base_signature(model: nn.Module, skip: Callable[[str], bool] | None = None) -> tuple[str, torch.Tensor]:
     """A hash of the base model's parameter names and shapes, and ``_SAMPLE_SIZE`` of its values (fp32).
 
     The values are compared with a tolerance (``same_base``), so the base loaded in another dtype
-    (bf16 or fp16 under a precision policy, fp32 elsewhere) is still recognised.
+    (bf16 or fp16 under a precision policy, fp32 elsewhere) is still recognised. Parameters whose name
+    ``skip`` accepts (a head the adapter carries itself) are left out.
     """
     digest = hashlib.sha256()
     strided = []
-    for name, param in _base_parameters(model):
+    for name, param in _base_parameters(model, skip):
         digest.update(f"{name}:{tuple(param.shape)}".encode())
         strided.append(param.reshape(-1)[::_FINGERPRINT_STRIDE].float().cpu())
     values = torch.cat(strided)
@@ -68,11 +72,33 @@ def _index_checksum(flat: torch.Tensor) -> str:
     return hashlib.sha256(flat.cpu().numpy().tobytes()).hexdigest()[:16]
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, masking: dict, overwrite: bool = False) -> Path:
+def masks_checksum(masks: dict[str, torch.Tensor]) -> str:
+    """One hash of several layers' names and mask indices, in order."""
+    digest = hashlib.sha256()
+    for name, flat in masks.items():
+        digest.update(f"{name}:{_index_checksum(flat)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _masking_of(layers: dict[str, nn.Module]) -> dict:
+    """The settings the masked layers were made with (``MaskingInfo.to_dict()``)."""
+    infos = {id(layer.rmask_info): layer.rmask_info for layer in layers.values()}
+    if None in infos.values() or len(infos) != 1:
+        raise RmaskError(
+            "this model's masked layers do not record one masking (made outside apply_random_masking?); "
+            "pass masking=MaskingInfo.to_dict()"
+        )
+    return next(iter(infos.values())).to_dict()
+
+
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, masking: dict | None = None, overwrite: bool = False
+) -> Path:
     """Write the trained values (fp32), the masking settings and the base fingerprint to ``path``.
 
-    ``masking`` is ``MaskingInfo.to_dict()`` from ``apply_random_masking``. Indices are not stored:
-    they are rebuilt from the seed and checked against the stored checksums on load.
+    The settings come from the masked layers themselves (``apply_random_masking`` records them);
+    ``masking`` (``MaskingInfo.to_dict()``) overrides them. Indices are not stored: they are rebuilt
+    from the seed and checked against the stored checksums on load.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -80,6 +106,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, masking: dict, overw
     layers = masked_layers(model)
     if not layers:
         raise RmaskError("this model carries no Random Masking adapter to save")
+    if masking is None:
+        masking = _masking_of(layers)
     tensors = {name: layer.rmask_values.detach().float().contiguous().cpu() for name, layer in layers.items()}
     structure, sample = base_signature(model)
     meta = {

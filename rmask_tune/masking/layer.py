@@ -125,8 +125,11 @@ class RandomMaskingLinear(nn.Module):
     """A frozen linear-like ``base_layer`` plus trainable fp32 deltas (starting at zero) at ``flat``.
 
     ``flat`` holds sorted row-major indices into the (out, in) matrix; ``density`` is their share of it;
-    ``backend`` (``torch`` or ``spops``) computes the sampled value gradient.
+    ``backend`` (``torch`` or ``spops``) computes the sampled value gradient. ``rmask_info`` is the
+    ``MaskingInfo`` that ``apply_random_masking`` made the layer with (how to rebuild the masks).
     """
+
+    rmask_info = None
 
     def __init__(self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch"):
         super().__init__()
@@ -168,10 +171,22 @@ class RandomMaskingLinear(nn.Module):
             return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype)
 
     @torch.no_grad()
+    def fold_delta(self) -> torch.Tensor:
+        """Write ``W0 + delta`` into the base layer's weight (in its own dtype); returns the ``W0`` entries
+        it overwrote, for ``unfold_delta``. The forward must not add the delta again while it is folded."""
+        weight = self.base_layer.weight
+        original = weight.view(-1)[self.rmask_flat].clone()
+        weight.copy_(effective_weight(self, self.rmask_values.detach(), weight.dtype))
+        return original
+
+    @torch.no_grad()
+    def unfold_delta(self, original: torch.Tensor) -> None:
+        """Put back the ``W0`` entries ``fold_delta`` overwrote: the base weight is exactly ``W0`` again."""
+        self.base_layer.weight.view(-1)[self.rmask_flat] = original
+
     def merged_base_layer(self) -> nn.Module:
         """The base layer with ``W0 + delta`` written into its weight (in its own dtype); the wrapper is spent."""
-        weight = self.base_layer.weight
-        weight.copy_(effective_weight(self, self.rmask_values.detach(), weight.dtype))
+        self.fold_delta()
         return self.base_layer
 
     def extra_repr(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from rmask_tune.errors import RmaskError
@@ -42,6 +43,17 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
         raise RmaskError(f"unknown {what} '{value}'; choose one of {', '.join(choices)}")
 
 
+def head_counts(shapes: dict[str, tuple[int, int]], density: float) -> dict[str, int]:
+    """The ``head`` structure's per-matrix counts: ``density`` of each matrix, rounded to the nearest
+    entry (halves to even) and at least one, so every target matrix trains at (nearly) the same density.
+
+    The authors' script truncates instead of rounding; the sum may differ from the budget by up to half
+    an entry per matrix (more where a matrix is raised to one entry), and ``MaskingInfo`` reports the
+    counts actually drawn.
+    """
+    return {n: max(1, round(density * r * c)) for n, (r, c) in shapes.items()}
+
+
 def _plan_counts(shapes, total_params, ratio, density, structure) -> dict[str, int]:
     if (ratio is None) == (density is None):
         raise RmaskError("give exactly one of ratio (fraction of the whole model) or density (per matrix)")
@@ -53,6 +65,8 @@ def _plan_counts(shapes, total_params, ratio, density, structure) -> dict[str, i
         wanted = round(density * target_params)
     else:
         wanted = check_ratio(ratio, total_params, target_params)
+    if structure == "head":
+        return head_counts(shapes, wanted / target_params if density is None else density)
     counts = allocate_counts(shapes, wanted, unit_of)
     if sum(counts.values()) == 0:
         raise RmaskError(
@@ -75,15 +89,46 @@ def apply_random_masking(
     """Freeze ``model`` and make a fixed random subset of the target matrices' entries trainable.
 
     ``ratio`` is the fraction of ALL model parameters to train (the paper's "Params"); ``density`` the
-    per-matrix fraction. ``structure="columns"`` trains whole weight columns instead of entries.
+    per-matrix fraction. ``structure`` lays the entries out: ``"random"`` anywhere in the target matrices
+    (the budget split over them in proportion to their size); ``"head"`` the paper's structured masking,
+    the same density of every target matrix as its leading whole columns (input features) plus one partly
+    filled column, independent of ``seed`` (see ``head_counts`` for the rounding); ``"columns"`` random
+    whole columns, the budget split over the matrices in whole columns (this project's earlier structured
+    masking: at very small budgets only a few matrices train).
     ``sampling="exact"`` draws exactly the planned count per matrix; ``"bernoulli"`` keeps each entry with
     probability p as in the paper (the count then varies by about sqrt(count)).
     Targets are ``nn.Linear`` or HF ``Conv1D`` layers; masks are drawn over their (out, in) matrices.
     ``backend`` computes the sparse value gradient: ``torch`` (default), ``spops`` (IST-DASLab's
     kernels, CUDA only, installed from source) or ``auto`` (spops where it can run, else torch).
+    Every masked layer keeps the returned info as ``rmask_info``, so ``save_adapter`` needs nothing more.
     """
+    info, masks = plan_random_masking(model, ratio, density, targets, seed, structure, sampling, backend)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    linears = linear_modules(model)
+    for name, (flat, p) in masks.items():
+        layer = RandomMaskingLinear(linears[name], flat, p, info.backend)
+        layer.rmask_info = info
+        model.set_submodule(name, layer)
+    return info
+
+
+def plan_random_masking(
+    model: nn.Module,
+    ratio: float | None = None,
+    density: float | None = None,
+    targets: str | Sequence[str] | None = None,
+    seed: int = 0,
+    structure: str = "random",
+    sampling: str = "exact",
+    backend: str = "torch",
+) -> tuple[MaskingInfo, dict[str, tuple[torch.Tensor, float]]]:
+    """What ``apply_random_masking`` does, without changing ``model``: the info and, for each target that
+    gets entries, its sorted flat (row-major, (out, in)) indices and the density they were drawn at."""
     _check_choice(structure, STRUCTURES, "structure")
     _check_choice(sampling, SAMPLINGS, "sampling")
+    if sampling != "exact" and structure != "random":
+        raise RmaskError(f"sampling '{sampling}' applies to structure 'random' only, not '{structure}'")
     if any(is_masked(m) for m in model.modules()):
         raise RmaskError("this model already carries Random Masking; remove or merge it first")
     names = resolve_targets(model, targets)
@@ -92,20 +137,17 @@ def apply_random_masking(
     total_params = count_parameters(model)
     shapes = {n: out_in_shape(linears[n]) for n in names}
     counts = _plan_counts(shapes, total_params, ratio, density, structure)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    achieved = {}
+    masks = {}
     for name in names:
         if counts[name] == 0:
             continue
         rows, cols = shapes[name]
         p = counts[name] / (rows * cols)
-        flat = sample_flat_indices(shapes[name], counts[name], p, seed, name, structure, sampling)
-        model.set_submodule(name, RandomMaskingLinear(linears[name], flat, p, backend))
-        achieved[name] = flat.numel()
+        masks[name] = sample_flat_indices(shapes[name], counts[name], p, seed, name, structure, sampling), p
+    achieved = {name: flat.numel() for name, (flat, _) in masks.items()}
     trainable = sum(achieved.values())
     target_params = sum(r * c for r, c in shapes.values())
-    return MaskingInfo(
+    info = MaskingInfo(
         trainable_params=trainable,
         total_params=total_params,
         ratio=trainable / total_params,
@@ -119,6 +161,7 @@ def apply_random_masking(
         counts=achieved,
         backend=backend,
     )
+    return info, masks
 
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -7,7 +7,9 @@ import hashlib
 import torch
 
 SAMPLINGS = ("exact", "bernoulli")
-STRUCTURES = ("random", "columns")
+# "random": entries anywhere; "head": each matrix's first entries in column-major order (the paper's
+# structured masking); "columns": whole columns picked at random (this project's earlier structured masking).
+STRUCTURES = ("random", "head", "columns")
 
 
 def module_generator(seed: int, name: str) -> torch.Generator:
@@ -27,6 +29,14 @@ def _uniform_subset(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
     return chosen[torch.randperm(chosen.numel(), generator=gen)[:k]]
 
 
+def head_flat_indices(shape: tuple[int, int], count: int) -> torch.Tensor:
+    """Sorted flat (row-major) indices of the first ``count`` entries of an (out, in) matrix in column-major
+    order: the leading whole columns (input features) and the top rows of one partly filled column."""
+    rows, cols = shape
+    order = torch.arange(count)
+    return (order % rows * cols + order // rows).sort().values
+
+
 def sample_flat_indices(
     shape: tuple[int, int], count: int, density: float, seed: int, name: str, structure: str, sampling: str
 ) -> torch.Tensor:
@@ -34,9 +44,12 @@ def sample_flat_indices(
 
     ``exact`` draws exactly ``count`` entries (uniform without replacement: every entry has marginal
     probability ``density``); ``bernoulli`` keeps each entry independently with probability ``density``
-    as in the paper. ``columns`` keeps whole columns (``count`` is then a multiple of the row count).
+    as in the paper. ``head`` takes the first ``count`` entries in column-major order (no randomness);
+    ``columns`` keeps random whole columns (``count`` is then a multiple of the row count).
     """
     rows, cols = shape
+    if structure == "head":
+        return head_flat_indices(shape, count)
     gen = module_generator(seed, name)
     if structure == "columns":
         n_cols = count // rows

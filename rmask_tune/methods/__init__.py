@@ -8,6 +8,7 @@ from typing import Callable
 from torch import nn
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.methods.adapter_method import adapter
 from rmask_tune.methods.masking import random_masking, structured_masking
 from rmask_tune.methods.peft_methods import adalora, lora, prefix, shira
 from rmask_tune.methods.setup import MethodSetup
@@ -23,6 +24,7 @@ METHODS: dict[str, Callable[..., MethodSetup]] = {
     "adalora": adalora,
     "prefix": prefix,
     "shira": shira,
+    "adapter": adapter,
 }
 
 __all__ = ["METHODS", "MethodSetup", "method_options", "prepare_method"]

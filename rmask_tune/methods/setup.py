@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from rmask_tune.masking.targets import count_parameters
 
@@ -19,6 +19,8 @@ class MethodSetup:
     ``total_params`` is the base model's size before the method added anything.
     ``on_step_end(global_step)``, when set, must run after ``optimizer.step()`` and before
     ``optimizer.zero_grad()``, with the step counted from 1.
+    ``extra_loss()``, when set, is a scalar the method adds to every training loss (e.g. AdaLoRA's
+    orthogonal regularizer, already weighted); it is computed from the parameters alone.
     """
 
     method: str
@@ -27,6 +29,7 @@ class MethodSetup:
     total_params: int
     details: dict = field(default_factory=dict)
     on_step_end: Callable[[int], None] | None = None
+    extra_loss: Callable[[], Tensor] | None = None
 
     @property
     def trainable_fraction(self) -> float:

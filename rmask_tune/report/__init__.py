@@ -1,7 +1,8 @@
 """Sweep reports: results table, LR sensitivity, the optimal-LR-vs-sparsity law, compute.
 
-``build_report(source)`` reads a sweep's MLflow runs and writes ``index.html`` (self-contained),
-``README.md``, the PNG figures and ``law.json`` into one folder.
+``build_report(source)`` reads a sweep's MLflow runs (or its export) and writes ``index.html``
+(self-contained), ``README.md``, the PNG figures, ``law.json`` and the sweep's export
+(``sweep-export.json.gz``, from which the report regenerates) into one folder.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ from pathlib import Path
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law
-from rmask_tune.report.runs import Source, load_trials, resolve_source
+from rmask_tune.report.runs import Source, Trial, load_records, load_trials, resolve_source, trial_of
 from rmask_tune.report.summary import Summary, slug, summarize
 
 
-def _summary(where: Source, bootstrap: int, seed: int) -> Summary:
-    trials, unreadable = load_trials(where)
+def _summary(where: Source, bootstrap: int, seed: int, loaded: tuple[list[Trial], int] | None = None) -> Summary:
+    trials, unreadable = loaded or load_trials(where)
     return summarize(trials, where.experiment, where.tracking_uri, unreadable=unreadable,
                      bootstrap=bootstrap, seed=seed)
 
 
 def load_summary(source: str, tracking_uri: str | None = None, *, bootstrap: int = 1000, seed: int = 0) -> Summary:
-    """Resolve ``source`` (experiment name, sweep folder or sweep YAML) and summarise its trials."""
+    """Resolve ``source`` (experiment name, sweep folder, sweep YAML or export) and summarise its trials."""
     return _summary(resolve_source(source, tracking_uri), bootstrap, seed)
 
 
@@ -35,10 +36,13 @@ def law_of(summary: Summary) -> Law:
 
 
 def build_report(source: str, tracking_uri: str | None = None, out: str | Path | None = None, *,
-                 overwrite: bool = False, bootstrap: int = 1000, seed: int = 0, versus: str | None = None) -> Path:
+                 overwrite: bool = False, bootstrap: int = 1000, seed: int = 0, versus: str | None = None,
+                 export: bool = True) -> Path:
     """Write the report folder (default ``reports/<experiment>``) and return it. A folder that already
     holds files is refused unless ``overwrite``; everything is computed before anything is written.
-    ``versus`` (another sweep: name, folder or YAML, in its own store) adds a comparison of shared cells."""
+    ``versus`` (another sweep: name, folder, YAML or export) adds a comparison of shared cells.
+    ``export`` writes the sweep's export into the folder too."""
+    from rmask_tune.report.export import EXPORT_FILE, encode_export
     from rmask_tune.report.figures import figures
     from rmask_tune.report.render import blocks, to_html, to_markdown
 
@@ -48,7 +52,9 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
         raise RmaskError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise RmaskError(f"report folder {out} already holds files; pass --overwrite or choose another --out")
-    summary = _summary(where, bootstrap, seed)
+    records, unreadable = load_records(where)
+    summary = _summary(where, bootstrap, seed, ([trial_of(r) for r in records], unreadable))
+    exported = encode_export(where.experiment, where.tracking_uri, records, unreadable) if export else None
     other = load_summary(versus, bootstrap=bootstrap, seed=seed) if versus is not None else None
     pngs = figures(summary)
     law = law_of(summary)
@@ -59,6 +65,8 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     for name, data in pngs.items():
         (out / name).write_bytes(data)
     law.save(out / "law.json")
+    if exported is not None:
+        (out / EXPORT_FILE).write_bytes(exported)
     (out / "README.md").write_text(markdown)
     (out / "index.html").write_text(page)
     return out

@@ -41,7 +41,7 @@ def _ratio_colours(ratios):
 
 def lr_sensitivity(summary: Summary, model: str) -> bytes:
     """Dev metric vs LR per task: a line per ratio, baselines dashed, diverged trials as red crosses,
-    ASHA-stopped trials as hollow circles, the estimated optimum as a triangle."""
+    ASHA-stopped trials as hollow circles, the estimated optimum as a triangle with its bootstrap interval."""
     curves = [c for c in summary.curves.values() if c.model == model and c.dev]
     tasks = sorted({c.task for c in curves})
     fig, axes = _figure(max(len(tasks), 1))
@@ -73,7 +73,9 @@ def lr_sensitivity(summary: Summary, model: str) -> bytes:
                     elif t.status == "stopped":
                         ax.plot(lr, y, "o", markerfacecolor="none", color="0.45", markersize=7)
             if c.method == LAW_METHOD and c.optimum is not None and not c.optimum.at_edge:
-                ax.plot(c.optimum.lr, mean.max(), "v", color=colour, markersize=8)
+                o = c.optimum
+                xerr = [[o.lr - 10 ** o.interval[0]], [10 ** o.interval[1] - o.lr]]
+                ax.errorbar(o.lr, mean.max(), xerr=xerr, fmt="v", color=colour, markersize=8, capsize=3)
         ax.set_xscale("log")
         ax.set_title(f"{model} · {task}", fontsize=10)
         ax.set_xlabel("learning rate")
@@ -89,38 +91,48 @@ def lr_sensitivity(summary: Summary, model: str) -> bytes:
     handles += [Line2D([], [], marker="x", color="red", linestyle="none", markeredgewidth=2),
                 Line2D([], [], marker="o", markerfacecolor="none", color="0.45", linestyle="none"),
                 Line2D([], [], marker="v", color="0.3", linestyle="none")]
-    labels += ["diverged", "stopped early (ASHA)", "estimated optimum"]
+    labels += ["diverged", "stopped early (ASHA)", "estimated optimum (95% bootstrap interval)"]
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     return _png(fig)
 
 
 def law(summary: Summary) -> bytes:
-    """Optimal LR vs trainable ratio (log-log): a panel per model and one pooled, each with its
-    fitted line and 95% confidence band; grid-edge optima are drawn hollow (not fitted)."""
+    """Optimal LR vs trainable ratio (log-log): a panel per model with the optima (95% bootstrap intervals)
+    and each pair's line of the shared fit, and a pooled panel with the single-line fit and its band when
+    there are several models; excluded optima are drawn hollow."""
     law_ = summary.law
     drawn = law_.data["points"] + [e for e in law_.data["excluded"] if "lr" in e]
     models = sorted({p["model"] for p in drawn})
-    panels = [(m, law_.models.get(m), [m]) for m in models]
+    panels = [(m, [m]) for m in models]
     if len(models) > 1 or not panels:
-        panels.append(("pooled (all models and tasks)", law_.pooled, models))
+        panels.append(("pooled (all models and tasks)", models))
     fig, axes = _figure(len(panels), width=5.0, height=3.8)
-    tasks = sorted({p["task"] for p in law_.data["points"]} | {e["task"] for e in law_.data["excluded"]})
+    tasks = sorted({p["task"] for p in drawn})
     task_colour = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
-    for ax, (title, fit, members) in zip(axes, panels):
+    for ax, (title, members) in zip(axes, panels):
         for p in (p for p in law_.data["points"] if p["model"] in members):
-            low, high = p["lr"] - 10 ** (p["log10_lr"] - p["se"]), 10 ** (p["log10_lr"] + p["se"]) - p["lr"]
-            ax.errorbar(p["ratio"], p["lr"], yerr=[[low], [high]], fmt="o", color=task_colour[p["task"]], capsize=2)
+            low, high = (p["interval"] if "interval" in p
+                         else (10 ** (p["log10_lr"] - p["se"]), 10 ** (p["log10_lr"] + p["se"])))
+            ax.errorbar(p["ratio"], p["lr"], yerr=[[p["lr"] - low], [high - p["lr"]]], fmt="o",
+                        color=task_colour[p["task"]], capsize=2)
         for e in (e for e in law_.data["excluded"] if e["model"] in members and "lr" in e):
             ax.plot(e["ratio"], e["lr"], "o", markerfacecolor="none", color=task_colour[e["task"]], markersize=8)
-        if fit is not None:
-            lo_r, hi_r = fit.ratio_range
-            xs = np.logspace(math.log10(lo_r) - 0.3, math.log10(hi_r) + 0.3, 60)
+        shared = law_.shared
+        if len(members) == 1 and shared is not None and any(p.startswith(members[0] + "/") for p in shared.pairs):
+            mine = [p for p in shared.pairs if p.startswith(members[0] + "/")]
+            xs = np.logspace(math.log10(shared.ratio_range[0]) - 0.3, math.log10(shared.ratio_range[1]) + 0.3, 60)
+            for pair in mine:
+                offset = shared.offsets[shared.pairs.index(pair)]
+                ax.plot(xs, 10 ** (offset + shared.b * (np.log10(xs) - shared.x0)),
+                        color=task_colour.get(pair.rsplit("/", 1)[1], "black"))
+            title = f"{title}\nshared b = {shared.b:.3f} [{shared.b_ci[0]:.3f}, {shared.b_ci[1]:.3f}], n = {len(shared.points)}"
+        elif len(members) > 1 and law_.pooled is not None:
+            fit = law_.pooled
+            xs = np.logspace(math.log10(fit.ratio_range[0]) - 0.3, math.log10(fit.ratio_range[1]) + 0.3, 60)
             band_lo, band_hi = fit.band(xs)
             ax.fill_between(xs, 10**band_lo, 10**band_hi, color="0.6", alpha=0.35, linewidth=0)
             ax.plot(xs, 10 ** (fit.a + fit.b * np.log10(xs)), color="black")
-            # the fit's numbers go in the title: inside the axes they would cover a point at some ratio
-            title = (f"{title}\nb = {fit.b:.3f} [{fit.b_ci[0]:.3f}, {fit.b_ci[1]:.3f}]\n"
-                     f"a = {fit.a:.2f}, R² = {fit.r2:.3f}, n = {len(fit.points)}")
+            title = f"{title}\nsingle line b = {fit.b:.3f} [{fit.b_ci[0]:.3f}, {fit.b_ci[1]:.3f}], n = {len(fit.points)}"
         else:
             ax.text(0.5, 0.5, "no fit (fewer than two ratios)", transform=ax.transAxes, ha="center", color="0.4")
         ax.set_xscale("log")
@@ -133,7 +145,7 @@ def law(summary: Summary) -> bytes:
 
     handles = [Line2D([], [], marker="o", color=task_colour[t], linestyle="none") for t in tasks]
     handles += [Line2D([], [], marker="o", markerfacecolor="none", color="0.3", linestyle="none")]
-    fig.legend(handles, tasks + ["best LR at grid edge (not fitted)"], loc="outside right upper", fontsize=8)
+    fig.legend(handles, tasks + ["excluded (see the table)"], loc="outside right upper", fontsize=8)
     return _png(fig)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from dataclasses import dataclass
 
 from rmask_tune.report.figures import SCALE
+from rmask_tune.report.paper_table import SeedStats, paper_tables, seed_stats
 from rmask_tune.report.summary import LAW_METHOD, Summary, fmt_lr, fmt_pct, row_label, slug
 
 
@@ -25,13 +25,41 @@ class Figure:
 
 
 def _mean_std(values: list[float]) -> str:
-    if not values:
+    return _stats_cell(seed_stats(values))
+
+
+def _stats_cell(stats: SeedStats | None) -> str:
+    """x SCALE, one decimal: ``mean ± std`` over seeds, the bare mean for one seed, — for none."""
+    if stats is None:
         return "—"
-    mean = sum(values) / len(values) * SCALE
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    std = math.sqrt(sum((v * SCALE - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{stats.mean * SCALE:.1f}" + ("" if stats.std is None else f" ± {stats.std * SCALE:.1f}")
+
+
+def _count(n: int | None) -> str:
+    """A parameter count as the paper writes it: 1.2M, 350K."""
+    if n is None:
+        return "—"
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _paper_layout(summary: Summary) -> list:
+    """The paper's table layout, one table per model (rmask_tune/report/paper_table.py)."""
+    out: list = [("h2", "1b. In the paper's layout (its Tables 1, 4 and 5)"),
+                 ("p", f"Per model: methods x tasks in the paper's order plus the average over tasks; each cell "
+                       f"the test metric (x{SCALE}) at the best-dev learning rate, mean ± sample std over seeds (no ± "
+                       "for one seed); Params: trainable parameters and their share of the model. † as above.")]
+    for table in paper_tables(summary):
+        header = ["Method", "Params"] + table.tasks + ["Avg"]
+        rows = [[row.label, f"{_count(row.trainable_params)} ({fmt_pct(row.trainable_fraction)})"]
+                + [_stats_cell(row.cells.get(t)) for t in table.tasks]
+                + ["—" if row.average is None else
+                   f"{row.average * SCALE:.1f}{'' if row.covered == len(table.tasks) else '†'}"]
+                for row in table.rows]
+        out += [("p", f"{table.model}:"), ("table", Table(header, rows))]
+    return out
 
 
 def _results(summary: Summary) -> list:
@@ -53,7 +81,8 @@ def _results(summary: Summary) -> list:
               "the tasks that have a result only."),
         ("table", Table(header, results)),
         ("p", "Best dev learning rate on the grid and, in brackets, the estimated optimum lr* "
-              "(quadratic in log LR through the best point and its neighbours; 'edge' = best LR at the grid's edge)."),
+              "(quadratic in log LR through the best point and its neighbours) with its 95% bootstrap interval; "
+              "'edge' = best LR at the grid's edge."),
         ("table", Table(header[:-1], lrs)),
     ]
 
@@ -63,7 +92,8 @@ def _lr_cell(curve) -> str:
         return "—"
     if curve.optimum is None:
         return fmt_lr(curve.best_lr)
-    extra = "edge" if curve.optimum.at_edge else f"lr* {fmt_lr(curve.optimum.lr)}"
+    o = curve.optimum
+    extra = "edge" if o.at_edge else f"lr* {fmt_lr(o.lr)}, {fmt_lr(10 ** o.interval[0])} – {fmt_lr(10 ** o.interval[1])}"
     return f"{fmt_lr(curve.best_lr)} ({extra})"
 
 
@@ -86,32 +116,90 @@ def _fit_row(name: str, fit) -> list[str]:
             f"{fit.r2:.3f}", str(len(fit.points)), f"{fit.ratio_range[0]:.3g} – {fit.ratio_range[1]:.3g}"]
 
 
+def _shared_rows(shared) -> list[list[str]]:
+    cov = shared.cov
+    return [[pair, f"{offset:.3f} ± {cov[i][i] ** 0.5:.3f}", f"{10 ** (offset + shared.b * (-3 - shared.x0)):.3g}"]
+            for i, (pair, offset) in enumerate(zip(shared.pairs, shared.offsets))] + [
+        ["all pairs (new task)", f"{shared.mean_offset:.3f} ± {shared.mean_offset_se:.3f}",
+         f"{10 ** (shared.mean_offset + shared.b * (-3 - shared.x0)):.3g}"]]
+
+
 def _law(summary: Summary, names: set[str]) -> list:
     law = summary.law
-    # one task's own fit repeats its model's; with several tasks they show whether the tasks agree
+    shared = law.shared
+    blocks: list = [("h2", "3. Optimal learning rate vs sparsity")]
+    signal = law.data.get("signal_test", "")
+    blocks.append(("p", f"Which cells enter (fixed in advance, docs/statistics.md): an optimum interior to the LR grid, "
+                        f"and a passed signal test ({signal}). Each cell's optimum is the vertex of a quadratic in "
+                        f"log10 LR through the best mean-dev LR and its neighbours; its 95% interval comes from "
+                        f"{law.data['bootstrap']['samples']} bootstrap resamples of seeds and dev examples."))
+    if shared is None:
+        blocks.append(("p", "No law: no (model, task) has cells that pass the rules at two or more ratios."))
+    else:
+        lo, hi = shared.b_ci
+        blocks += [
+            ("p", f"The law `recommend` uses: log10 lr* = offset[model/task] + b · (log10 ratio - {shared.x0:.2f}), "
+                  f"one exponent b shared by every (model, task) pair, weights 1/(se² + τ²). b = {shared.b:.3f} "
+                  f"[95% CI {lo:.3f}, {hi:.3f}] over {len(shared.points)} optima of {len(shared.pairs)} pair(s); "
+                  f"τ (scatter around a pair's line beyond the optima's errors) = {shared.tau:.3f} decades; "
+                  "spread of the offsets between pairs = "
+                  + ("unknown (one pair)" if shared.between_sd is None else f"{shared.between_sd:.3f} decades")
+                  + ". b < 0: the sparser the mask, the larger the optimal LR. law.json beside this report holds it; "
+                    "`rmask-tune recommend --law law.json --ratio R --model M --task T` uses it."),
+            ("table", Table(["Pair", "Offset (log10, ± se)", "lr* at ratio 1e-3"], _shared_rows(shared))),
+        ]
     several = len({name.rsplit("/", 1)[1] for name in law.tasks}) > 1  # keys are model/task; a hub model has a '/'
     per_task = [_fit_row(" · ".join(name.rsplit("/", 1)), f) for name, f in sorted(law.tasks.items())] if several else []
-    blocks: list = [
-        ("h2", "3. Optimal learning rate vs sparsity"),
-        ("p", f"log10 lr* = a + b · log10(ratio), fitted by weighted least squares (weights 1/se²) over the "
-              f"{row_label(LAW_METHOD, None)} optima interior to their grid; 95% intervals from "
-              f"{law.data['bootstrap']['samples']} seeded bootstrap resamples. b < 0: the sparser the mask, the "
-              "larger the optimal LR. law.json beside this report holds it; "
-              "`rmask-tune recommend --law law.json --ratio R` uses it."),
+    blocks += [
+        ("p", "For comparison, single lines log10 lr* = a + b · log10(ratio) fitted per model, per task and pooled "
+              "(weights 1/se², bootstrap intervals): whether the pairs agree."),
         ("table", Table(["Fit", "a [95% CI]", "b [95% CI]", "R²", "Points", "Ratio range"],
                         [_fit_row(m, f) for m, f in sorted(law.models.items())] + per_task
                         + [_fit_row("pooled", law.pooled)])),
     ]
     if "law.png" in names:
-        caption = "Optimal LR vs trainable ratio with the fitted line and its 95% band"
+        caption = "Optimal LR vs trainable ratio: optima with their 95% bootstrap intervals and each pair's line"
         blocks.append(("figure", Figure("law.png", caption)))
-    rows = [[p["model"], p["task"], f"{p['ratio']:.3g}", fmt_lr(p["lr"]), f"×/÷ {10 ** (1.96 * p['se']):.2f}",
-             p["estimate"], fmt_lr(p["best_grid_lr"]), "yes"] for p in law.data["points"]]
-    rows += [[e["model"], e["task"], f"{e['ratio']:.3g}", fmt_lr(e.get("lr")), "—", e.get("estimate", "—"),
-              fmt_lr(e.get("best_grid_lr")), f"no: {e['reason']}"] for e in law.data["excluded"]]
+    rows = [_point_row(p, "yes") for p in law.data["points"]]
+    rows += [_point_row(e, f"no: {e['reason']}") for e in law.data["excluded"]]
     if rows:
-        header = ["Model", "Task", "Ratio", "lr*", "95%", "Estimate", "Best grid LR", "Fitted"]
+        header = ["Model", "Task", "Ratio", "lr*", "95% interval", "Estimate", "Best grid LR", "Signal p",
+                  "Resampled", "Fitted"]
         blocks.append(("table", Table(header, rows)))
+    return blocks + _validation(law)
+
+
+def _point_row(p: dict, fitted: str) -> list[str]:
+    interval = p.get("interval")
+    signal = p.get("signal")
+    return [p["model"], p["task"], f"{p['ratio']:.3g}", fmt_lr(p.get("lr")),
+            f"{fmt_lr(interval[0])} – {fmt_lr(interval[1])}" if interval else "—", p.get("estimate", "—"),
+            fmt_lr(p.get("best_grid_lr")), f"{signal['p_value']:.3f}" if signal else "—", p.get("resampled", "—"),
+            fitted]
+
+
+def _validation(law) -> list:
+    validation = law.data.get("validation", {})
+    blocks: list = [("h2", "3b. Validation: how far the law's LR lands on cells it did not see"),
+                    ("p", "Leave-one-task-out: each (model, task) is hidden, the law refitted, and its cells predicted as "
+                          "a new task (mean offset of the model's other tasks). Leave-one-ratio-out: every pair's cell at "
+                          "one ratio is hidden and predicted from the pair's own offset. Error: distance from the best "
+                          "grid LR in half-decade grid steps. Regret: the measured mean dev curve's best value minus its "
+                          f"value at the predicted LR (x{SCALE}; linear in log LR between grid points, beyond the grid "
+                          "the nearest end, marked *).")]
+    for key, title in (("leave_one_task_out", "Leave-one-task-out"), ("leave_one_ratio_out", "Leave-one-ratio-out")):
+        rows = validation.get(key) or []
+        overall = (validation.get("summary") or {}).get(key)
+        if not rows:
+            blocks.append(("p", f"{title}: not possible here (it needs the law refitted without the held-out cells)."))
+            continue
+        blocks.append(("p", f"{title}: {overall['cells']} cell(s); error mean {overall['mean_error_steps']:.2f}, worst "
+                            f"{overall['max_error_steps']:.2f} grid steps; regret mean {overall['mean_regret']:.1f}, worst "
+                            f"{overall['max_regret']:.1f} points."))
+        blocks.append(("table", Table(
+            ["Model", "Task", "Ratio", "Predicted LR", "Best grid LR", "Error (steps)", "Regret (points)"],
+            [[r["model"], r["task"], f"{r['ratio']:.3g}", fmt_lr(r["predicted_lr"]) + ("*" if r["beyond_grid"] else ""),
+              fmt_lr(r["best_grid_lr"]), f"{r['error_steps']:.2f}", f"{r['regret']:.1f}"] for r in rows])))
     return blocks
 
 
@@ -170,7 +258,7 @@ def blocks(summary: Summary, names: set[str], versus: Summary | None = None) -> 
                        f"{len(summary.models)} model(s), {len(summary.tasks)} task(s).")]
     out += [("h2", "What is missing or partial"),
             ("list", summary.notes) if summary.notes else ("p", "Nothing: every trial of the grid has a result.")]
-    out += _results(summary) + _sensitivity(summary, names) + _law(summary, names)
+    out += _results(summary) + _paper_layout(summary) + _sensitivity(summary, names) + _law(summary, names)
     out.append(("h2", "4. Trainable parameters vs performance"))
     if "params_vs_performance.png" in names:
         out.append(("figure", Figure("params_vs_performance.png", "Average test metric vs trainable parameters")))

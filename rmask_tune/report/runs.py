@@ -1,14 +1,39 @@
-"""Read a sweep's trials back from its MLflow store (the schema the sweep writes)."""
+"""Read a sweep's trials back from its MLflow store (the schema the sweep writes) or from its export.
+
+Each trial run is first read into a ``RunRecord`` (what the store holds for it, and what an export
+carries), then into the ``Trial`` a report uses: the same records give the same report either way.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
 
 TERMINAL = ("finished", "diverged", "stopped")
+# The per-epoch metric histories kept for every trial (step = epoch).
+HISTORIES = ("dev_metric", "train_loss")
+
+
+@dataclass
+class RunRecord:
+    """One trial run as stored: its params, latest metrics, ``rmask.*`` tags, per-epoch histories
+    (``(step, value)`` pairs) and per-example results (examples.json; None when the trial recorded none,
+    as trials from before per-example results were recorded)."""
+
+    run_id: str
+    run_status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED
+    start_time: int | None
+    end_time: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    history: dict[str, list[tuple[int, float]]]
+    examples: dict | None = None
 
 
 @dataclass
@@ -33,6 +58,7 @@ class Trial:
     trainable_params: int | None
     total_params: int | None
     start_time: int
+    record: RunRecord | None = field(default=None, repr=False, compare=False)  # what it was read from
 
     @property
     def trainable_fraction(self) -> float | None:
@@ -43,19 +69,26 @@ class Trial:
 
 @dataclass
 class Source:
-    """Where a sweep's runs live."""
+    """Where a sweep's runs live: an MLflow store, or an export of one (``export``, already read)."""
 
     tracking_uri: str
     experiment: str
+    export: object | None = None  # a SweepExport
 
 
 def resolve_source(source: str, tracking_uri: str | None = None) -> Source:
-    """Turn an experiment name, a sweep folder or a sweep YAML into a tracking URI and experiment name.
+    """Turn an experiment name, a sweep folder, a sweep YAML or a sweep export into where its runs live.
 
     A folder must hold ``mlflow.db`` (the sweep's default store); its experiment is the only one in
-    the store, or the folder's name. A YAML file is read with the sweep's own loader.
+    the store, or the folder's name. A YAML file is read with the sweep's own loader. An export
+    (``*.json.gz`` or ``*.json``, see ``rmask_tune.report.export``) stands in for the store it came from.
     """
     path = Path(source)
+    if path.is_file() and path.name.endswith((".json.gz", ".json")):
+        from rmask_tune.report.export import read_export
+
+        export = read_export(path)
+        return Source(export.tracking_uri, export.experiment, export)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         from rmask_tune.sweep import load_space
 
@@ -80,6 +113,7 @@ def resolve_source(source: str, tracking_uri: str | None = None) -> Source:
 
 def _client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial's examples.json
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
         if not db.is_file():  # MLflow would silently create an empty store
@@ -109,6 +143,14 @@ def load_trials(source: Source) -> tuple[list[Trial], int]:
     Stopped or running trials may lack the final metrics: their best dev metric and epoch count
     come from the ``dev_metric`` history.
     """
+    records, unreadable = load_records(source)
+    return [trial_of(record) for record in records], unreadable
+
+
+def load_records(source: Source) -> tuple[list[RunRecord], int]:
+    """The readable trial runs' records, newest first, and how many runs were unreadable."""
+    if source.export is not None:
+        return list(source.export.records), source.export.unreadable
     client = _client(source.tracking_uri)
     experiment = client.get_experiment_by_name(source.experiment)
     if experiment is None:
@@ -125,27 +167,58 @@ def load_trials(source: Source) -> tuple[list[Trial], int]:
         if not token:
             break
     readable = [r for r in runs if {"model", "task"} <= set(r.data.params)]
-    return [_trial(client, run) for run in readable], len(runs) - len(readable)
+    return [_record(client, run) for run in readable], len(runs) - len(readable)
 
 
-def _trial(client, run) -> Trial:
-    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+def _record(client, run) -> RunRecord:
+    run_id = run.info.run_id
+    history = {name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)] for name in HISTORIES}
+    return RunRecord(
+        run_id=run_id,
+        run_status=run.info.status,
+        start_time=run.info.start_time,
+        end_time=run.info.end_time,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        tags={key: value for key, value in run.data.tags.items() if key.startswith("rmask.")},
+        history={name: sorted(points) for name, points in history.items()},
+        examples=_examples_artifact(run.info.artifact_uri, client.tracking_uri),
+    )
+
+
+def _examples_artifact(artifact_uri: str, tracking_uri: str) -> dict | None:
+    """The run's examples.json, or None when it has none (read from the artifact store directly: the
+    client would look the run up again for every call)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from rmask_tune.tasks.results import EXAMPLES_FILE
+
+    repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+    if EXAMPLES_FILE not in {a.path for a in repository.list_artifacts()}:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return json.loads(Path(repository.download_artifacts(EXAMPLES_FILE, folder)).read_text())
+
+
+def trial_of(record: RunRecord) -> Trial:
+    """The report's view of a trial run."""
+    params, metrics, tags = record.params, record.metrics, record.tags
     dev, epochs = metrics.get("best_dev_metric"), _num(metrics.get("epochs_completed"), int)
     if dev is None or epochs is None:
-        history = client.get_metric_history(run.info.run_id, "dev_metric")
-        values = [m.value for m in history]
+        history = record.history.get("dev_metric", [])
+        values = [value for _, value in history]
         dev = dev if dev is not None else (max(values) if values else None)
-        epochs = epochs if epochs is not None else len({m.step for m in history})
+        epochs = epochs if epochs is not None else len({step for step, _ in history})
     wall = metrics.get("wall_time_s")
-    if wall is None and run.info.end_time:
-        wall = (run.info.end_time - run.info.start_time) / 1000
-    status = tags.get("rmask.status") or ("running" if run.info.status == "RUNNING" else "errored")
+    if wall is None and record.end_time:
+        wall = (record.end_time - record.start_time) / 1000
+    status = tags.get("rmask.status") or ("running" if record.run_status == "RUNNING" else "errored")
     ratio = _num(params.get("ratio"))
     if ratio is None and _num(params.get("density")) is not None:  # a mask given by density
         ratio = metrics.get("trainable_fraction")
     return Trial(
-        run_id=run.info.run_id,
-        trial_id=tags.get("rmask.trial_id", run.info.run_id),
+        run_id=record.run_id,
+        trial_id=tags.get("rmask.trial_id", record.run_id),
         status=status,
         model=params["model"],
         task=params["task"],
@@ -161,5 +234,6 @@ def _trial(client, run) -> Trial:
         wall_time_s=wall,
         trainable_params=_num(params.get("trainable_params"), int),
         total_params=_num(params.get("total_params"), int),
-        start_time=run.info.start_time or 0,
+        start_time=record.start_time or 0,
+        record=record,
     )

@@ -10,14 +10,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.law import Fit, Law, Optimum, estimate_optimum, fit_law
+from rmask_tune.law import Fit, Law, fit_law, fit_shared
 from rmask_tune.report.runs import TERMINAL, Trial
+from rmask_tune.resampling import (
+    SIGNAL_LEVEL, DevRecord, OptimumEstimate, SignalTest, bootstrap_cell, optimum_with_interval, signal_test,
+)
+from rmask_tune.tasks.results import ExampleLog
+from rmask_tune.validation import leave_one_ratio_out, leave_one_task_out, summarize_validation
 
 LAW_METHOD = "random_masking"
 METHOD_NAMES = {
     "random_masking": "Random Masking", "structured_masking": "Structured Masking", "full": "Full FT",
     "lora": "LoRA", "adalora": "AdaLoRA", "prefix": "Prefix", "bitfit": "BitFit", "shira": "SHiRA",
-    "none": "Frozen",
+    "adapter": "Adapter", "none": "Frozen",
 }
 
 
@@ -54,7 +59,15 @@ class Curve:
     trials: dict[float | None, list[Trial]]
     best_lr: float | None = None
     test: list[float] = field(default_factory=list)  # test metrics at the best-dev LR
-    optimum: Optimum | None = None
+    optimum: OptimumEstimate | None = None  # with its bootstrap interval (two or more LRs)
+    signal: SignalTest | None = None  # the law method's cells only
+    records: dict[float | None, dict[int, DevRecord]] = field(default_factory=dict)  # what the bootstrap draws
+
+    @property
+    def means(self) -> tuple[list[float], list[float]]:
+        """The LRs with a result and the mean dev metric over seeds at each."""
+        lrs = [lr for lr in self.dev if lr is not None]
+        return lrs, [sum(self.dev[lr]) / len(self.dev[lr]) for lr in lrs]
 
 
 @dataclass
@@ -118,12 +131,52 @@ def _curve(key: tuple, trials: list[Trial]) -> Curve:
     if dev:
         curve.best_lr = max(dev, key=lambda lr: sum(dev[lr]) / len(dev[lr]))
         curve.test = [t.test for t in by_lr[curve.best_lr] if t.test is not None and math.isfinite(t.test)]
-    if len(dev) >= 2:
-        curve.optimum = estimate_optimum(list(dev), list(dev.values()))
+        curve.records = {lr: {t.seed: _dev_record(t, floor) for t in by_lr[lr]
+                              if (t.dev is not None and math.isfinite(t.dev)) or t.status == "diverged"}
+                         for lr in dev}
     return curve
 
 
+# Per-example columns whose mean is the metric: the bootstrap's fast path.
+_MEAN_COLUMNS = {"accuracy": "correct", "f1": "f1", "em": "em"}
+
+
+def _dev_record(trial: Trial, floor: float | None) -> DevRecord:
+    """What the bootstrap draws for one trial: its per-example dev results per epoch when it recorded them,
+    else a binomial around its best dev value (a diverged trial without one: the curve's floor, constant)."""
+    if trial.dev is None or not math.isfinite(trial.dev):
+        return DevRecord(floor, 0)
+    examples = trial.record.examples if trial.record is not None else None
+    if examples:
+        log = ExampleLog.from_dict(examples)
+        epochs = [e for e in log.evaluations if e.split == "dev"]
+        if epochs and "dev" in log.splits:
+            column = _MEAN_COLUMNS.get(trial.metric)
+            if column is not None and all(column in e.columns for e in epochs):
+                return DevRecord.from_scores(np.array([e.columns[column] for e in epochs], dtype=float), trial.dev)
+            return DevRecord(trial.dev, epochs[0].size,
+                             lambda idx: np.array([log.scores(e, idx)[trial.metric] for e in epochs]))
+    size = trial.record.params.get("dev_examples") if trial.record is not None else None
+    return DevRecord(trial.dev, int(float(size)) if size else 0)
+
+
+def _cell_statistics(curves: dict[tuple, Curve], bootstrap: int, seed: int) -> None:
+    """Each curve's optimum with its bootstrap interval; the law method's cells also get the signal test
+    against the frozen model of their (model, task) when the sweep ran it, else against their smallest LR."""
+    for (model, task, method, ratio), curve in curves.items():
+        records = {lr: r for lr, r in curve.records.items() if lr is not None and r}
+        if len(records) < 2:
+            continue
+        frozen = curves.get((model, task, "none", None))
+        reference = frozen.records.get(None) if frozen is not None and method == LAW_METHOD else None
+        boot = bootstrap_cell(records, reference or None, samples=bootstrap, seed=seed)
+        curve.optimum = optimum_with_interval(boot)
+        if method == LAW_METHOD:
+            curve.signal = signal_test(boot)
+
+
 def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> Law:
+    """The cells that pass the rules of docs/statistics.md, the fits over them, and their validation."""
     points, excluded = [], []
     for c in curves:
         if c.method != LAW_METHOD or c.ratio is None:
@@ -132,14 +185,21 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
             excluded.append({"model": c.model, "task": c.task, "ratio": c.ratio,
                              "reason": "fewer than two learning rates with a result"})
             continue
+        o = c.optimum
         point = {
-            "model": c.model, "task": c.task, "ratio": c.ratio, "lr": c.optimum.lr, "log10_lr": c.optimum.log10_lr,
-            "se": c.optimum.se, "estimate": c.optimum.kind, "best_grid_lr": c.optimum.best_grid_lr,
-            "seeds": max(len(v) for v in c.dev.values()), "grid": sorted(c.dev),
+            "model": c.model, "task": c.task, "ratio": c.ratio, "lr": o.lr, "log10_lr": o.log10_lr, "se": o.se,
+            "interval": [10 ** o.interval[0], 10 ** o.interval[1]], "estimate": o.kind,
+            "best_grid_lr": o.best_grid_lr, "edge_share": o.edge_fraction, "resampled": o.source,
+            "seeds": max(len(v) for v in c.dev.values()), "grid": sorted(lr for lr in c.dev if lr is not None),
+            "signal": c.signal.to_dict() if c.signal else None,
         }
-        if c.optimum.at_edge:
-            side = "upper" if c.optimum.kind == "edge-high" else "lower"
+        if o.at_edge:
+            side = "upper" if o.kind == "edge-high" else "lower"
             excluded.append({**point, "reason": f"best LR at the grid's {side} edge"})
+        elif c.signal is not None and not c.signal.passed:
+            excluded.append({**point, "reason": f"signal test failed: best LR beats the {c.signal.reference} by "
+                                                f"{c.signal.difference * 100:+.1f} points, p = {c.signal.p_value:.3f} "
+                                                f">= {c.signal.level}"})
         else:
             points.append(point)
     fits: dict[str, Fit] = {}
@@ -149,8 +209,7 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
             fits[model] = fit_law(mine, bootstrap=bootstrap, seed=seed)
         except RmaskError:
             ratios = len({p["ratio"] for p in mine})
-            notes.append(f"no law for {model}: optimal LRs (interior to the grid) at {ratios} ratio(s); "
-                         "two or more are needed")
+            notes.append(f"no law for {model}: cells that pass the rules at {ratios} ratio(s); two or more are needed")
     by_task: dict[str, Fit] = {}
     for model, task in sorted({(p["model"], p["task"]) for p in points}):
         mine = [p for p in points if (p["model"], p["task"]) == (model, task)]
@@ -160,11 +219,26 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
         pooled = fit_law(points, bootstrap=bootstrap, seed=seed)
     except RmaskError:
         pooled = None
-        notes.append("no pooled law: optimal LRs (interior to the grid) at fewer than two ratios")
-    data = {"points": points, "excluded": excluded, "bootstrap": {"samples": bootstrap, "seed": seed},
-            "estimator": "quadratic in log10(lr) through the best-dev LR and its neighbours (mean over seeds); "
-                         "se combines seed noise and grid spacing / sqrt(12); edge optima are excluded"}
-    return Law(pooled=pooled, models=fits, method=LAW_METHOD, data=data, tasks=by_task)
+    try:
+        shared = fit_shared(points)
+    except RmaskError:
+        shared = None
+        notes.append("no law: no (model, task) has cells that pass the rules at two or more ratios")
+    measured = {(c.model, c.task, c.ratio): c.means for c in curves
+                if c.method == LAW_METHOD and c.ratio is not None and len(c.means[0]) >= 2}
+    tasks_out, ratios_out = leave_one_task_out(points, measured), leave_one_ratio_out(points, measured)
+    data = {
+        "points": points, "excluded": excluded, "bootstrap": {"samples": bootstrap, "seed": seed},
+        "estimator": "quadratic in log10(lr) through the best mean-dev LR and its neighbours (mean over seeds); "
+                     "interval: percentile bootstrap over seeds and dev examples, paired across LRs; "
+                     "se adds the grid spacing / sqrt(12)",
+        "signal_test": f"max-type paired bootstrap test that some LR beats the frozen model (else the smallest LR) "
+                       f"on dev, one-sided, level {SIGNAL_LEVEL} (docs/statistics.md)",
+        "validation": {"leave_one_task_out": tasks_out, "leave_one_ratio_out": ratios_out,
+                       "summary": {"leave_one_task_out": summarize_validation(tasks_out),
+                                   "leave_one_ratio_out": summarize_validation(ratios_out)}},
+    }
+    return Law(pooled=pooled, models=fits, method=LAW_METHOD, data=data, tasks=by_task, shared=shared)
 
 
 def _rows(curves: list[Curve], trials: list[Trial]) -> list[Row]:
@@ -273,6 +347,7 @@ def summarize(trials: list[Trial], experiment: str, tracking_uri: str, *, unread
         if t.status in TERMINAL:
             usable[(t.model, t.task, t.method, t.ratio)].append(t)
     curves = {key: _curve(key, group) for key, group in usable.items()}
+    _cell_statistics(curves, bootstrap, seed)
     tasks = sorted({t.task for t in trials})
     notes += _missing(trials, curves, tasks)
     law = _law(list(curves.values()), notes, bootstrap, seed)

@@ -12,6 +12,12 @@ from ray.tune import Callback
 from rmask_tune.sweep.results import describe, trial_status
 from rmask_tune.sweep.tracking import SweepTracker
 
+# Trial settings logged as MLflow params next to the swept ones (a task's own settings show here).
+CONFIG_PARAMS = (
+    "epochs", "train_examples", "dev_examples", "test_examples", "batch_size", "grad_accum", "objective", "scoring",
+    "max_length", "head_lr",
+)  # fmt: skip
+
 
 class MlflowCallback(Callback):
     """Logs every trial to its own MLflow run under the sweep's parent run, from the driver."""
@@ -56,12 +62,14 @@ class MlflowCallback(Callback):
 
     def _run(self, trial) -> str:
         from rmask_tune.tasks import get_task
+        from rmask_tune.trainer.config import TrialConfig
 
         point, settings = trial.config["trial"], trial.config["settings"]
+        config = TrialConfig.from_dict({**settings, **{key: value for key, value in point.items() if value is not None}})
         params = {
             **{key: "none" if point.get(key) is None else point[key] for key in ("model", "task", "method", "ratio", "lr", "seed")},
             "density": "none",
-            **{key: settings[key] for key in ("epochs", "train_examples", "dev_examples", "test_examples")},
+            **{key: getattr(config, key) for key in CONFIG_PARAMS},
             "metric": get_task(point["task"]).metric,
         }
         return self.tracker.trial_run(trial.trial_id, describe(point), params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 from rmask_tune.sweep.space import SweepSpace
@@ -142,7 +143,10 @@ def print_summary(rows: list[dict], space: SweepSpace, tracker, stream, timing: 
               f"`rmask-tune sweep {space.source} --resume`", file=stream)
     print(f"Tune folder: {space.storage / 'tune'}", file=stream)
     print(f"trial outputs: {space.storage / 'trials'}", file=stream)
-    print(f"MLflow store: {tracker.tracking_uri} (experiment '{tracker.experiment}'; browse: rmask-tune ui {space.source})", file=stream)
+    print(f"MLflow store: {tracker.tracking_uri} (experiment '{tracker.experiment}')", file=stream)
+    source = shlex.quote(str(space.source))
+    print(f"next: rmask-tune report {source}   (tables, the LR law and its plots in reports/{tracker.experiment}/)", file=stream)
+    print(f"      rmask-tune ui {source}       (browse the runs in the MLflow UI)", file=stream)
 
 
 def _last_line(error: BaseException) -> str:

@@ -1,8 +1,9 @@
 """Search-space files: the YAML schema, its validation, and the trials a file describes.
 
 A file names models, tasks, methods (each with its own ratio and learning-rate grids), seeds, the
-training and data settings every trial shares (TrialConfig fields), the search (``grid`` or
-``optuna``), the early-stopping scheduler, per-trial resources, and where results and MLflow runs go.
+training and data settings every trial shares (TrialConfig fields), the settings a task overrides
+(``task_settings``, e.g. a smaller batch for long inputs), the search (``grid`` or ``optuna``), the
+early-stopping scheduler, per-trial resources, and where results and MLflow runs go.
 Everything is checked before Ray starts; a problem is one RmaskError that names the field and its line.
 """
 
@@ -31,6 +32,8 @@ from rmask_tune.sweep.yaml_lines import dotted, locate, read_yaml
 # TrialConfig fields a sweep sets per trial, or in the ``data`` section, rather than in ``training``.
 SWEPT_FIELDS = ("model", "task", "method", "ratio", "density", "lr", "seed", "method_options")
 DATA_FIELDS = ("data_dir", "train_examples", "dev_examples", "test_examples")
+# Settings every trial of a sweep shares, which ``task_settings`` cannot override.
+SWEEP_WIDE_FIELDS = ("epochs", "data_dir")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -179,6 +182,7 @@ class SweepFile(_Strict):
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     training: dict[str, Any] = Field(default_factory=dict)
     data: DataSettings = Field(default_factory=DataSettings)
+    task_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     search: Annotated[Union[GridSearch, OptunaSearch], Field(discriminator="type")] = Field(
         default_factory=GridSearch
     )
@@ -201,6 +205,7 @@ class Cell:
     method: str
     ratio: float | None
     lrs: tuple[float, ...]  # empty for a method without a learning rate
+    settings: tuple[tuple[str, Any], ...] = ()  # task_settings and method_options, as (key, value) pairs
 
 
 @dataclass
@@ -246,6 +251,10 @@ class SweepSpace:
             "test_examples": data.test_examples,
         }
 
+    def task_settings(self, task: str) -> dict:
+        """The settings ``task`` overrides (its ``task_settings`` entry; empty when it has none)."""
+        return dict(self.file.task_settings.get(task, {}))
+
     def lr_grid(self, model: str, method: str, ratio: float | None) -> tuple[float, ...]:
         """The learning rates of one cell: the method's grid, or the law's narrow grid for the law's method."""
         from rmask_tune.law import narrow_grid
@@ -254,10 +263,15 @@ class SweepSpace:
             return tuple(narrow_grid(self.law, ratio, model if model in self.law.models else None))
         return tuple(self.file.methods[method].lrs(ratio) or ())
 
+    def cell_settings(self, task: str, method: str) -> tuple[tuple[str, Any], ...]:
+        """A cell's own trial settings: its task's ``task_settings`` and its method's ``options``."""
+        options = self.file.methods[method].options
+        return tuple({**self.task_settings(task), **({"method_options": dict(options)} if options else {})}.items())
+
     def cells(self) -> list[Cell]:
         """Every model x task x method x ratio, in file order."""
         return [
-            Cell(model, task, method, ratio, self.lr_grid(model, method, ratio))
+            Cell(model, task, method, ratio, self.lr_grid(model, method, ratio), self.cell_settings(task, method))
             for model in self.file.models
             for task in self.file.tasks
             for method, grid in self.file.methods.items()
@@ -310,12 +324,13 @@ class SweepSpace:
         return next((section for section in saved if saved[section] != current.get(section)), None)
 
 
-FINGERPRINT_KEYS = ("models", "tasks", "methods", "seeds", "training", "data", "search", "scheduler")
+FINGERPRINT_KEYS = ("models", "tasks", "methods", "seeds", "training", "data", "task_settings", "search", "scheduler")
 
 
 def trial_point(cell: Cell, lr: float | None, seed: int) -> dict:
-    """What sets one trial apart from the others of its sweep."""
-    return {"model": cell.model, "task": cell.task, "method": cell.method, "ratio": cell.ratio, "lr": lr, "seed": seed}
+    """What sets one trial apart from the others of its sweep (its task's own settings included)."""
+    point = {"model": cell.model, "task": cell.task, "method": cell.method, "ratio": cell.ratio, "lr": lr, "seed": seed}
+    return {**point, **dict(cell.settings)}
 
 
 class _Invalid(Exception):
@@ -392,6 +407,7 @@ def _check(space: SweepSpace) -> None:
     for method, grid in sweep.methods.items():
         _check_method(method, grid)
     _check_training(sweep.training)
+    sweep.task_settings = _check_task_settings(sweep.task_settings, sweep.tasks)
     max_epochs = getattr(sweep.scheduler, "max_epochs", None)
     epochs = sweep.training.get("epochs")
     if max_epochs is not None and epochs is not None and int(epochs) != max_epochs:
@@ -403,13 +419,27 @@ def _check(space: SweepSpace) -> None:
         raise _Invalid(("scheduler", "grace_period"), f"is more than the {space.epochs} epochs a trial trains")
     if sweep.mlflow.tracking_uri is not None and not sweep.mlflow.tracking_uri.strip():
         raise _Invalid(("mlflow", "tracking_uri"), "must not be empty")
+    for task in sweep.tasks:
+        _check_task_trials(space, task)
+
+
+def _check_task_trials(space: SweepSpace, task: str) -> None:
+    """A task's first trial is a valid TrialConfig, and its objective suits the task."""
+    from rmask_tune.tasks import get_task
     from rmask_tune.trainer.config import TrialConfig
 
-    for point in space.grid_trials()[:1]:
-        try:
-            TrialConfig.from_dict(space.trial_config(point))
-        except RmaskError as error:
-            raise _Invalid(("training",), str(error)) from None
+    own = space.task_settings(task)
+    cell = next(c for c in space.cells() if c.task == task)
+    point = trial_point(cell, cell.lrs[0] if cell.lrs else None, space.file.seeds[0])
+    try:
+        config = TrialConfig.from_dict(space.trial_config(point))
+    except RmaskError as error:
+        raise _Invalid(("task_settings", task) if own else ("training",), str(error)) from None
+    if get_task(task).kind == "generation" and config.objective == "classification":
+        where = ("task_settings", task, "objective") if "objective" in own else ("training", "objective")
+        raise _Invalid(
+            where, f"{task} is a generation task, which trains on the LM loss: give it objective lm in task_settings"
+        )
 
 
 def _check_model(index: int, name: str) -> str:
@@ -484,9 +514,45 @@ def _check_training(training: dict) -> None:
             raise _Invalid(where, f"'{key}' belongs in the data section")
         if key not in known:
             raise _Invalid(where, f"unknown training setting '{key}' (known: {', '.join(known)})")
+        _check_setting(where, key, value)
+
+
+def _check_task_settings(task_settings: dict, tasks: list[str]) -> dict:
+    """Each task's overrides checked key by key; the mapping keyed by the tasks' canonical names."""
+    from rmask_tune.tasks import get_task
+    from rmask_tune.trainer.config import TrialConfig
+
+    known = [f for f in TrialConfig.__dataclass_fields__ if f not in SWEPT_FIELDS + SWEEP_WIDE_FIELDS]
+    resolved = {}
+    for name, settings in task_settings.items():
+        where = ("task_settings", name)
         try:
-            TrialConfig(model="m", task="t", method="full", **{key: value})
+            task = get_task(name).name
         except RmaskError as error:
             raise _Invalid(where, str(error)) from None
-        except TypeError:
-            raise _Invalid(where, f"invalid value {value!r}") from None
+        if task not in tasks:
+            raise _Invalid(where, f"task '{task}' is not in this file's tasks ({', '.join(tasks)})")
+        if task in resolved:
+            raise _Invalid(where, f"task '{task}' has settings twice")
+        for key, value in settings.items():
+            if key in SWEPT_FIELDS:
+                raise _Invalid(where + (key,), f"'{key}' is swept: set it in models / tasks / methods / seeds")
+            if key in SWEEP_WIDE_FIELDS:
+                raise _Invalid(where + (key,), f"'{key}' is the same for every task: set it in training or data")
+            if key not in known:
+                raise _Invalid(where + (key,), f"unknown task setting '{key}' (known: {', '.join(known)})")
+            _check_setting(where + (key,), key, value)
+        resolved[task] = settings
+    return resolved
+
+
+def _check_setting(where: tuple, key: str, value: Any) -> None:
+    """One TrialConfig setting on its own, so an error names its key."""
+    from rmask_tune.trainer.config import TrialConfig
+
+    try:
+        TrialConfig(model="m", task="t", method="full", **{key: value})
+    except RmaskError as error:
+        raise _Invalid(where, str(error)) from None
+    except TypeError:
+        raise _Invalid(where, f"invalid value {value!r}") from None

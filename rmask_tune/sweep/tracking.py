@@ -1,13 +1,15 @@
 """MLflow bookkeeping of a sweep: one parent run per sweep, one nested run per trial.
 
-Runs are found again by their tags (``rmask.sweep_id`` on the parent, ``rmask.trial_id`` on a trial),
-so a resumed sweep, a retried trial or a second call for the same trial reuses its run instead of
-creating another. Everything goes through ``MlflowClient`` with explicit run ids: concurrent trials
+A trial's run holds metrics.json and examples.json (its per-example results, see
+``rmask_tune.tasks.results``) as artifacts. Runs are found again by their tags (``rmask.sweep_id`` on
+the parent, ``rmask.trial_id`` on a trial), so a resumed sweep, a retried trial or a second call for
+the same trial reuses its run instead of creating another. Everything goes through ``MlflowClient`` with explicit run ids: concurrent trials
 never share the fluent API's global active run.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import urllib.error
@@ -15,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.sweep.mlflow_view import mark_experiment
 
 # Metrics of the final report, logged once per trial (step = its last epoch).
 FINAL_METRICS = (
@@ -61,13 +64,16 @@ class SweepTracker:
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.logged_epochs: dict[str, int] = {}  # trial id -> last epoch already in MLflow
         self.sized: set[str] = set()  # trial ids whose runs hold TRIAL_PARAMS
+        self.examples: dict = {}  # trial id -> its per-example results so far (an ExampleLog)
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks with the experiment; the client and run ids are found again on load.
-        return {**self.__dict__, "_client": None, "experiment_id": None, "parent_id": None, "runs": {}, "logged_epochs": {}, "sized": set()}
+        return {**self.__dict__, "_client": None, "experiment_id": None, "parent_id": None, "runs": {},
+                "logged_epochs": {}, "sized": set(), "examples": {}}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"sized": set(), **state})  # trackers pickled before ``sized`` existed
+        # trackers pickled before ``sized`` or ``examples`` existed
+        self.__dict__.update({"sized": set(), "examples": {}, **state})
 
     @property
     def client(self):
@@ -88,6 +94,7 @@ class SweepTracker:
             local = self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
             location = self.artifact_root.as_uri() if local else None
             self.experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+            mark_experiment(self.client, self.experiment_id)  # the MLflow UI opens it on its runs
         else:
             self.experiment_id = experiment.experiment_id
         found = self._search(f"tags.`rmask.role` = 'sweep' and tags.`rmask.sweep_id` = '{self.sweep_id}'")
@@ -164,7 +171,10 @@ class SweepTracker:
         self.client.set_terminated(run_id, status="KILLED")
 
     def log_epoch(self, trial_id: str, result: dict) -> None:
-        """One epoch's train loss and dev metric (step = epoch), unless that epoch is already logged."""
+        """One epoch's train loss and dev metric (step = epoch), unless that epoch is already logged;
+        its per-example results (``examples_part``) join the run's examples.json."""
+        if "examples_part" in result:
+            self.log_examples_part(trial_id, result["examples_part"])
         epoch = int(result.get("epoch", 0))
         if epoch < 1 or epoch <= self.logged_epochs.get(trial_id, 0):
             return
@@ -177,8 +187,22 @@ class SweepTracker:
             self._log(self.runs[trial_id], params=sizes)
             self.sized.add(trial_id)
 
+    def log_examples_part(self, trial_id: str, text: str) -> None:
+        """Merge per-example results a trial reported into those held for it, and rewrite its run's
+        examples.json once every evaluation held has its examples (a trial run again resends them)."""
+        from rmask_tune.tasks.results import EXAMPLES_FILE, ExampleLog
+
+        part = ExampleLog.from_dict(json.loads(text))
+        held = self.examples.setdefault(trial_id, part)
+        if held is not part:
+            held.merge(part)
+        if held.complete:
+            text = json.dumps(held.to_dict(), separators=(",", ":"))
+            self.client.log_text(self.runs[trial_id], text, EXAMPLES_FILE)
+
     def finish_trial(self, trial_id: str, status: str, result: dict, error_file: Path | None = None) -> None:
-        """The final metrics, status tag, metrics.json and error file of a trial that ended; its run ends."""
+        """The final metrics, status tag, metrics.json, examples.json and error file of a trial that ended;
+        its run ends."""
         run_id = self.runs[trial_id]
         final = {key: result[key] for key in FINAL_METRICS if key in result}
         final["epochs_completed"] = result.get("epoch", 0)
@@ -188,6 +212,11 @@ class SweepTracker:
         self._log(run_id, metrics=final, step=int(result.get("epoch", 0)), tags={"rmask.status": status})
         if "metrics_json" in result:
             self.client.log_text(run_id, result["metrics_json"], "metrics.json")
+        if "examples_json" in result:
+            from rmask_tune.tasks.results import EXAMPLES_FILE
+
+            self.client.log_text(run_id, result["examples_json"], EXAMPLES_FILE)
+        self.examples.pop(trial_id, None)
         if error_file is not None and error_file.is_file():
             self.client.log_artifact(run_id, str(error_file))
         self.client.set_terminated(run_id, status="FAILED" if status == "errored" else "FINISHED")

@@ -2,10 +2,11 @@
 
 A trial writes into ``<storage>/trials/<trial id>``. Its last epoch is reported only after
 ``run_trial`` has returned, so metrics.json is on disk before Tune (or ASHA) can end the trial; that
-report carries the test metric and metrics.json's text (for MLflow, which logs from the driver, maybe
-on another node). A trial whose metrics.json already exists finished in an earlier,
-interrupted session (Tune had not saved that yet): it replays its epochs from the file instead of
-training again.
+report carries the test metric and the text of metrics.json and examples.json (for MLflow, which logs
+from the driver, maybe on another node). Every earlier epoch's report carries that epoch's per-example
+dev results (``examples_part``), so a trial ASHA stops keeps them too. A trial whose metrics.json
+already exists finished in an earlier, interrupted session (Tune had not saved that yet): it replays
+its epochs from the file instead of training again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+from rmask_tune.tasks.results import EXAMPLES_FILE
 
 # Per-epoch record keys that go to Tune as they are (numbers, and the precision's name); the rest is left out.
 _EPOCH_KEYS = ("epoch", "train_loss", "dev_metric", "diverged", "step_time_s", "elapsed_s", "trainable_params",
@@ -39,7 +42,7 @@ def run_tune_trial(config: dict) -> None:
         result = json.loads(saved.read_text())
         for record in result["epochs"][:-1]:
             reporter(record)
-        reporter.finish(result, replayed=True, metrics_json=saved.read_text())
+        reporter.finish(result, replayed=True, metrics_json=saved.read_text(), **examples_json(output))
         return
     output.mkdir(parents=True, exist_ok=True)
     rss = release_memory()
@@ -51,7 +54,13 @@ def run_tune_trial(config: dict) -> None:
     reporter = EpochReporter(tune.report, CACHE.stats)
     with CACHE.installed():
         result = run_trial({**config["settings"], **trial}, hooks=[reporter], output_dir=output, overwrite=True)
-    reporter.finish(result, replayed=False, metrics_json=saved.read_text())
+    reporter.finish(result, replayed=False, metrics_json=saved.read_text(), **examples_json(output))
+
+
+def examples_json(output: Path) -> dict:
+    """``examples_json``: the text of the trial's examples.json, when it wrote one."""
+    path = output / EXAMPLES_FILE
+    return {"examples_json": path.read_text()} if path.is_file() else {}
 
 
 def release_memory() -> int | None:
@@ -82,17 +91,29 @@ class EpochReporter:
 
     ``loading()`` gives the model cache's counters and ``load_s``, the seconds spent loading the model
     and tokenizer; every report carries them, and ``compute_s``: the trial's time so far less ``load_s``
-    (NaN for a replayed trial, which computed nothing).
+    (NaN for a replayed trial, which computed nothing). An epoch's report also carries, as
+    ``examples_part`` (JSON text), the per-example results not reported before, with the examples of
+    each split the first time it appears.
     """
 
     def __init__(self, report, loading):
         self.report = report
         self.loading = loading
         self.best = -math.inf
+        self.sent_evaluations = 0
+        self.sent_splits: set[str] = set()
 
     def __call__(self, record: dict) -> None:
-        if not record.get("final"):
-            self.report(self.metrics(record))
+        if record.get("final"):
+            return
+        metrics = self.metrics(record)
+        examples = record.get("examples")
+        if examples is not None and len(examples.evaluations) > self.sent_evaluations:
+            part = examples.since(self.sent_evaluations, self.sent_splits)
+            metrics["examples_part"] = json.dumps(part.to_dict(), separators=(",", ":"))
+            self.sent_evaluations = len(examples.evaluations)
+            self.sent_splits |= set(part.splits)
+        self.report(metrics)
 
     def metrics(self, record: dict) -> dict:
         """What Tune gets for an epoch; ``dev_metric`` is always there (NaN when the trial has none yet)."""

@@ -1,4 +1,4 @@
-"""The task registry: the paper's eleven NLP tasks and CIFAR-10, looked up by name."""
+"""The task registry: the paper's eleven NLP tasks and its five image tasks, looked up by name."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.tasks import metrics, sources, templates
 from rmask_tune.tasks.base import ChoiceExample, Example, TaskKind, TaskSplits
 from rmask_tune.tasks.data import Source, load_pools, sample_splits
-from rmask_tune.tasks.images import CIFAR10_SOURCE, image_example
+from rmask_tune.tasks.images import IMAGE_DATASETS, ImageDataset, image_example
 
 Render = Callable[[dict[str, Any], str], "Example | list[Example]"]
 Scorer = Callable[[Sequence[Example], Sequence[Any]], dict[str, float]]
@@ -23,7 +23,9 @@ class Task:
     """One benchmark task: how it is read, rendered into examples, sampled and scored.
 
     ``metric`` is the primary key of :meth:`evaluate`; ``num_labels`` is the size of a fixed label
-    set (a classification head's width), None when candidates vary per example.
+    set (a classification head's width), None when candidates vary per example. Image tasks name their
+    classes in ``class_names`` and the prompt a zero-shot head reads each with (``class_prompt``, ``{}`` for
+    the name).
     """
 
     name: str
@@ -34,6 +36,8 @@ class Task:
     source: Source = field(repr=False)
     scorer: Scorer = field(repr=False)
     weight: Callable[[dict[str, Any]], int] | None = field(default=None, repr=False)
+    class_names: tuple[str, ...] = field(default=(), repr=False)
+    class_prompt: str = field(default="", repr=False)
 
     def load_splits(
         self,
@@ -98,6 +102,13 @@ def _generation(name, render, source) -> Task:
     return Task(name, "generation", "f1", None, render, source, metrics.generation_scores)
 
 
+def _image(dataset: ImageDataset) -> Task:
+    return Task(
+        dataset.name, "image", "accuracy", len(dataset.classes), image_example, dataset.source(),
+        metrics.accuracy_scores, class_names=dataset.classes, class_prompt=dataset.prompt,
+    )  # fmt: skip
+
+
 _ALL = [
     _choice("SST-2", templates.sst2, sources.sst2(), 2),
     _choice("RTE", templates.rte, sources.superglue("RTE", "rte"), 2),
@@ -124,7 +135,7 @@ _ALL = [
     ),
     _generation("SQuAD", templates.squad, sources.squad()),
     _generation("DROP", templates.drop, sources.drop()),
-    Task("CIFAR-10", "image", "accuracy", 10, image_example, CIFAR10_SOURCE, metrics.accuracy_scores),
+    *(_image(dataset) for dataset in IMAGE_DATASETS),
 ]
 
 TASKS: dict[str, Task] = {task.name: task for task in _ALL}

@@ -17,6 +17,7 @@ from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.tasks.base import ChoiceExample, GenerationExample
+from rmask_tune.trainer.config import SCORINGS
 
 
 @dataclass(frozen=True)
@@ -110,15 +111,20 @@ class CausalLM:
 
 
 class CausalChoice:
-    """Choice tasks on a causal LM: the prediction is the candidate with the highest summed log-likelihood.
+    """Choice tasks on a causal LM: the prediction is the candidate with the highest score.
 
-    When every candidate is a single token, one forward of the bare context scores them all (the
-    log-probabilities of the candidate tokens at its last position).
+    A candidate's score is the ``mean`` log-probability of its tokens given the context (the paper's
+    scoring), or their ``sum`` (``scoring="sum"``). When every candidate is a single token the two are
+    equal, and one forward of the bare context scores them all (the log-probabilities of the candidate
+    tokens at its last position).
     """
 
-    def __init__(self, lm: CausalLM, objective: str):
+    def __init__(self, lm: CausalLM, objective: str, scoring: str = "mean"):
+        if scoring not in SCORINGS:
+            raise RmaskError(f"unknown scoring '{scoring}'; choose one of {', '.join(SCORINGS)}")
         self.lm = lm
         self.objective = objective
+        self.scoring = scoring
 
     def encode(self, example: ChoiceExample) -> ChoiceItem:
         """Token ids of the context (cut from the left to fit the longest candidate) and the candidates."""
@@ -138,7 +144,7 @@ class CausalChoice:
         return -logprobs.sum() / lengths.sum()
 
     def scores(self, model: nn.Module, items: list[ChoiceItem]) -> list[torch.Tensor]:
-        """Each item's candidate scores (summed log-likelihoods)."""
+        """Each item's candidate scores (mean or summed log-likelihoods, as ``scoring`` says)."""
         if all(len(c) == 1 for item in items for c in item.candidates):
             return self.single_token_scores(model, items)
         return self.general_scores(model, items)
@@ -151,8 +157,9 @@ class CausalChoice:
     def general_scores(self, model: nn.Module, items: list[ChoiceItem]) -> list[torch.Tensor]:
         """Every (context, candidate) pair scored as one sequence."""
         pairs = [(item.context, c) for item in items for c in item.candidates]
-        logprobs, _ = self.lm.continuation_logprobs(model, [p[0] for p in pairs], [p[1] for p in pairs])
-        return list(logprobs.split([len(item.candidates) for item in items]))
+        logprobs, lengths = self.lm.continuation_logprobs(model, [p[0] for p in pairs], [p[1] for p in pairs])
+        scores = logprobs / lengths if self.scoring == "mean" else logprobs
+        return list(scores.split([len(item.candidates) for item in items]))
 
     def predict(self, model: nn.Module, items: list[ChoiceItem], batch_size: int, advance=no_progress) -> list[int]:
         """The best candidate's index per item; forwards carry at most ``batch_size`` sequences.

@@ -1,12 +1,16 @@
-"""Models with a classification head: encoders reading a text pair, and image classifiers."""
+"""Models with a classification head: encoders reading a text pair, image classifiers, and CLIP's zero-shot
+image classifier (a frozen head of class-name text embeddings)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rmask_tune.errors import RmaskError
 from rmask_tune.tasks.base import ChoiceExample, ImageExample
 from rmask_tune.trainer.causal import chunks, no_progress
 
@@ -63,26 +67,59 @@ class SequenceClassifier(Classifier):
         return {key: value.to(self.device) for key, value in encoded.items()}
 
 
-class ImageClassifier(Classifier):
-    """Images scaled to [0, 1], resized to the model's input size and normalized by ``mean`` / ``std``."""
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How images become pixel values: scaled to [0, 1], resized to ``size`` x ``size`` (squashed, or with
+    ``center_crop`` the short side scaled to ``size`` and the centre cut out), normalized by ``mean`` / ``std``.
 
-    def __init__(self, size: int, mean, std, device):
-        self.size = size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.device = device
+    ``interpolation`` is a ``torch.nn.functional.interpolate`` mode (``bilinear`` or ``bicubic``).
+    """
 
-    def inputs(self, items: list[ImageExample]) -> dict[str, torch.Tensor]:
-        pixels = torch.from_numpy(np.stack([item.image for item in items])).permute(0, 3, 1, 2).float() / 255
-        if pixels.shape[-2:] != (self.size, self.size):
-            pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", antialias=True)
-        return {"pixel_values": ((pixels - self.mean) / self.std).to(self.device)}
+    size: int
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    center_crop: bool = False
+    interpolation: str = "bilinear"
+
+    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
+        """(N, 3, size, size) float32 pixel values from HxWx3 uint8 images (sizes may differ)."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        pixels = torch.cat([self.resize(torch.from_numpy(image).permute(2, 0, 1)[None] / 255) for image in images])
+        return (pixels - mean) / std
+
+    def resize(self, pixels: torch.Tensor) -> torch.Tensor:
+        height, width = pixels.shape[-2:]
+        if self.center_crop:
+            scale = self.size / min(height, width)
+            target = (max(self.size, round(height * scale)), max(self.size, round(width * scale)))
+        else:
+            target = (self.size, self.size)
+        if (height, width) != target:
+            pixels = F.interpolate(pixels, size=target, mode=self.interpolation, antialias=True).clamp(0, 1)
+        top, left = (target[0] - self.size) // 2, (target[1] - self.size) // 2
+        return pixels[..., top : top + self.size, left : left + self.size]
 
 
-def image_normalization(model_name: str, is_tiny: bool) -> tuple[list[float], list[float]]:
-    """The mean and std the checkpoint's image processor uses; 0.5 (ViT's convention) for random-init models."""
-    default = ([0.5] * 3, [0.5] * 3)
-    if is_tiny:
+def image_preprocessing(model_name: str, model: nn.Module) -> ImagePreprocessing:
+    """The preprocessing of ``model_name``'s image processor, at the model's input size.
+
+    Random-init models: CLIP's published mean/std with its bicubic resize and centre crop for CLIP
+    (the defaults of transformers' CLIPImageProcessor), else 0.5 (ViT's convention) with a bilinear resize.
+    A checkpoint without an image processor gets the same as its random-init counterpart.
+    """
+    from rmask_tune.models import TINY_CONFIGS, ZERO_SHOT_IMAGE_TYPES
+
+    config = model.config
+    is_clip = config.model_type in ZERO_SHOT_IMAGE_TYPES
+    size = (config.vision_config if is_clip else config).image_size
+    if is_clip:
+        from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+        default = ImagePreprocessing(size, tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD), True, "bicubic")
+    else:
+        default = ImagePreprocessing(size)
+    if model_name in TINY_CONFIGS:
         return default
     import transformers
 
@@ -92,7 +129,87 @@ def image_normalization(model_name: str, is_tiny: bool) -> tuple[list[float], li
         processor = transformers.AutoImageProcessor.from_pretrained(resolve_model_path(model_name))
     except (OSError, ValueError):
         return default
-    return list(processor.image_mean), list(processor.image_std)
+    return ImagePreprocessing(
+        size,
+        tuple(processor.image_mean),
+        tuple(processor.image_std),
+        bool(getattr(processor, "do_center_crop", False)),
+        "bicubic" if int(getattr(processor, "resample", 2)) == 3 else "bilinear",  # PIL's BICUBIC is 3
+    )
+
+
+class ImageClassifier(Classifier):
+    """An image classifier reading images through ``preprocess``."""
+
+    def __init__(self, preprocess: ImagePreprocessing, device):
+        self.preprocess = preprocess
+        self.device = device
+
+    def inputs(self, items: list[ImageExample]) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.preprocess([item.image for item in items]).to(self.device)}
+
+
+class ZeroShotImageClassifier(ImageClassifier):
+    """CLIP's zero-shot classifier as a frozen head: ``scale * normalize(image) @ normalize(text)^T``.
+
+    The text embeddings of the class prompts (``prompt`` with ``{}`` replaced by each class name) and the
+    scale (CLIP's learned temperature) are computed once, from the model as it is at construction, and kept
+    fixed; only the image embeddings move with training.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, class_names, prompt: str, preprocess: ImagePreprocessing, device):
+        super().__init__(preprocess, device)
+        vocab = model.config.text_config.vocab_size
+        if len(tokenizer) > vocab:
+            raise RmaskError(f"the tokenizer has {len(tokenizer)} tokens, more than the {vocab} of the text tower")
+        prompts = [prompt.format(name) for name in class_names]
+        encoded = tokenizer(
+            prompts,
+            padding=True,
+            truncation=True,
+            max_length=model.config.text_config.max_position_embeddings,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            text = model.get_text_features(**{key: value.to(device) for key, value in encoded.items()}).pooler_output
+            self.scale = model.logit_scale.exp().item()
+        self.text_embeds = F.normalize(text.float(), dim=-1)
+
+    def logits(self, model: nn.Module, items: list) -> torch.Tensor:
+        image = model.get_image_features(**self.inputs(items)).pooler_output
+        return self.scale * F.normalize(image.float(), dim=-1) @ self.text_embeds.T
+
+
+# The parts of an image-text model that make its zero-shot head: the text tower, its projection, the scale.
+TEXT_SIDE = ("text_model", "text_projection", "logit_scale")
+# Methods whose trainable parameters are read off requires_grad across the whole model (no targets).
+WHOLE_MODEL_METHODS = ("full", "bitfit")
+
+
+def freeze_text_side(setup) -> str | None:
+    """Keep a zero-shot head frozen; a note when this froze something.
+
+    Methods that train every parameter of a kind model-wide (``WHOLE_MODEL_METHODS``) get the text side
+    frozen; a method that was pointed at it is refused, since the head is computed once, before training.
+    """
+    from rmask_tune.masking.targets import count_parameters
+
+    text_side = [
+        (name, param)
+        for name, param in setup.model.named_parameters()
+        if param.requires_grad and set(TEXT_SIDE) & set(name.split("."))
+    ]
+    if not text_side:
+        return None
+    if setup.method not in WHOLE_MODEL_METHODS:
+        raise RmaskError(
+            f"the zero-shot head is frozen, but method '{setup.method}' trains {text_side[0][0]} of the text side: "
+            "choose targets in the vision tower (e.g. 'vision_model\\..*')"
+        )
+    for _, param in text_side:
+        param.requires_grad_(False)
+    setup.trainable_params = count_parameters(setup.model, trainable_only=True)
+    return f"the zero-shot head's text side ({', '.join(TEXT_SIDE)}) stays frozen under {setup.method}"
 
 
 def unfreeze_head(model: nn.Module) -> list[str]:

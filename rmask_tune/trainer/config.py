@@ -10,16 +10,17 @@ from rmask_tune.precision import PRECISIONS
 
 SCHEDULES = ("constant", "linear", "cosine")
 OBJECTIVES = ("lm", "classification")
+SCORINGS = ("mean", "sum")
 DEVICES = ("cpu", "cuda")
-HEADS = ("causal-lm", "sequence-classification", "image-classification")
+HEADS = ("causal-lm", "sequence-classification", "image-classification", "zero-shot-image")
 OPTIMIZERS = ("adamw", "adamw_foreach", "adamw_fused", "sgd", "adafactor")
 
-_FLOATS = ("ratio", "density", "lr", "warmup_ratio", "weight_decay", "divergence_factor")
+_FLOATS = ("ratio", "density", "lr", "head_lr", "warmup_ratio", "weight_decay", "divergence_factor")
 _INTS = (
-    "seed", "data_seed", "mask_seed", "epochs", "batch_size", "eval_batch_size", "grad_accum",
+    "seed", "data_seed", "mask_seed", "epochs", "max_steps", "batch_size", "eval_batch_size", "grad_accum",
     "train_examples", "dev_examples", "test_examples", "max_length", "max_new_tokens",
 )  # fmt: skip
-_AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length", "max_new_tokens")
+_AT_LEAST_ONE = ("epochs", "max_steps", "batch_size", "eval_batch_size", "grad_accum", "max_length", "max_new_tokens")
 _AT_LEAST_ZERO = ("train_examples", "dev_examples", "test_examples")
 
 
@@ -28,10 +29,19 @@ class TrialConfig:
     """One trial. ``seed`` seeds data sampling, the mask and training unless ``data_seed`` / ``mask_seed`` are set.
 
     ``objective`` applies to choice tasks on a causal LM: ``lm`` trains the log-likelihood of the gold
-    continuation, ``classification`` a cross-entropy over the candidates' scores. ``head`` None picks the
-    model head from the task and the model (causal LM for decoders, sequence classification for encoders);
-    ``tokenizer`` None uses the model's own (tiny random-init models borrow one, see ``trial.TINY_TOKENIZERS``).
-    ``train_head`` None trains a classification head next to the method (not for ``none`` or ``full``).
+    continuation, ``classification`` a cross-entropy over the candidates' scores. A candidate's score
+    (for prediction and for ``classification``) is its tokens' ``mean`` log-probability (the paper's) or
+    their ``sum`` (this project's earlier scoring); the two agree on single-token candidates. ``head``
+    None picks the model head from the task and the model (causal LM for decoders, sequence
+    classification for encoders); ``tokenizer`` None uses the model's own (tiny random-init models
+    borrow one, see ``trial.TINY_TOKENIZERS``).
+    ``train_head`` None trains a classification head next to the method (not for ``none`` or ``full``;
+    a ``zero-shot-image`` head, the text embeddings of the class names, stays frozen).
+    Training runs ``epochs`` passes over the training examples, with a dev evaluation after each. With
+    ``max_steps`` it runs exactly that many optimizer steps instead, reshuffling the data on every pass,
+    and ``epochs`` counts evaluation rounds: dev is evaluated after steps ``round(k * max_steps / epochs)``,
+    k = 1..epochs (the best round is kept, and ASHA compares rounds as it compares epochs). The schedule
+    spans all the steps; its warmup is ``round(warmup_ratio * steps)`` (2000 steps, 0.1: 200 steps).
     A trial whose loss is not finite, or whose smoothed loss exceeds ``divergence_factor`` x its first
     loss, stops as diverged. ``precision`` names a policy of ``rmask_tune.precision`` (auto: bf16 on
     CUDA, fp32 on CPU); ``optimizer`` is AdamW (betas 0.9/0.999; torch picks its implementation, or
@@ -49,6 +59,7 @@ class TrialConfig:
     data_seed: int | None = None
     mask_seed: int | None = None
     epochs: int = 5
+    max_steps: int | None = None
     batch_size: int = 8
     eval_batch_size: int | None = None
     grad_accum: int = 1
@@ -61,6 +72,7 @@ class TrialConfig:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     objective: str = "lm"
+    scoring: str = "mean"
     max_length: int = 512
     max_new_tokens: int = 50
     divergence_factor: float = 10.0
@@ -70,6 +82,7 @@ class TrialConfig:
     head: str | None = None
     tokenizer: str | None = None
     train_head: bool | None = None
+    head_lr: float | None = None
     method_options: dict = field(default_factory=dict)
     quiet: bool = False
 
@@ -93,6 +106,11 @@ class TrialConfig:
                 raise RmaskError(f"{name} must not be negative, got {getattr(self, name)}")
         if not self.lr > 0:
             raise RmaskError(f"lr must be positive, got {self.lr}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise RmaskError(f"head_lr must be positive, got {self.head_lr}")
+        if self.max_steps is not None and self.max_steps < self.epochs:
+            rounds = f"epochs ({self.epochs}), its evaluation rounds"
+            raise RmaskError(f"max_steps ({self.max_steps}) must be at least {rounds}")
         if not 0 <= self.warmup_ratio < 1:
             raise RmaskError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not self.divergence_factor > 1:
@@ -100,6 +118,7 @@ class TrialConfig:
         for name, value, choices in (
             ("schedule", self.schedule, SCHEDULES),
             ("objective", self.objective, OBJECTIVES),
+            ("scoring", self.scoring, SCORINGS),
             ("device", self.device, DEVICES + (None,)),
             ("precision", self.precision, PRECISIONS),
             ("optimizer", self.optimizer, OPTIMIZERS),
@@ -133,7 +152,9 @@ class TrialConfig:
         return asdict(self)
 
     def optimizer_steps(self, train_examples: int) -> int:
-        """Optimizer steps over all epochs on ``train_examples`` training examples."""
+        """Optimizer steps over all epochs on ``train_examples`` training examples (``max_steps`` when set)."""
+        if self.max_steps is not None:
+            return self.max_steps
         batches = -(-train_examples // self.batch_size)
         return self.epochs * -(-batches // self.grad_accum)
 

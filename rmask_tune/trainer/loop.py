@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
+from rmask_tune.tasks.results import ExampleLog
 from rmask_tune.trainer.config import TrialConfig
 from rmask_tune.trainer.output import PeakMemory, check_output_dir, write_outputs
 from rmask_tune.trainer.trial import Trial, prepare_trial, resolve_device
@@ -46,16 +48,19 @@ def run_trial(
     """Run one trial and return its result (also written to ``output_dir``/metrics.json when given).
 
     Each hook gets one record per epoch; the last one carries ``final: True`` and the test metric.
-    An ``output_dir`` that already holds files is refused unless ``overwrite``.
+    Every record a hook gets also carries ``examples``: the trial's per-example results so far (an
+    ``ExampleLog``, written to ``output_dir``/examples.json). An ``output_dir`` that already holds
+    files is refused unless ``overwrite``.
     """
     config = TrialConfig.coerce(config)
     output = check_output_dir(output_dir, overwrite)
     started = time.perf_counter()
     memory = PeakMemory(resolve_device(config.device))
     trial = prepare_trial(config)
-    result = TrialRun(trial, list(hooks), started, memory).run()
+    run = TrialRun(trial, list(hooks), started, memory)
+    result = run.run()
     if output is not None:
-        write_outputs(trial, result, output)
+        write_outputs(trial, result, output, run.examples)
     return result
 
 
@@ -80,11 +85,14 @@ class TrialRun:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.diverged = False
         self.step = 0  # optimizer steps so far
+        self.scheduled_lr: float | None = None  # the learning rate the schedule set for the next step
+        task = trial.task
+        self.examples = ExampleLog(task.name, task.metric, task.scorer.name)  # per-example results
 
     def run(self) -> dict:
         """Train (or, for method ``none``, only evaluate), then test the best state; the result."""
         if self.config.method == "none":
-            self.end_epoch(1, None, [], self.trial.evaluate("dev"), last=True)
+            self.end_epoch(1, None, [], self.evaluate("dev", 1), last=True)
         else:
             self.train()
         test = self.finish()
@@ -96,24 +104,39 @@ class TrialRun:
 
         trial, config = self.trial, self.config
         trainable = [p for p in trial.model.parameters() if p.requires_grad]
-        optimizer, scheduler = make_optimizer(config, trainable, config.optimizer_steps(len(trial.items["train"])))
+        optimizer, scheduler = make_optimizer(config, parameter_groups(trial), config.optimizer_steps(len(trial.items["train"])))
         optimizer = trial.accelerator.prepare(optimizer)
         scaler = trial.precision.grad_scaler(trial.device.type)
         generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)  # dropout
         monitor = DivergenceMonitor(config.divergence_factor)
+        rounds = self.rounds(generator)
         for epoch in tqdm(range(1, config.epochs + 1), desc="epochs", disable=config.quiet):
-            losses, times = self.train_epoch(epoch, optimizer, scaler, scheduler, generator, monitor)
+            losses, times = self.train_epoch(epoch, next(rounds), optimizer, scaler, scheduler, monitor)
             self.diverged = self.diverged or not all(bool(torch.isfinite(p).all()) for p in trainable)
             self.step_times += times
             train_loss = statistics.fmean(losses) if losses and all(map(math.isfinite, losses)) else None
             if self.diverged:
                 self.end_epoch(epoch, train_loss, times, None, last=True)
                 return
-            self.end_epoch(epoch, train_loss, times, trial.evaluate("dev"), last=epoch == config.epochs)
+            self.end_epoch(epoch, train_loss, times, self.evaluate("dev", epoch), last=epoch == config.epochs)
 
-    def train_epoch(self, epoch, optimizer, scaler, scheduler, generator, monitor) -> tuple[list[float], list[float]]:
-        """One pass over the shuffled training batches; the losses and the optimizer steps' durations.
+    def rounds(self, generator: torch.Generator) -> Iterator[list[list]]:
+        """The training batches of each epoch: one pass over the data shuffled by ``generator``; with
+        ``max_steps``, that many optimizer steps' batches split into ``epochs`` evaluation rounds (the data
+        reshuffled on every pass; see TrialConfig)."""
+        trial, config = self.trial, self.config
+        if config.max_steps is None:
+            for _ in range(config.epochs):
+                yield list(trial.train_batches(generator))
+            return
+        stream = itertools.chain.from_iterable(trial.train_batches(generator) for _ in itertools.count())
+        ends = [round(k * config.max_steps / config.epochs) for k in range(1, config.epochs + 1)]
+        for start, end in zip([0, *ends], ends):
+            yield list(itertools.islice(stream, (end - start) * config.grad_accum))
+
+    def train_epoch(self, epoch, batches, optimizer, scaler, scheduler, monitor) -> tuple[list[float], list[float]]:
+        """One epoch's training ``batches`` (from ``rounds``); the losses and the optimizer steps' durations.
 
         ``scaler`` is the precision policy's loss scaler (a pass-through except for fp16, where a step whose
         gradients overflowed is skipped and the scale lowered).
@@ -122,7 +145,6 @@ class TrialRun:
 
         trial, accum = self.trial, self.config.grad_accum
         trial.model.train()
-        batches = list(trial.train_batches(generator))
         losses, times = [], []
         tick = time.perf_counter()
         with tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, disable=self.config.quiet) as bar:
@@ -142,6 +164,7 @@ class TrialRun:
                     if trial.setup.on_step_end is not None:
                         trial.setup.on_step_end(self.step)
                     scheduler.step()
+                    self.scheduled_lr = scheduler.get_last_lr()[0]
                     optimizer.zero_grad()
                     times.append(elapsed_since(tick, trial.device))
                     tick = time.perf_counter()
@@ -161,10 +184,12 @@ class TrialRun:
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
+            "extra_loss": self.trial.take_extra_loss(),  # the method's share of train_loss (AdaLoRA's regularizer)
             "dev_metric": self.metric(shown),
             "dev_metrics": shown,
             "diverged": self.diverged,
             "step_time_s": statistics.median(times) if times else None,
+            "scheduled_lr": self.scheduled_lr,
             "elapsed_s": time.perf_counter() - self.started,
             "trainable_params": self.trial.trainable_params,
             "total_params": self.trial.setup.total_params,
@@ -179,7 +204,7 @@ class TrialRun:
         test = None
         if self.best_state is not None:
             restore(self.trial.model, self.best_state)
-            test = self.trial.evaluate("test")
+            test = self.evaluate("test", self.best_epoch)
         last = self.records[-1]
         last.update(
             final=True,
@@ -192,9 +217,16 @@ class TrialRun:
         self.report(last)
         return test
 
+    def evaluate(self, split: str, epoch: int) -> dict[str, float]:
+        """The metrics of ``split`` in the model's current state (that of ``epoch``); its per-example
+        results join ``examples``."""
+        metrics, columns = self.trial.evaluate_examples(split)
+        self.examples.add(split, epoch, [ex.uid for ex in getattr(self.trial.splits, split)], columns)
+        return metrics
+
     def report(self, record: dict) -> None:
         for hook in self.hooks:
-            hook(record)
+            hook({**record, "examples": self.examples})
 
     def metric(self, metrics: dict | None) -> float | None:
         """The task's primary metric in ``metrics``."""
@@ -239,6 +271,20 @@ class TrialRun:
             "config": config.to_dict(),
             "wall_time_s": time.perf_counter() - self.started,
         }
+
+
+def parameter_groups(trial: Trial) -> list:
+    """The trainable parameters; with ``head_lr``, the trained classification head (the trainer's or peft's
+    ``modules_to_save`` copy) in a group of its own at that learning rate."""
+    from rmask_tune.trainer.classifiers import HEAD_NAMES
+
+    named = [(name, p) for name, p in trial.model.named_parameters() if p.requires_grad]
+    if trial.config.head_lr is None:
+        return [p for _, p in named]
+    in_head = [any(part in HEAD_NAMES for part in name.split(".")) for name, _ in named]
+    groups = [{"params": [p for (_, p), h in zip(named, in_head) if not h]},
+              {"params": [p for (_, p), h in zip(named, in_head) if h], "lr": trial.config.head_lr}]
+    return [g for g in groups if g["params"]]
 
 
 def make_optimizer(config: TrialConfig, params: list, total_steps: int):

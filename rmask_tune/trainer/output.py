@@ -1,4 +1,4 @@
-"""What a trial leaves behind: metrics.json and the trained adapter, and its peak-memory measurement."""
+"""What a trial leaves behind: metrics.json, examples.json and the trained adapter, and its peak-memory measurement."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.tasks.results import EXAMPLES_FILE, ExampleLog
 
 # Every file or folder a trial writes into its output folder (replaced by an --overwrite run).
-OUTPUTS = ("metrics.json", "adapter.safetensors", "trainable.safetensors", "adapter")
+OUTPUTS = ("metrics.json", EXAMPLES_FILE, "adapter.safetensors", "trainable.safetensors", "adapter")
 
 
 def check_output_dir(path: str | os.PathLike | None, overwrite: bool) -> Path | None:
@@ -31,8 +32,9 @@ def check_output_dir(path: str | os.PathLike | None, overwrite: bool) -> Path | 
     return path
 
 
-def write_outputs(trial, result: dict, path: Path) -> None:
-    """Save the trained state and metrics.json (written last, atomically) into ``path``.
+def write_outputs(trial, result: dict, path: Path, examples: ExampleLog) -> None:
+    """Save the trained state, the per-example results (examples.json) and metrics.json (written last,
+    atomically) into ``path``.
 
     The previous run's outputs are removed only now, when the new ones are ready to take their place.
     """
@@ -44,11 +46,12 @@ def write_outputs(trial, result: dict, path: Path) -> None:
         elif old.exists():
             old.unlink()
     result["artifacts"], result["artifacts_note"] = save_trained_state(trial, path, result["best_epoch"])
+    write_json_atomic(path / EXAMPLES_FILE, examples.to_dict(), indent=None)
     write_json_atomic(path / "metrics.json", result)
 
 
 def save_trained_state(trial, path: Path, best_epoch: int | None) -> tuple[list[str], str | None]:
-    """The small trained state (the best epoch's): Random Masking adapter, peft adapter, other trainable tensors.
+    """The small trained state (the best epoch's): Random Masking, peft or AdapterHub adapter, other trainable tensors.
 
     Returns the names written and a note on what was deliberately not saved.
     """
@@ -72,11 +75,18 @@ def save_trained_state(trial, path: Path, best_epoch: int | None) -> tuple[list[
     if is_peft:
         model.save_pretrained(path / "adapter")
         written.append("adapter")
+    is_adapterhub = hasattr(model, "adapters_config")  # method adapter: saved in AdapterHub's own format
+    if is_adapterhub:
+        from rmask_tune.methods.adapter_method import ADAPTER_NAME
+
+        model.save_adapter(str(path / "adapter"), ADAPTER_NAME, with_head=False, use_safetensors=True)
+        written.append("adapter")
     # Trainable tensors no adapter format covers: BitFit's biases, a classification head trained alongside.
+    by_library = is_peft or is_adapterhub
     extra = {
         name: param.detach().float().contiguous().cpu()
         for name, param in model.named_parameters()
-        if param.requires_grad and not name.endswith("rmask_values") and (not is_peft or name in trial.head_params)
+        if param.requires_grad and not name.endswith("rmask_values") and (not by_library or name in trial.head_params)
     }
     if extra:
         write_atomic(path / "trainable.safetensors", save(extra))
@@ -84,9 +94,9 @@ def save_trained_state(trial, path: Path, best_epoch: int | None) -> tuple[list[
     return written, None
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict, indent: int | None = 1) -> None:
     """Write ``data`` as JSON; non-finite floats become null (strict JSON has no NaN)."""
-    write_atomic(path, (json.dumps(finite(data), indent=1, allow_nan=False) + "\n").encode())
+    write_atomic(path, (json.dumps(finite(data), indent=indent, allow_nan=False) + "\n").encode())
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -19,7 +19,11 @@ TINY_TOKENIZERS = {
     "tiny-opt": "smollm2-135m",
     "tiny-gpt2": "smollm2-135m",
     "tiny-bert": "minilm-l6",
+    "tiny-clip": "minilm-l6",  # no CLIP tokenizer is available offline; tiny-clip's text tower is sized for this one
 }
+# The weights an image task adapts when the config names none: the MLP layers (the paper's ViT setting);
+# under a zero-shot head only the image tower's (CLIP's text tower makes the frozen head).
+IMAGE_TARGETS = {"image-classification": "mlp", "zero-shot-image": r"vision_model\..*\.mlp\.fc[12]"}
 # Settings a TrialConfig forwards to the methods that accept them.
 _METHOD_SETTINGS = ("ratio", "density", "targets")
 
@@ -33,6 +37,7 @@ class Trial:
     ``head_params`` names the classification-head parameters the trainer made trainable next to the method.
     ``precision`` is the precision policy: forward passes run under its autocast, and ``param_dtypes``
     counts the parameter values each dtype holds after it cast the model.
+    ``extra_losses`` holds the method's extra loss terms of the training losses not yet taken.
     """
 
     config: TrialConfig
@@ -48,6 +53,7 @@ class Trial:
     param_dtypes: dict[str, int]
     head_params: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    extra_losses: list[float] = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -60,9 +66,23 @@ class Trial:
         return self.setup.trainable_params + sum(params[name].numel() for name in self.head_params)
 
     def loss(self, batch: list) -> torch.Tensor:
-        """The training loss (a scalar with gradients) of a batch from ``train_batches``."""
+        """The training loss (a scalar with gradients) of a batch from ``train_batches``.
+
+        It includes the method's ``extra_loss`` (computed outside autocast, in its parameters' dtype), whose
+        values are kept for ``take_extra_loss``.
+        """
         with self.precision.autocast(self.device.type):
-            return self.family.loss(self.model, batch)
+            loss = self.family.loss(self.model, batch)
+        if self.setup.extra_loss is None:
+            return loss
+        extra = self.setup.extra_loss()
+        self.extra_losses.append(extra.item())
+        return loss + extra
+
+    def take_extra_loss(self) -> float | None:
+        """The mean ``extra_loss`` of the losses since the last call (None without any), and forget them."""
+        values, self.extra_losses = self.extra_losses, []
+        return sum(values) / len(values) if values else None
 
     def train_batches(self, generator: torch.Generator | None = None) -> Iterator[list]:
         """The training items in batches of ``batch_size``, shuffled by ``generator`` (in order without one)."""
@@ -74,9 +94,14 @@ class Trial:
         for start in range(0, len(order), self.config.batch_size):
             yield [items[i] for i in order[start : start + self.config.batch_size]]
 
-    @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         """The task's metrics on ``split`` (``dev`` or ``test``); the model is left in eval mode."""
+        return self.evaluate_examples(split)[0]
+
+    @torch.no_grad()
+    def evaluate_examples(self, split: str) -> tuple[dict[str, float], dict[str, list]]:
+        """The task's metrics on ``split`` and the per-example columns they were computed from
+        (see ``rmask_tune.tasks.metrics.Scorer``); the model is left in eval mode."""
         self.model.eval()
         examples, items = getattr(self.splits, split), self.items[split]
         from tqdm.auto import tqdm
@@ -85,7 +110,9 @@ class Trial:
         bar = tqdm(total=len(items), desc=split, leave=False, disable=self.config.quiet)
         with self.precision.autocast(self.device.type), bar:
             predictions = self.family.predict(self.model, items, batch_size, bar.update)
-        return {key: float(value) for key, value in self.task.evaluate(examples, predictions).items()}
+        columns = self.task.scorer.columns(examples, predictions)
+        metrics = {key: float(value) for key, value in self.task.scorer.summarize(columns).items()}
+        return metrics, columns
 
 
 def prepare_trial(config: TrialConfig | dict) -> Trial:
@@ -124,13 +151,19 @@ def prepare_trial(config: TrialConfig | dict) -> Trial:
     model = load_model(
         config.model, head=head, num_labels=task.num_labels or 2, dtype=precision.load_dtype(config.method == "full")
     )
-    if tokenizer is not None:
+    if tokenizer is not None and head != "zero-shot-image":  # the zero-shot head checks its text tower's vocabulary
         fit_vocabulary(model, tokenizer, config.model, notes)
     if head == "image-classification" and model.config.num_labels != task.num_labels:
         raise RmaskError(
             f"{config.model} classifies into {model.config.num_labels} classes, {task.name} has {task.num_labels}"
         )
-    setup = prepare_method(model, config.method, **method_settings(config, task.kind, len(splits.train)))
+    setup = prepare_method(model, config.method, **method_settings(config, task.kind, len(splits.train), head))
+    if head == "zero-shot-image":
+        from rmask_tune.trainer.classifiers import freeze_text_side
+
+        note = freeze_text_side(setup)
+        if note is not None:
+            notes.append(note)
     head_params = []
     if wants_head_training(config, head):
         from rmask_tune.trainer.classifiers import unfreeze_head
@@ -150,15 +183,18 @@ def prepare_trial(config: TrialConfig | dict) -> Trial:
 
 
 def choose_head(task_kind: str, model_name: str) -> str:
-    """image-classification for image tasks; for text, the model's natural head (causal LM or encoder classifier)."""
+    """For image tasks zero-shot-image on an image-text model (CLIP), else image-classification; for text,
+    the model's natural head (causal LM or encoder classifier)."""
     from rmask_tune.models import default_head
 
-    return "image-classification" if task_kind == "image" else default_head(model_name)
+    if task_kind != "image":
+        return default_head(model_name)
+    return "zero-shot-image" if default_head(model_name) == "zero-shot-image" else "image-classification"
 
 
 def check_head(task, head: str, objective: str) -> None:
     """Refuse heads (and objectives) that cannot serve the task."""
-    needed = {"image": ("image-classification",), "generation": ("causal-lm",)}
+    needed = {"image": ("image-classification", "zero-shot-image"), "generation": ("causal-lm",)}
     allowed = needed.get(task.kind, ("causal-lm", "sequence-classification"))
     if head not in allowed:
         raise RmaskError(f"{task.name} is a {task.kind} task; it needs a {' or '.join(allowed)} model, not {head}")
@@ -188,16 +224,16 @@ def fit_vocabulary(model: nn.Module, tokenizer, model_name: str, notes: list[str
     notes.append(f"embeddings resized from {vocab} to {size} tokens")
 
 
-def method_settings(config: TrialConfig, task_kind: str, train_size: int) -> dict:
+def method_settings(config: TrialConfig, task_kind: str, train_size: int, head: str | None = None) -> dict:
     """The method's options: ``method_options`` plus the config's ratio/density/targets and mask seed.
 
-    Image tasks target the MLP layers by default (the paper's ViT setting); AdaLoRA gets its step count.
+    Image tasks target ``IMAGE_TARGETS[head]`` by default (the MLP layers); AdaLoRA gets its step count.
     """
     accepted = method_options(config.method)
     options = dict(config.method_options)
     settings = {name: getattr(config, name) for name in _METHOD_SETTINGS if getattr(config, name) is not None}
     if task_kind == "image" and "targets" in accepted and "targets" not in settings and "targets" not in options:
-        settings["targets"] = "mlp"
+        settings["targets"] = IMAGE_TARGETS.get(head, "mlp")
     for name, value in settings.items():
         if name not in accepted:
             raise RmaskError(f"method '{config.method}' takes no {name}")
@@ -212,26 +248,35 @@ def method_settings(config: TrialConfig, task_kind: str, train_size: int) -> dic
 
 
 def wants_head_training(config: TrialConfig, head: str) -> bool:
-    """Classification heads train with the method unless ``train_head`` says otherwise (never for none/full)."""
-    if head == "causal-lm" or config.method in ("none", "full"):
+    """Classification heads train with the method unless ``train_head`` says otherwise (never for none/full;
+    a zero-shot head is frozen)."""
+    if head in ("causal-lm", "zero-shot-image") or config.method in ("none", "full"):
         return False
     return config.train_head is not False
 
 
 def make_family(config: TrialConfig, task, head: str, model: nn.Module, tokenizer, device):
     """The loss / prediction helper for the task kind and head."""
-    from rmask_tune.models import TINY_CONFIGS
     from rmask_tune.trainer.causal import CausalChoice, CausalGeneration, CausalLM
-    from rmask_tune.trainer.classifiers import ImageClassifier, SequenceClassifier, image_normalization
+    from rmask_tune.trainer.classifiers import (
+        ImageClassifier,
+        SequenceClassifier,
+        ZeroShotImageClassifier,
+        image_preprocessing,
+    )
 
     positions = getattr(model.config, "max_position_embeddings", None)
     max_length = min(config.max_length, positions) if positions else config.max_length
+    if head == "zero-shot-image":
+        if not task.class_names:
+            raise RmaskError(f"task {task.name} names no classes for a zero-shot head")
+        preprocess = image_preprocessing(config.model, model)
+        return ZeroShotImageClassifier(model, tokenizer, task.class_names, task.class_prompt, preprocess, device)
     if head == "image-classification":
-        mean, std = image_normalization(config.model, config.model in TINY_CONFIGS)
-        return ImageClassifier(model.config.image_size, mean, std, device)
+        return ImageClassifier(image_preprocessing(config.model, model), device)
     if head == "sequence-classification":
         return SequenceClassifier(tokenizer, max_length, device)
     lm = CausalLM(tokenizer, model, max_length, device)
     if task.kind == "generation":
         return CausalGeneration(lm, config.max_new_tokens)
-    return CausalChoice(lm, config.objective)
+    return CausalChoice(lm, config.objective, config.scoring)

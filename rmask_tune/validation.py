@@ -1,0 +1,92 @@
+"""How good the law's recommendations are on data it did not see: leave-one-task-out and leave-one-ratio-out.
+
+For each held-out cell the law is refitted without it, and its predicted LR is compared with the cell's
+measured curve (mean dev metric over seeds at each grid LR):
+
+- error: ``|log10 predicted - log10 best grid LR|`` in half-decade grid steps;
+- regret: the curve's best value minus its value at the predicted LR (linear in log10 LR between grid
+  points; a prediction beyond the grid takes the nearest end's value and is flagged). In metric points x 100.
+
+Leave-one-task-out hides a whole (model, task) pair and predicts it as a new task (the mean offset of the
+model's other pairs, or of all pairs when the model has no other); leave-one-ratio-out hides every pair's
+point at one ratio and predicts each pair from its own offset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.law import fit_shared, offset_spread
+
+GRID_STEP = 0.5  # decades
+
+
+def _pair(point: dict) -> str:
+    return f"{point['model']}/{point['task']}"
+
+
+def _score(predicted_log10: float, lrs: list[float], means: list[float]) -> dict:
+    """Error in grid steps and regret (points) of training at 10**predicted_log10 on a measured curve."""
+    x = np.log10(lrs)
+    y = np.asarray(means, dtype=float)
+    best = int(np.argmax(y))
+    outside = not x[0] <= predicted_log10 <= x[-1]
+    at = float(np.interp(predicted_log10, x, y))
+    return {"predicted_lr": 10.0**predicted_log10, "best_grid_lr": float(lrs[best]),
+            "error_steps": abs(predicted_log10 - x[best]) / GRID_STEP, "regret": 100 * (float(y[best]) - at),
+            "beyond_grid": outside}
+
+
+def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
+    """One row per held-out cell: ``curves[(model, task, ratio)] = (lrs, mean dev metric)``."""
+    rows = []
+    for held in sorted({_pair(p) for p in points}):
+        rest = [p for p in points if _pair(p) != held]
+        try:
+            fit = fit_shared(rest)
+        except RmaskError:
+            continue
+        model = held.split("/", 1)[0]
+        mine = [i for i, pair in enumerate(fit.pairs) if pair.split("/", 1)[0] == model] or range(len(fit.pairs))
+        cov = np.asarray(fit.cov)
+        offset, _, _ = offset_spread(np.asarray(fit.offsets)[mine], cov.diagonal()[mine])
+        for (m, task, ratio), (lrs, means) in sorted(curves.items()):
+            if f"{m}/{task}" != held or len(lrs) < 2:
+                continue
+            predicted = offset + fit.b * (math.log10(ratio) - fit.x0)
+            rows.append({"model": m, "task": task, "ratio": ratio, "from": "other tasks' mean offset",
+                         **_score(predicted, lrs, means)})
+    return rows
+
+
+def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
+    """One row per held-out cell: every pair's point at one ratio hidden at a time, predicted from its own offset."""
+    rows = []
+    for ratio in sorted({p["ratio"] for p in points}):
+        rest = [p for p in points if p["ratio"] != ratio]
+        try:
+            fit = fit_shared(rest)
+        except RmaskError:
+            continue
+        for (m, task, r), (lrs, means) in sorted(curves.items()):
+            pair = f"{m}/{task}"
+            if r != ratio or pair not in fit.pairs or len(lrs) < 2:
+                continue
+            predicted = fit.offsets[fit.pairs.index(pair)] + fit.b * (math.log10(ratio) - fit.x0)
+            rows.append({"model": m, "task": task, "ratio": ratio, "from": "own offset, other ratios",
+                         **_score(predicted, lrs, means)})
+    return rows
+
+
+def summarize_validation(rows: list[dict]) -> dict | None:
+    """Mean and worst error (grid steps) and regret (points) over the rows."""
+    if not rows:
+        return None
+    errors = [r["error_steps"] for r in rows]
+    regrets = [r["regret"] for r in rows]
+    return {"cells": len(rows), "mean_error_steps": float(np.mean(errors)), "max_error_steps": float(max(errors)),
+            "mean_regret": float(np.mean(regrets)), "max_regret": float(max(regrets)),
+            "beyond_grid": sum(r["beyond_grid"] for r in rows)}
