@@ -70,6 +70,12 @@ def test_smollm2_and_demo_files():
     demo = load_space(REPO / "search_spaces" / "demo.yaml")
     assert demo.file.models == ["tiny-llama"] and demo.settings()["tokenizer"] == "smollm2-135m"
     assert demo.num_trials() <= 12
+    # the README's first run: a real pretrained encoder, the head at its own LR, one grid for every ratio
+    quick = load_space(REPO / "search_spaces" / "quickstart.yaml")
+    assert quick.file.models == ["minilm-l6"] and quick.settings()["head_lr"] == pytest.approx(1e-3)
+    grids = {quick.lr_grid("minilm-l6", "random_masking", r) for r in quick.file.methods["random_masking"].ratios}
+    assert len(grids) == 1 and min(next(iter(grids))) == pytest.approx(1e-4) and max(next(iter(grids))) == 1.0
+    assert quick.num_trials() == 48
 
 
 def test_grid_and_optuna_trials(tmp_path):
