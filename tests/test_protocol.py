@@ -256,3 +256,19 @@ def test_task_settings_reach_the_trials_and_their_mlflow_runs(tmp_path):
         assert saved["optimizer_steps"] == steps
         if saved["task"] == "CB":
             assert saved["data"]["sizes"]["dev"] == 3 and saved["config"]["scoring"] == "sum"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_sweep_file_passes_dry_run_with_a_priced_estimate(path, capsys, monkeypatch):
+    """Every file in search_spaces/ (the paper's tables and figures, the offline sweeps) validates and is priced."""
+    from rmask_tune.cli import main
+
+    monkeypatch.chdir(REPO)  # data_dir paths in the files are relative to the repository root
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    space = load_space(path)
+    assert f"trials: {space.num_trials()}" in out
+    if all(model.startswith("tiny-") for model in space.file.models):  # test models have no stated cost
+        assert "GPU-hours unavailable for tiny-" in out
+    else:
+        assert "GPU-hours: ~" in out and "unavailable" not in out

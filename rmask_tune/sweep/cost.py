@@ -56,6 +56,8 @@ MODEL_COSTS = {
     "llama2-7b": from_parameter_count(6.74e9, "meta-llama/Llama-2-7b-hf's config"),
     "smollm2-135m": from_parameter_count(134.5e6, "the GGUF's tensors"),
     "minilm-l6": from_parameter_count(22.7e6, "all-MiniLM-L6-v2's tensors"),
+    # Only the image tower runs per step and per example; the frozen text tower embeds the class prompts once.
+    "clip-vit-b16": from_parameter_count(85.8e6, "openai/clip-vit-base-patch16's vision tower"),
 }
 
 # Mean tokens of one training sequence (prompt and gold answer), and mean candidates per decision:
@@ -66,7 +68,8 @@ TASK_TOKENS = {
     "MultiRC": (401, 2), "COPA": (14, 2), "SQuAD": (185, 1),
     "ReCoRD": (266, 12.4),  # the 32 FewGLUE examples there are
     "DROP": (400, 1),  # not measured: no DROP data here; its passages run to a few hundred words
-    "CIFAR-10": (197, 1),  # a ViT-B/16's 196 patches and the class token
+    # images: a ViT-B/16's 196 patches of a 224-pixel image and the class token
+    **{name: (197, 1) for name in ("CIFAR-10", "GTSRB", "MNIST", "SVHN", "RESISC45")},
 }
 
 # Size of each task's full training split (the records a split is sampled from; MultiRC: answer rows),
@@ -74,6 +77,7 @@ TASK_TOKENS = {
 TRAIN_SPLIT_SIZES = {
     "SST-2": 67_349, "RTE": 2_490, "CB": 250, "BoolQ": 9_427, "WSC": 554, "WiC": 5_428, "MultiRC": 27_243,
     "COPA": 400, "ReCoRD": 100_730, "SQuAD": 87_599, "DROP": 77_409, "CIFAR-10": 50_000,
+    "GTSRB": 26_640, "MNIST": 60_000, "SVHN": 73_257, "RESISC45": 18_900,
 }
 
 
