@@ -104,7 +104,8 @@ class TrialRun:
 
         trial, config = self.trial, self.config
         trainable = [p for p in trial.model.parameters() if p.requires_grad]
-        optimizer, scheduler = make_optimizer(config, parameter_groups(trial), config.optimizer_steps(len(trial.items["train"])))
+        steps = config.optimizer_steps(len(trial.items["train"]))
+        optimizer, scheduler = make_optimizer(config, parameter_groups(trial), steps)
         optimizer = trial.accelerator.prepare(optimizer)
         scaler = trial.precision.grad_scaler(trial.device.type)
         generator = torch.Generator().manual_seed(config.seed)
