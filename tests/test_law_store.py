@@ -44,15 +44,18 @@ def _log(difficulty: np.ndarray, level: float, rng) -> ExampleLog:
     return log
 
 
-def _fill(uri: str, artifacts: Path) -> None:
-    rng = np.random.default_rng(0)
+def _fill(uri: str, artifacts: Path, ratios=tuple(RATIOS), frozen: bool = True) -> None:
+    """The frozen model (when ``frozen``) and the Random Masking cells at ``ratios``; every trial's noise is
+    seeded by its place in the whole plan, so a store holding part of it holds the same trials."""
     tracker = SweepTracker(uri, "noisy-law", "noisy-law", "sweep-1", artifacts)
     tracker.open({"sweep_file": "noisy-law.yaml"})
     difficulty = {seed: np.random.default_rng(100 + seed).random(DEV) for seed in SEEDS}  # one dev set per seed
     cells = [("none", None, None)] + [("random_masking", r, lr) for r in RATIOS for lr in GRID]
     for n, ((method, ratio, lr), seed) in enumerate((c, s) for c in cells for s in SEEDS):
+        if (ratio is None and not frozen) or (ratio is not None and ratio not in ratios):
+            continue
         trial_id = f"t{n:03d}"
-        log = _log(difficulty[seed], accuracy(ratio, lr), rng)
+        log = _log(difficulty[seed], accuracy(ratio, lr), np.random.default_rng(n))
         dev = [log.scores(e)["accuracy"] for e in log.evaluations if e.split == "dev"]
         tracker.trial_run(trial_id, trial_id, {
             "model": "m", "task": "SST-2", "method": method, "lr": "none" if lr is None else lr, "seed": seed,
@@ -69,14 +72,26 @@ def _fill(uri: str, artifacts: Path) -> None:
     tracker.close(tags={"rmask.trials": len(cells) * len(SEEDS)})
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def _store(ratios=tuple(RATIOS), frozen: bool = True) -> Path:
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     folder = Path(tempfile.mkdtemp(prefix="rmask-noisy-law-", dir=shm))
-    _fill(f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts")
+    _fill(f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts", ratios, frozen)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = _store()
     out = build_report(str(folder), out=tmp_path_factory.mktemp("report") / "noisy", bootstrap=300)
     yield out
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _law_data(folder: Path) -> dict:
+    data = json.loads((folder / "law.json").read_text())
+    for key in ("created", "tracking_uri"):
+        data.pop(key)
+    return data
 
 
 def test_intervals_signal_test_and_shared_exponent_on_a_noisy_store(report):
@@ -100,8 +115,20 @@ def test_intervals_signal_test_and_shared_exponent_on_a_noisy_store(report):
 
 def test_the_report_regenerates_from_its_export_alone(report, tmp_path):
     again = build_report(str(report / "sweep-export.json.gz"), out=tmp_path / "again", bootstrap=300)
-    first, second = (json.loads((folder / "law.json").read_text()) for folder in (report, again))
-    for data in (first, second):
-        data.pop("created")
-        data.pop("tracking_uri")
-    assert first == second
+    assert _law_data(report) == _law_data(again)
+
+
+def test_sittings_in_separate_stores_combine_into_the_same_report(report, tmp_path):
+    """Cells run in two sittings (two stores, as on two machines): one's export plus the other's store with
+    --also give the report of the whole sweep, and the combined export regenerates it."""
+    first, second = _store(ratios=(1e-2, 1e-3)), _store(ratios=(1e-4, 1e-5), frozen=False)
+    try:
+        part = build_report(str(first), out=tmp_path / "first", bootstrap=300)
+        whole = build_report(str(part / "sweep-export.json.gz"), out=tmp_path / "whole", bootstrap=300,
+                             also=[str(second)])
+    finally:
+        shutil.rmtree(first, ignore_errors=True)
+        shutil.rmtree(second, ignore_errors=True)
+    assert _law_data(whole) == _law_data(report)
+    again = build_report(str(whole / "sweep-export.json.gz"), out=tmp_path / "again", bootstrap=300)
+    assert _law_data(again) == _law_data(report)

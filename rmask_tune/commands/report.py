@@ -10,7 +10,8 @@ def _run(args: argparse.Namespace) -> None:
     from rmask_tune.law import load_law
 
     out = build_report(args.source, args.tracking_uri, args.out, overwrite=args.overwrite,
-                       bootstrap=args.bootstrap, seed=args.seed, versus=args.versus, export=not args.no_export)
+                       bootstrap=args.bootstrap, seed=args.seed, versus=args.versus, export=not args.no_export,
+                       also=args.also)
     law = load_law(out / "law.json")
     shared = law.shared
     if shared is None:
@@ -41,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--versus", metavar="SWEEP",
                         help="another sweep (name, folder, YAML or export) to compare with on the cells both ran, "
                              "e.g. the full grid behind a law-guided sweep")
+    report.add_argument("--also", action="append", default=[], metavar="SWEEP",
+                        help="add another sweep's trials (folder, YAML or export; repeatable), e.g. cells of the same "
+                             "experiment run in another sitting: one report over all of them")
     report.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the law's intervals")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     report.set_defaults(run=_run)

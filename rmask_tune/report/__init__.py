@@ -37,11 +37,13 @@ def law_of(summary: Summary) -> Law:
 
 def build_report(source: str, tracking_uri: str | None = None, out: str | Path | None = None, *,
                  overwrite: bool = False, bootstrap: int = 1000, seed: int = 0, versus: str | None = None,
-                 export: bool = True) -> Path:
+                 export: bool = True, also: list[str] = ()) -> Path:
     """Write the report folder (default ``reports/<experiment>``) and return it. A folder that already
     holds files is refused unless ``overwrite``; everything is computed before anything is written.
     ``versus`` (another sweep: name, folder, YAML or export) adds a comparison of shared cells.
-    ``export`` writes the sweep's export into the folder too."""
+    ``also`` adds the trials of more sweeps (folders, YAMLs or exports, e.g. cells run in another
+    sitting on another machine) to ``source``'s, as one experiment; a configuration run in several keeps
+    its newest result. ``export`` writes the (combined) export into the folder too."""
     from rmask_tune.report.export import EXPORT_FILE, encode_export
     from rmask_tune.report.figures import figures
     from rmask_tune.report.render import blocks, to_html, to_markdown
@@ -53,6 +55,11 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise RmaskError(f"report folder {out} already holds files; pass --overwrite or choose another --out")
     records, unreadable = load_records(where)
+    for extra in also:
+        more, skipped = load_records(resolve_source(extra))
+        records, unreadable = records + more, unreadable + skipped
+    if also:
+        where = Source(f"{where.tracking_uri} + {len(also)} more source(s)", where.experiment)
     summary = _summary(where, bootstrap, seed, ([trial_of(r) for r in records], unreadable))
     exported = encode_export(where.experiment, where.tracking_uri, records, unreadable) if export else None
     other = load_summary(versus, bootstrap=bootstrap, seed=seed) if versus is not None else None
