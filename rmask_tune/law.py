@@ -460,8 +460,10 @@ def log_grid(centre: float, points: int = 5, decades: float = 1.0) -> list[float
     return [float(f"{centre * 10.0**o:.3g}") for o in offsets]
 
 
-def narrow_grid(law: Law, ratio: float, model: str | None = None, points: int = 5, decades: float = 1.0) -> list[float]:
+def narrow_grid(law: Law, ratio: float, model: str | None = None, points: int = 5, decades: float = 1.0,
+                task: str | None = None) -> list[float]:
     """``points`` log-spaced LRs spanning ``decades`` decades, centred on the law's recommendation for
-    ``ratio`` (the shared fit's; a v1 law.json, which has none, its single-line fit's)."""
-    centre = law.recommend(ratio, model).lr if law.shared is not None else law.predict(ratio, model)[0]
+    ``ratio`` on (``model``, ``task``) (the shared fit's; a v1 law.json, which has none, its single-line
+    fit's); ``points`` 1 is the recommendation alone, as check runs train it."""
+    centre = law.recommend(ratio, model, task).lr if law.shared is not None else law.predict(ratio, model)[0]
     return log_grid(centre, points, decades)

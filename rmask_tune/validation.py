@@ -9,7 +9,8 @@ measured curve (mean dev metric over seeds at each grid LR):
 
 Leave-one-task-out hides a whole (model, task) pair and predicts it as a new task (the mean offset of the
 model's other pairs, or of all pairs when the model has no other); leave-one-ratio-out hides every pair's
-point at one ratio and predicts each pair from its own offset.
+point at one ratio and predicts each pair from its own offset. The a-priori Hessian predictor
+``lr = c / lambda_max`` is held out the same way: each pair hidden, ``c`` refitted on every other pair's optima.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 
 import numpy as np
 
+from rmask_tune.analysis.predict import calibrate
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import fit_shared, offset_spread
 
@@ -79,6 +81,27 @@ def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float
             rows.append({"model": m, "task": task, "ratio": ratio, "from": "own offset, other ratios",
                          **_score(predicted, lrs, means)})
     return rows
+
+
+def probe_leave_one_task_out(
+    calibration: list[dict], probed: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]
+) -> tuple[list[dict], bool]:
+    """Rows for ``lr = c / lambda_max`` on the ``probed`` cells (``model``, ``task``, ``ratio``, ``lambda_max``)
+    with a curve, and whether they are held out. Held out: ``c`` refitted on the ``calibration`` pairs
+    (``lambda_max``, ``lr``) of every other (model, task), of all models (the predictor is meant for models
+    no sweep has seen). With calibration pairs of one (model, task) only that is impossible, and the rows are
+    in-sample (``c`` from all of them)."""
+    held_out = len({_pair(p) for p in calibration}) > 1
+    rows = []
+    for probe in sorted(probed, key=lambda p: (p["model"], p["task"], p["ratio"])):
+        lrs, means = curves.get((probe["model"], probe["task"], probe["ratio"]), ([], []))
+        if len(lrs) < 2:
+            continue
+        c = calibrate((p["lambda_max"], p["lr"]) for p in calibration if not held_out or _pair(p) != _pair(probe))
+        rows.append({"model": probe["model"], "task": probe["task"], "ratio": probe["ratio"],
+                     "from": "c of the other tasks' optima" if held_out else "c in-sample", "c": c,
+                     "lambda_max": probe["lambda_max"], **_score(math.log10(c / probe["lambda_max"]), lrs, means)})
+    return rows, held_out
 
 
 def summarize_validation(rows: list[dict]) -> dict | None:

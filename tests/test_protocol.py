@@ -160,6 +160,8 @@ def test_every_paper_file_passes_dry_run_through_the_cli(name):
 
 def test_smollm2_files_keep_the_scoring_and_objective_of_the_committed_report():
     for path in sorted((REPO / "search_spaces").glob("smollm2-135m*.yaml")):
+        if path.stem.startswith("smollm2-135m-tasks"):
+            continue  # the law across tasks (and its check runs) runs under the paper's protocol
         settings = load_space(path).settings()
         assert (settings["scoring"], settings["objective"]) == ("sum", "lm"), path.name
 

@@ -61,7 +61,7 @@ def test_paper_files_have_the_papers_grids(name):
 
 def test_smollm2_and_demo_files():
     smol = load_space(REPO / "search_spaces" / "smollm2-135m.yaml")
-    assert smol.file.tasks == ["SST-2", "RTE"] and smol.file.scheduler.type == "asha"
+    assert smol.file.tasks == ["SST-2"] and smol.file.scheduler.type == "asha"
     assert smol.file.methods["random_masking"].ratios == pytest.approx([0.01, 0.001, 0.0001, 0.00001])
     lrs = smol.file.methods["random_masking"].lr
     assert min(lrs) <= 1e-4 and max(lrs) >= 1e-1 and lrs[1] / lrs[0] == pytest.approx(10**0.5, rel=0.01)
@@ -197,6 +197,28 @@ def test_lr_from_law_narrows_the_laws_method_per_ratio(tmp_path, capsys):
     assert main(["sweep", str(path), "--lr-from", str(tmp_path / "missing.json")]) == 2
 
 
+def test_lr_points_one_trains_each_pairs_own_recommendation(tmp_path, capsys):
+    """Check runs: --lr-points 1 gives each (model, task) cell the law's recommendation for that pair."""
+    from rmask_tune.law import Law, fit_shared
+
+    offsets = {"SST-2": -2.0, "RTE": -1.0}  # RTE's optima a decade above SST-2's at every ratio
+    points = [{"model": "tiny-llama", "task": task, "ratio": r, "log10_lr": offset - 0.8 * (math.log10(r) + 3),
+               "se": 0.05} for task, offset in offsets.items() for r in (0.01, 0.001, 0.0001)]
+    law = Law(pooled=None, models={}, shared=fit_shared(points))
+    law.save(tmp_path / "law.json")
+    path = write(tmp_path, GOOD.replace("tasks: [SST-2]", "tasks: [SST-2, RTE]"))
+    args = ["sweep", str(path), "--lr-from", str(tmp_path / "law.json"), "--dry-run"]
+    assert main(args + ["--lr-points", "1"]) == 0
+    out = capsys.readouterr().out
+    for task in offsets:
+        lr = law.recommend(0.001, "tiny-llama", task).lr
+        assert lr == pytest.approx(10 ** offsets[task], rel=0.02)
+        assert f"tiny-llama {task} random_masking 0.1%: {lr:.3g}\n" in out
+    assert main(args + ["--lr-points", "0"]) == 2 and "--lr-points must be at least 1" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--lr-points", "1", "--dry-run"]) == 2
+    assert "give --lr-from LAW_JSON too" in capsys.readouterr().err
+
+
 def test_model_cache_gives_trials_the_same_model_and_rng_as_a_fresh_load():
     from rmask_tune.models import load_model
     from rmask_tune.sweep.model_cache import ModelCache
@@ -301,10 +323,12 @@ def test_extend_and_guided_files_rerun_the_main_sweeps_configurations():
     assert [lr for lr in extend_lrs if lr <= max(main_grid)] == [lr for lr in main_grid if lr >= min(extend_lrs)]
     assert extend.experiment_name == main_space.experiment_name
     assert extend.tracking_uri == "sqlite:///runs/smollm2-135m/mlflow.db"  # the main sweep's default store
-    # the RTE file runs the main file's RTE cells on windows of the same half-decade values (0.001% goes past 1)
+    # the RTE file runs the main file's cells on RTE, on windows of the same half-decade values (0.001% goes
+    # past 1; 1% on the whole grid)
     assert rte.file.tasks == ["RTE"] and rte.experiment_name == main_space.experiment_name
     assert rte.tracking_uri == extend.tracking_uri
-    main_cells = {(c.method, c.ratio): c.lrs for c in main_space.cells() if c.task == "RTE"}
+    main_cells = {(c.method, c.ratio): c.lrs for c in main_space.cells()}
+    assert rte.lr_grid("smollm2-135m", "random_masking", 0.01) == main_cells[("random_masking", 0.01)]
     half_decades = {float(f"{10 ** (k / 2):.3g}") for k in range(-14, 3)}
     for cell in rte.cells() + rte_extend.cells():
         grid = main_cells[(cell.method, cell.ratio)]
@@ -314,7 +338,34 @@ def test_extend_and_guided_files_rerun_the_main_sweeps_configurations():
         first = other.grid_trials()[0]
         ours = other.trial_config(first)
         theirs = main_space.trial_config(next(t for t in main_space.grid_trials()
-                                              if (t["task"], t["method"], t["ratio"]) == (first["task"], first["method"], first["ratio"])))
+                                              if (t["method"], t["ratio"]) == (first["method"], first["ratio"])))
+        assert {k: v for k, v in ours.items() if k not in ("task", "ratio", "lr")} == \
+               {k: v for k, v in theirs.items() if k not in ("task", "ratio", "lr")}
+
+
+def test_across_tasks_files_share_one_grid_fixed_for_every_task_and_model():
+    smol = load_space(REPO / "search_spaces" / "smollm2-135m-tasks.yaml")
+    mini = load_space(REPO / "search_spaces" / "minilm-l6-tasks.yaml")
+    for space in (smol, mini):
+        assert space.file.seeds == [0, 1, 2] and len(space.file.tasks) >= 3
+        grids = {}
+        for cell in space.cells():
+            grids.setdefault((cell.method, cell.ratio), set()).add(cell.lrs)
+        assert all(len(by_task) == 1 for by_task in grids.values())  # the same grid on every task
+        # each Random Masking window: seven half-decade values, centred a decade and a half from its ends
+        for ratio in (0.01, 0.001, 0.0001, 0.00001):
+            (lrs,) = grids[("random_masking", ratio)]
+            assert len(lrs) == 7 and lrs[-1] / lrs[0] == pytest.approx(1000, rel=0.01)
+    assert {k: {c.lrs for c in smol.cells() if (c.method, c.ratio) == k} for k in [("random_masking", 0.001)]} == \
+           {k: {c.lrs for c in mini.cells() if (c.method, c.ratio) == k} for k in [("random_masking", 0.001)]}
+    assert (smol.settings()["objective"], smol.settings()["scoring"]) == ("classification", "mean")
+    assert mini.settings()["head_lr"] == pytest.approx(1e-3) and "COPA" not in mini.file.tasks
+    for main_space in (smol, mini):  # the check runs: one ratio in no grid, every other setting the main file's
+        check = load_space(REPO / "search_spaces" / f"{main_space.name}-check.yaml")
+        assert check.file.methods["random_masking"].ratios == pytest.approx([3e-5])
+        assert (check.file.tasks, check.file.seeds) == (main_space.file.tasks, main_space.file.seeds)
+        ours = check.trial_config(check.grid_trials()[0])
+        theirs = main_space.trial_config(next(t for t in main_space.grid_trials() if t["method"] == "random_masking"))
         assert {k: v for k, v in ours.items() if k not in ("ratio", "lr")} == \
                {k: v for k, v in theirs.items() if k not in ("ratio", "lr")}
 

@@ -3,7 +3,9 @@
 ``c`` is calibrated once against sweep results: the geometric mean of ``lr* x lambda_max`` over
 (lambda_max, best LR) pairs. It is stored in law.json under ``probe_calibration`` together with the
 probe settings it was measured with, which a prediction should reuse (``predict_lr(**probe)``), and the
-spread of ``lambda_max`` and ``c`` over repeated probes (other batches, other start vectors).
+spread of ``lambda_max`` and ``c`` over repeated probes (other batches, other start vectors). The probes
+themselves go to probes.json beside law.json (``rmask_tune.analysis.probes``), from which a re-run report
+recalibrates against its own optima. Probing needs torch; the calibration arithmetic here does not.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from rmask_tune.analysis.landscape import ProbeSettings, probe_ratio
+from rmask_tune.analysis.probes import PROBES_FILE, add_probes, probe_entry
 from rmask_tune.errors import RmaskError
+
+if TYPE_CHECKING:
+    from rmask_tune.analysis.landscape import ProbeSettings
 
 
 def calibrate(points: Iterable[tuple[float, float]]) -> float:
@@ -37,6 +42,8 @@ def predict_lr(
     ``probe`` are the settings ``c`` was calibrated with (law.json's ``probe_calibration["probe"]``), read
     by ``ProbeSettings.from_record``: a record without ``fd_step_mode`` is probed with the relative step.
     """
+    from rmask_tune.analysis.landscape import ProbeSettings, probe_ratio
+
     if not (c > 0 and math.isfinite(c)):
         raise RmaskError(f"the calibration constant must be positive, got {c}")
     settings = ProbeSettings.from_record(probe, data_dir=data_dir, device=device)
@@ -61,8 +68,10 @@ def calibrate_law(
     ``ProbeSettings.repeat``). A point's ``lambda_max`` is the geometric mean over repeats and ``c`` is fitted
     on those; ``c`` fitted on each repeat alone gives ``c_repeats``, whose spread (and that of each point's
     ``lambda_max``) says how much the probe's own sampling moves the calibration.
-    Returns the ``probe_calibration`` entry written into the law file; the rest of the file is kept.
+    Returns the ``probe_calibration`` entry written into the law file; the rest of the file is kept. The probes
+    are merged into probes.json beside it.
     """
+    from rmask_tune.analysis.landscape import probe_ratio
     from rmask_tune.law import load_law
 
     if repeats < 1:
@@ -80,34 +89,51 @@ def calibrate_law(
             probe_ratio(point["model"], point["task"], point["ratio"], replace(settings, repeat=r))
             for r in range(repeats)
         ]  # fmt: skip
-        pairs.append({
-            **{k: point[k] for k in ("model", "task", "ratio", "lr")},
-            "lambda_max": _geometric_mean([probe.lambda_max for probe in probes], point),
-            "lambda_max_repeats": [probe.lambda_max for probe in probes],
-            **_spread("lambda_max", [probe.lambda_max for probe in probes]),
-            "step_range": _step_range(probes),
-        })  # fmt: skip
+        pairs.append(calibration_pair(point, [probe.lambda_max for probe in probes], _step_range(probes)))
         if progress:
             progress(pairs[-1])
+    law.probe_calibration = calibration_entry(
+        pairs, settings.record(), f"law.json optimal-LR points{_filter_text(model, task)}"
+    )
+    law.save(law_path)
+    add_probes(Path(law_path).parent / PROBES_FILE, [probe_entry(pair, settings.record()) for pair in pairs])
+    return law.probe_calibration
+
+
+def calibration_pair(point: dict, lambda_repeats: list[float], step_range: list[float] | None) -> dict:
+    """An optimum (``model``, ``task``, ``ratio``, ``lr``) with the ``lambda_max`` its probe repeats measured:
+    their geometric mean, each repeat, their spread, and the finite-difference steps taken."""
+    return {
+        **{k: point[k] for k in ("model", "task", "ratio", "lr")},
+        "lambda_max": _geometric_mean(lambda_repeats, point),
+        "lambda_max_repeats": list(lambda_repeats),
+        **_spread("lambda_max", lambda_repeats),
+        "step_range": step_range,
+    }  # fmt: skip
+
+
+def calibration_entry(pairs: list[dict], probe: dict, source: str, **extra) -> dict:
+    """law.json's ``probe_calibration`` from calibration pairs probed with the settings record ``probe``: ``c``,
+    its spread over points and over probe repeats (the repeats every pair has), and each pair's errors."""
+    repeats = min(len(p["lambda_max_repeats"]) for p in pairs)
     c = calibrate((p["lambda_max"], p["lr"]) for p in pairs)
     c_repeats = [calibrate((p["lambda_max_repeats"][r], p["lr"]) for p in pairs) for r in range(repeats)]
     spread = _sample_sd([math.log10(p["lr"] * p["lambda_max"] / c) for p in pairs])  # how far points sit from c
     errors = prediction_errors(pairs, c)
-    law.probe_calibration = {
+    return {
         "c": c,
         "n": len(pairs),
-        "source": f"law.json optimal-LR points{_filter_text(model, task)}",
+        "source": source,
+        **extra,
         "log10_sd": spread,
         "mean_abs_error_steps": _mean_abs(e["error_steps"] for e in errors),
         "mean_abs_loo_error_steps": _mean_abs(e["loo_error_steps"] for e in errors),
         "repeats": repeats,
         "c_repeats": c_repeats,
         **_spread("c", c_repeats),
-        "probe": settings.record(),
+        "probe": probe,
         "points": [{**pair, **error} for pair, error in zip(pairs, errors)],
     }
-    law.save(law_path)
-    return law.probe_calibration
 
 
 def _geometric_mean(values: list[float], point: dict) -> float:

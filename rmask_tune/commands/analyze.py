@@ -105,7 +105,8 @@ def _calibrate(args: argparse.Namespace) -> None:
             f"c = {entry['c']:.4g} from {entry['n']} point(s) (log10 spread {entry['log10_sd']:.2f}); "
             f"mean |error| {entry['mean_abs_error_steps']:.2f} half-decade steps"
             + ("" if loo_mean is None else f", {loo_mean:.2f} leave-one-out")
-            + f"; saved to {args.law} under probe_calibration; predicted LR = c / lambda_max"
+            + f"; saved to {args.law} under probe_calibration (the probes to probes.json beside it, which "
+            "`rmask-tune report` recalibrates from); predicted LR = c / lambda_max"
         )
         if entry["repeats"] > 1:
             low, high = entry["c_range"]
@@ -197,7 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="calibrate lr = c / lambda_max against the optimal LRs in law.json",
         description="Probes lambda_max at initialization for every optimal-LR point in law.json (optionally "
         "only --model / --task), sets c to the geometric mean of lr * lambda_max and stores it in law.json "
-        "under probe_calibration.",
+        "under probe_calibration; the probes go to probes.json beside law.json (merged with those there).",
     )
     calibrate.add_argument("--law", required=True, help="law.json written by rmask-tune report")
     calibrate.add_argument("--model", help="only this model's points")

@@ -11,21 +11,28 @@ def _run(args: argparse.Namespace) -> None:
 
     out = build_report(args.source, args.tracking_uri, args.out, overwrite=args.overwrite,
                        bootstrap=args.bootstrap, seed=args.seed, versus=args.versus, export=not args.no_export,
-                       also=args.also)
+                       also=args.also, probes=args.probes)
     law = load_law(out / "law.json")
     shared = law.shared
+    validation = law.data["validation"]
+    lines = []
     if shared is None:
         print("no law: no (model, task) has cells that pass the rules at two or more ratios")
     else:
         print(f"law: lr* = 10^offset[model/task] * ratio^{shared.b:.3f} (b 95% CI [{shared.b_ci[0]:.3f}, "
               f"{shared.b_ci[1]:.3f}]; {len(shared.points)} optima of {len(shared.pairs)} pair(s), "
               f"{len(law.data.get('excluded', []))} cell(s) excluded)")
-        for key, name in (("leave_one_task_out", "leave-one-task-out"), ("leave_one_ratio_out", "leave-one-ratio-out")):
-            summary = law.data["validation"]["summary"][key]
-            if summary:
-                print(f"  {name}: error {summary['mean_error_steps']:.2f} grid steps (worst "
-                      f"{summary['max_error_steps']:.2f}), regret {summary['mean_regret']:.1f} points (worst "
-                      f"{summary['max_regret']:.1f}) over {summary['cells']} cell(s)")
+        lines = [("leave_one_task_out", "leave-one-task-out"), ("leave_one_ratio_out", "leave-one-ratio-out")]
+    if law.probe_calibration is not None:
+        held_out = "leave-one-task-out" if validation["hessian_predictor"]["held_out"] else "in-sample"
+        lines.append(("hessian_predictor", f"Hessian predictor c / lambda_max (c {law.probe_calibration['c']:.3g}), "
+                                           f"{held_out}"))
+    for key, name in lines:
+        summary = validation["summary"][key]
+        if summary:
+            print(f"  {name}: error {summary['mean_error_steps']:.2f} grid steps (worst "
+                  f"{summary['max_error_steps']:.2f}), regret {summary['mean_regret']:.1f} points (worst "
+                  f"{summary['max_regret']:.1f}) over {summary['cells']} cell(s)")
     print(f"report written to {out / 'index.html'}")
 
 
@@ -45,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--also", action="append", default=[], metavar="SWEEP",
                         help="add another sweep's trials (folder, YAML or export; repeatable), e.g. cells of the same "
                              "experiment run in another sitting: one report over all of them")
+    report.add_argument("--probes", metavar="FILE",
+                        help="Hessian probes (a probes.json written by `rmask-tune analyze calibrate`) to merge into "
+                             "the report folder's own probes.json, which calibrates and validates lr = c / lambda_max")
     report.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the law's intervals")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     report.set_defaults(run=_run)

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import defaultdict
+
+from rmask_tune.errors import RmaskError
 
 
 def _run(args: argparse.Namespace) -> None:
     from rmask_tune.sweep.runner import set_environment
 
+    if args.skip_done and args.resume:
+        raise RmaskError(
+            "--skip-done applies when a sweep starts; --resume continues it without the trials it left out"
+        )
     set_environment()  # before anything imports ray
     from rmask_tune.sweep import load_space
 
     space = load_space(args.file)
+    if args.lr_points is not None and not args.lr_from:
+        raise RmaskError("--lr-points sets the size of --lr-from's grids; give --lr-from LAW_JSON too")
     if args.lr_from:
         space.law = _law(args.lr_from, space)
+        space.law_points = 5 if args.lr_points is None else _positive(args.lr_points)
+    if args.skip_done and not _skip_done(space, args.skip_done):
+        return
     if args.dry_run:
         _print_plan(space)
         return
@@ -23,8 +35,26 @@ def _run(args: argparse.Namespace) -> None:
     run_sweep(space, resume=args.resume, address=args.address)
 
 
+def _skip_done(space, sources: list[str]) -> bool:
+    """Leave out the trials ``sources`` already ended and say how many; False when none is left."""
+    from rmask_tune.sweep.done import done_points
+
+    total = space.num_trials()
+    space.done = done_points(space, sources)
+    where = ", ".join(sources)
+    print(f"skipping {len(space.done)} of {total} trials already done in {where}")
+    if not space.num_trials():
+        print(f"nothing left to run: every trial of {space.source} is done in {where}")
+    return space.num_trials() > 0
+
+
+def _positive(points: int) -> int:
+    if points < 1:
+        raise RmaskError(f"--lr-points must be at least 1, got {points}")
+    return points
+
+
 def _law(path: str, space):
-    from rmask_tune.errors import RmaskError
     from rmask_tune.law import load_law
 
     law = load_law(path)
@@ -40,14 +70,23 @@ def _law(path: str, space):
 
 def _print_plan(space) -> None:
     """What the sweep would run: its trial count, each task's own settings and each cell's learning rates."""
+    from rmask_tune.sweep.search import cell_key
+
     print(f"{space.name}: {space.num_trials()} trials ({space.file.search.type} search, {space.file.scheduler.type} scheduler, "
           f"{space.epochs} epochs), storage {space.storage}")  # fmt: skip
     for task, settings in space.file.task_settings.items():
         print(f"  {task} trials: " + ", ".join(f"{key} {value}" for key, value in settings.items()))
+    left = defaultdict(list)  # each cell's learning rates with a trial to run (--skip-done leaves some out)
+    for point in space.grid_trials():
+        left[cell_key({"trial": point})].append(point["lr"])
     for cell in space.cells():
         ratio = "" if cell.ratio is None else f" {cell.ratio * 100:g}%"
-        lrs = ", ".join(f"{lr:.3g}" for lr in cell.lrs) or "no learning rate"
-        print(f"  {cell.model} {cell.task} {cell.method}{ratio}: {lrs}")
+        lrs = left.get((cell.model, cell.task, cell.method, cell.ratio))
+        if lrs is None:
+            listed = "all done in the --skip-done source(s)"
+        else:
+            listed = ", ".join(f"{lr:.3g}" for lr in dict.fromkeys(lrs) if lr is not None) or "no learning rate"
+        print(f"  {cell.model} {cell.task} {cell.method}{ratio}: {listed}")
     _print_cost(space)
 
 
@@ -86,7 +125,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("file", help="search-space YAML file")
     sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the file's storage_path")
     sweep.add_argument("--address", help="Ray cluster to run on: 'auto' or HOST:PORT (default: a local Ray)")
-    sweep.add_argument("--lr-from", metavar="LAW_JSON", help="replace the law's method's LR grids by narrow grids around its predictions")
+    sweep.add_argument("--lr-from", metavar="LAW_JSON",
+                       help="replace the law's method's LR grids by narrow grids (a decade wide) around its "
+                            "recommendations for each model and task")
+    sweep.add_argument("--lr-points", type=int, metavar="N",
+                       help="LRs in each --lr-from grid (default 5); 1 trains the recommendation alone (check runs)")
+    sweep.add_argument("--skip-done", action="append", default=[], metavar="SOURCE",
+                       help="run only the grid's trials that SOURCE (a sweep export, sweep folder or YAML; repeatable) "
+                            "did not end (finished, diverged or stopped by ASHA) with the same configuration and "
+                            "settings: a sitting on a machine without the earlier sittings' runs/. ASHA then ranks a "
+                            "trial only against the peers of its cell that run in this sitting. Grid search only; "
+                            "not with --resume")
     sweep.add_argument("--dry-run", action="store_true",
                        help="validate the file, list the trials' grids, estimate their optimizer steps and GPU-hours, then stop")
     sweep.set_defaults(run=_run)

@@ -2,7 +2,9 @@
 
 ``build_report(source)`` reads a sweep's MLflow runs (or its export) and writes ``index.html``
 (self-contained), ``README.md``, the PNG figures, ``law.json`` and the sweep's export
-(``sweep-export.json.gz``, from which the report regenerates) into one folder.
+(``sweep-export.json.gz``, from which the report regenerates) into one folder. The folder's ``probes.json``
+(the Hessian probe's measurements, written by ``analyze calibrate``) is an input: it is kept, and the
+a-priori predictor ``lr = c / lambda_max`` is recalibrated from it against the new law's optima and validated.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from rmask_tune.analysis.predict import calibration_entry, calibration_pair
+from rmask_tune.analysis.probes import PROBES_FILE, load_probes, match_probes, merge_probes, save_probes
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law
 from rmask_tune.report.runs import Source, Trial, load_records, load_trials, resolve_source, trial_of
-from rmask_tune.report.summary import Summary, slug, summarize
+from rmask_tune.report.summary import Summary, law_curves, slug, summarize
+from rmask_tune.validation import probe_leave_one_task_out, summarize_validation
 
 
 def _summary(where: Source, bootstrap: int, seed: int, loaded: tuple[list[Trial], int] | None = None) -> Summary:
@@ -35,15 +40,35 @@ def law_of(summary: Summary) -> Law:
     return law
 
 
+def _hessian_predictor(law: Law, probes: list[dict] | None, curves: dict[tuple, tuple[list, list]]) -> None:
+    """Set the law's ``probe_calibration`` from ``probes`` (None: no probes.json) at its own optima and add the
+    predictor's held-out validation on ``curves`` to its ``validation`` (``hessian_predictor``)."""
+    validation = law.data["validation"]
+    match = match_probes(probes or [], law.data["points"])
+    rows, held_out = [], False
+    if match and match.at_points:
+        pairs = [calibration_pair(point, probe["lambda_max_repeats"], probe["step_range"])
+                 for point, probe in match.at_points]
+        law.probe_calibration = calibration_entry(
+            pairs, match.settings, f"{PROBES_FILE} at the law's optimal-LR points",
+            points_without_probe=match.without_probe, probes_with_other_settings=match.other_settings,
+        )
+        rows, held_out = probe_leave_one_task_out(pairs, match.probes, curves)
+    validation["hessian_predictor"] = None if probes is None else {"probes": len(probes), "held_out": held_out,
+                                                                   "rows": rows}
+    validation["summary"]["hessian_predictor"] = summarize_validation(rows)
+
+
 def build_report(source: str, tracking_uri: str | None = None, out: str | Path | None = None, *,
                  overwrite: bool = False, bootstrap: int = 1000, seed: int = 0, versus: str | None = None,
-                 export: bool = True, also: list[str] = ()) -> Path:
+                 export: bool = True, also: list[str] = (), probes: str | Path | None = None) -> Path:
     """Write the report folder (default ``reports/<experiment>``) and return it. A folder that already
     holds files is refused unless ``overwrite``; everything is computed before anything is written.
     ``versus`` (another sweep: name, folder, YAML or export) adds a comparison of shared cells.
     ``also`` adds the trials of more sweeps (folders, YAMLs or exports, e.g. cells run in another
     sitting on another machine) to ``source``'s, as one experiment; a configuration run in several keeps
-    its newest result. ``export`` writes the (combined) export into the folder too."""
+    its newest result. ``export`` writes the (combined) export into the folder too. The Hessian probes come
+    from the folder's probes.json when it has one; ``probes`` (another probes.json) is merged into it."""
     from rmask_tune.report.export import EXPORT_FILE, encode_export
     from rmask_tune.report.figures import figures
     from rmask_tune.report.render import blocks, to_html, to_markdown
@@ -52,8 +77,12 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     out = Path(out) if out is not None else Path("reports") / slug(where.experiment)
     if out.exists() and not out.is_dir():
         raise RmaskError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(f.name != PROBES_FILE for f in out.iterdir()) and not overwrite:
         raise RmaskError(f"report folder {out} already holds files; pass --overwrite or choose another --out")
+    kept = out / PROBES_FILE
+    probe_entries = load_probes(kept) if kept.is_file() else None
+    if probes is not None:
+        probe_entries = merge_probes(probe_entries or [], load_probes(probes))
     records, unreadable = load_records(where)
     for extra in also:
         more, skipped = load_records(resolve_source(extra))
@@ -65,6 +94,7 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     other = load_summary(versus, bootstrap=bootstrap, seed=seed) if versus is not None else None
     pngs = figures(summary)
     law = law_of(summary)
+    _hessian_predictor(law, probe_entries, law_curves(summary.curves.values()))
     title = f"rmask-tune report: {summary.experiment}"
     content = blocks(summary, set(pngs), other)
     page, markdown = to_html(title, content, pngs), to_markdown(title, content)
@@ -72,6 +102,8 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     for name, data in pngs.items():
         (out / name).write_bytes(data)
     law.save(out / "law.json")
+    if probes is not None:
+        save_probes(kept, probe_entries)
     if exported is not None:
         (out / EXPORT_FILE).write_bytes(exported)
     (out / "README.md").write_text(markdown)

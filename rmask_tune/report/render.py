@@ -7,6 +7,7 @@ import base64
 import html
 from dataclasses import dataclass
 
+from rmask_tune.analysis.probes import PROBES_FILE
 from rmask_tune.report.figures import SCALE
 from rmask_tune.report.paper_table import SeedStats, paper_tables, seed_stats
 from rmask_tune.report.summary import LAW_METHOD, Summary, fmt_lr, fmt_pct, row_label, slug
@@ -166,7 +167,7 @@ def _law(summary: Summary, names: set[str]) -> list:
         header = ["Model", "Task", "Ratio", "lr*", "95% interval", "Estimate", "Best grid LR", "Signal p",
                   "Resampled", "Fitted"]
         blocks.append(("table", Table(header, rows)))
-    return blocks + _validation(law)
+    return blocks + _validation(law) + _hessian_predictor(law)
 
 
 def _point_row(p: dict, fitted: str) -> list[str]:
@@ -193,14 +194,76 @@ def _validation(law) -> list:
         if not rows:
             blocks.append(("p", f"{title}: not possible here (it needs the law refitted without the held-out cells)."))
             continue
-        blocks.append(("p", f"{title}: {overall['cells']} cell(s); error mean {overall['mean_error_steps']:.2f}, worst "
-                            f"{overall['max_error_steps']:.2f} grid steps; regret mean {overall['mean_regret']:.1f}, worst "
-                            f"{overall['max_regret']:.1f} points."))
-        blocks.append(("table", Table(
-            ["Model", "Task", "Ratio", "Predicted LR", "Best grid LR", "Error (steps)", "Regret (points)"],
-            [[r["model"], r["task"], f"{r['ratio']:.3g}", fmt_lr(r["predicted_lr"]) + ("*" if r["beyond_grid"] else ""),
-              fmt_lr(r["best_grid_lr"]), f"{r['error_steps']:.2f}", f"{r['regret']:.1f}"] for r in rows])))
+        blocks.append(("p", f"{title}: {_held_out_summary(overall)}."))
+        blocks.append(("table", Table(["Model", "Task", "Ratio"] + _HELD_OUT_HEADER,
+                                      [[r["model"], r["task"], f"{r['ratio']:.3g}"] + _held_out_cells(r) for r in rows])))
     return blocks
+
+
+_HELD_OUT_HEADER = ["Predicted LR", "Best grid LR", "Error (steps)", "Regret (points)"]
+
+
+def _held_out_cells(row: dict) -> list[str]:
+    return [fmt_lr(row["predicted_lr"]) + ("*" if row["beyond_grid"] else ""), fmt_lr(row["best_grid_lr"]),
+            f"{row['error_steps']:.2f}", f"{row['regret']:.1f}"]
+
+
+def _held_out_summary(overall: dict) -> str:
+    return (f"{overall['cells']} cell(s); error mean {overall['mean_error_steps']:.2f}, worst "
+            f"{overall['max_error_steps']:.2f} grid steps; regret mean {overall['mean_regret']:.1f}, worst "
+            f"{overall['max_regret']:.1f} points")
+
+
+def _hessian_predictor(law) -> list:
+    """Section 3c: lr = c / lambda_max, calibrated from the report folder's probes.json, on held-out tasks."""
+    validation = law.data.get("validation", {})
+    predictor = validation.get("hessian_predictor")
+    calibration = law.probe_calibration
+    blocks: list = [("h2", "3c. The a-priori Hessian predictor")]
+    if predictor is None:
+        return blocks + [("p", "Not calibrated: `rmask-tune analyze calibrate --law law.json` on this report's "
+                               "law.json probes the top Hessian eigenvalue at its optima into probes.json beside it, "
+                               "from which a re-run report (same --out) builds this section.")]
+    if calibration is None:
+        return blocks + [("p", f"None of the {predictor['probes']} probe(s) in {PROBES_FILE} is at one of the law's "
+                               f"optima: nothing to calibrate c on (`rmask-tune analyze calibrate --law law.json` "
+                               "probes them).")]
+    left_out = [f"{n} {what}" for n, what in ((calibration["points_without_probe"], "optimum(s) without a probe"),
+                                              (calibration["probes_with_other_settings"], "probe(s) with other settings"))
+                if n]
+    settings = ", ".join(f"{k} {v}" for k, v in calibration["probe"].items())
+    blocks += [
+        ("p", f"lr = c / lambda_max, lambda_max the top eigenvalue of the training loss's Hessian over the trainable "
+              f"values at initialization ({PROBES_FILE} beside this report; probe: {settings}). "
+              f"c = {calibration['c']:.4g}, the geometric mean of lr* · lambda_max over the {calibration['n']} "
+              f"optima below (their log10 spread {calibration['log10_sd']:.2f} decades"
+              + (f"; left out: {', '.join(left_out)}" if left_out else "")
+              + "). law.json's probe_calibration holds it for `rmask-tune recommend --probe`."),
+        ("table", Table(["Model", "Task", "Ratio", "lr*", "lambda_max", "lr* · lambda_max"],
+                        [[p["model"], p["task"], f"{p['ratio']:.3g}", fmt_lr(p["lr"]), f"{p['lambda_max']:.4g}",
+                          f"{p['lr'] * p['lambda_max']:.3g}"] for p in calibration["points"]])),
+    ]
+    rows, overall = predictor["rows"], validation["summary"]["hessian_predictor"]
+    if predictor["held_out"]:
+        how = ("Leave-one-task-out: each (model, task) is hidden, c refitted on the optima of every other (model, "
+               "task), of all models (the predictor is meant for models no sweep has seen, so unlike the law's it "
+               "also learns from other models), and the pair's probed cells predicted as c / lambda_max; error and "
+               "regret as in 3b.")
+    else:
+        how = ("Leave-one-task-out is not possible: the probes at the law's optima cover one (model, task) only. "
+               "In-sample instead (c fitted on these same optima), which flatters the predictor; error and regret "
+               "as in 3b.")
+    if not rows:
+        return blocks + [("p", f"{how} No probed cell has a measured curve of two or more LRs.")]
+    law_overall = (validation.get("summary") or {}).get("leave_one_task_out")
+    versus = (f"the law's leave-one-task-out (3b): {_held_out_summary(law_overall)}" if law_overall
+              else "the law has no leave-one-task-out here")
+    return blocks + [
+        ("p", f"{how} Hessian predictor: {_held_out_summary(overall)}; {versus}."),
+        ("table", Table(["Model", "Task", "Ratio", "c used", "lambda_max"] + _HELD_OUT_HEADER,
+                        [[r["model"], r["task"], f"{r['ratio']:.3g}", f"{r['c']:.4g}", f"{r['lambda_max']:.4g}"]
+                         + _held_out_cells(r) for r in rows])),
+    ]
 
 
 def _compute(summary: Summary) -> list:

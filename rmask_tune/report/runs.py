@@ -15,6 +15,9 @@ from pathlib import Path
 from rmask_tune.errors import RmaskError
 
 TERMINAL = ("finished", "diverged", "stopped")
+# Significant digits at which configurations compare numbers: a learning rate or ratio logged as 0.1 or
+# as 0.10000000000000002 (another formatting, or float arithmetic on another machine) is one value.
+SAME_DIGITS = 9
 # The per-epoch metric histories kept for every trial (step = epoch).
 HISTORIES = ("dev_metric", "train_loss")
 
@@ -61,10 +64,32 @@ class Trial:
     record: RunRecord | None = field(default=None, repr=False, compare=False)  # what it was read from
 
     @property
+    def configuration(self) -> tuple:
+        """What the trial is a run of: runs with the same configuration are re-runs of one another."""
+        return configuration_key(self.model, self.task, self.method, self.ratio, self.lr, self.seed)
+
+    @property
     def trainable_fraction(self) -> float | None:
         if self.trainable_params is None or not self.total_params:
             return self.ratio
         return self.trainable_params / self.total_params
+
+
+def configuration_key(model: str, task: str, method: str, ratio, lr, seed) -> tuple:
+    """The identity of a trial's configuration (a report keeps the newest of its re-runs, a sweep with
+    --skip-done leaves it out once ended), its values compared as ``comparable`` compares them."""
+    return tuple(comparable(value) for value in (model, task, method, ratio, lr, seed))
+
+
+def comparable(value):
+    """A configuration value (as given, or as an MLflow param's text) as configurations compare it: a
+    none-like value as None, a number at SAME_DIGITS significant digits, any other text as it is."""
+    if value in (None, "", "none", "None", "null"):
+        return None
+    try:
+        return float(f"{float(value):.{SAME_DIGITS}g}")
+    except (TypeError, ValueError):
+        return value
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
@@ -109,7 +110,7 @@ def _dedupe(trials: list[Trial]) -> tuple[list[Trial], int]:
     """One trial per configuration: the newest that reached a result, else the newest."""
     chosen: dict[tuple, Trial] = {}
     for t in sorted(trials, key=lambda t: (t.status in TERMINAL, t.start_time), reverse=True):
-        chosen.setdefault((t.model, t.task, t.method, t.ratio, t.lr, t.seed), t)
+        chosen.setdefault(t.configuration, t)
     return list(chosen.values()), len(trials) - len(chosen)
 
 
@@ -175,6 +176,13 @@ def _cell_statistics(curves: dict[tuple, Curve], bootstrap: int, seed: int) -> N
             curve.signal = signal_test(boot)
 
 
+def law_curves(curves: Iterable[Curve]) -> dict[tuple, tuple[list[float], list[float]]]:
+    """The law method's measured curves, ``(model, task, ratio) -> (LRs, mean dev metric)``, two LRs or more:
+    what held-out predictions are scored on."""
+    return {(c.model, c.task, c.ratio): c.means for c in curves
+            if c.method == LAW_METHOD and c.ratio is not None and len(c.means[0]) >= 2}
+
+
 def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> Law:
     """The cells that pass the rules of docs/statistics.md, the fits over them, and their validation."""
     points, excluded = [], []
@@ -224,8 +232,7 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
     except RmaskError:
         shared = None
         notes.append("no law: no (model, task) has cells that pass the rules at two or more ratios")
-    measured = {(c.model, c.task, c.ratio): c.means for c in curves
-                if c.method == LAW_METHOD and c.ratio is not None and len(c.means[0]) >= 2}
+    measured = law_curves(curves)
     tasks_out, ratios_out = leave_one_task_out(points, measured), leave_one_ratio_out(points, measured)
     data = {
         "points": points, "excluded": excluded, "bootstrap": {"samples": bootstrap, "seed": seed},

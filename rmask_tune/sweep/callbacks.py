@@ -19,6 +19,20 @@ CONFIG_PARAMS = (
 )  # fmt: skip
 
 
+def trial_params(point: dict, settings: dict) -> dict:
+    """The MLflow params of a trial's run: its grid point, its settings (CONFIG_PARAMS) and its task's metric."""
+    from rmask_tune.tasks import get_task
+    from rmask_tune.trainer.config import TrialConfig
+
+    config = TrialConfig.from_dict({**settings, **{key: value for key, value in point.items() if value is not None}})
+    return {
+        **{key: "none" if point.get(key) is None else point[key] for key in ("model", "task", "method", "ratio", "lr", "seed")},
+        "density": "none",
+        **{key: getattr(config, key) for key in CONFIG_PARAMS},
+        "metric": get_task(point["task"]).metric,
+    }
+
+
 class MlflowCallback(Callback):
     """Logs every trial to its own MLflow run under the sweep's parent run, from the driver."""
 
@@ -61,18 +75,8 @@ class MlflowCallback(Callback):
         self.tracker.close(tags={"rmask.trials": len(trials)}, interrupted=unfinished or bool(cut))
 
     def _run(self, trial) -> str:
-        from rmask_tune.tasks import get_task
-        from rmask_tune.trainer.config import TrialConfig
-
-        point, settings = trial.config["trial"], trial.config["settings"]
-        config = TrialConfig.from_dict({**settings, **{key: value for key, value in point.items() if value is not None}})
-        params = {
-            **{key: "none" if point.get(key) is None else point[key] for key in ("model", "task", "method", "ratio", "lr", "seed")},
-            "density": "none",
-            **{key: getattr(config, key) for key in CONFIG_PARAMS},
-            "metric": get_task(point["task"]).metric,
-        }
-        return self.tracker.trial_run(trial.trial_id, describe(point), params)
+        point = trial.config["trial"]
+        return self.tracker.trial_run(trial.trial_id, describe(point), trial_params(point, trial.config["settings"]))
 
     def _end(self, trial, errored: bool) -> None:
         self._run(trial)

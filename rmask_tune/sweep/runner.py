@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
@@ -43,7 +43,8 @@ def set_environment() -> None:
 
 @dataclass
 class SweepState:
-    """``sweep.json``: the sweep's id and what it started with, so --resume finds its runs and checks the file."""
+    """``sweep.json``: the sweep's id and what it started with, so --resume finds its runs and checks the file;
+    ``done``: the grid's trials --skip-done left out, which a resumed sweep leaves out too."""
 
     sweep_id: str
     name: str
@@ -51,6 +52,7 @@ class SweepState:
     fingerprint: dict
     tracking_uri: str
     experiment: str
+    done: list[dict] = field(default_factory=list)
 
     @classmethod
     def new(cls, space: SweepSpace) -> SweepState:
@@ -59,7 +61,8 @@ class SweepState:
             raise RmaskError(
                 f"{space.storage} already holds sweep '{space.name}'; add --resume to continue it, or set another storage_path"
             )
-        return cls(uuid.uuid4().hex[:12], space.name, str(space.source), space.fingerprint(), space.tracking_uri, space.experiment_name)
+        return cls(uuid.uuid4().hex[:12], space.name, str(space.source), space.fingerprint(), space.tracking_uri,
+                   space.experiment_name, space.done)
 
     @classmethod
     def load(cls, space: SweepSpace) -> SweepState:
@@ -87,7 +90,9 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
     """Run (or with ``resume`` continue) ``space``; print progress to stderr and a summary to ``stream``.
 
     ``address`` connects to a running Ray cluster (``auto`` or ``HOST:PORT``); without it an embedded
-    local Ray is started, or the one this process already has is used. Returns the summary rows.
+    local Ray is started, or the one this process already has is used. The trials in ``space.done``
+    (``--skip-done``: ended in earlier sittings) are left out, so ASHA ranks each trial only against the
+    peers of its cell that run in this sweep. Returns the summary rows.
     """
     from rmask_tune.sweep.tracking import SweepTracker, probe_tracking_uri
 
@@ -97,6 +102,7 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
     if resume and space.law is not None:
         raise RmaskError("--lr-from applies when a sweep starts; --resume continues with the grids it started with")
     state = SweepState.load(space) if resume else SweepState.new(space)
+    space.done = state.done
     probe_tracking_uri(state.tracking_uri, space.storage)
     _quiet_loggers()
     started_ray = _connect(address, space)
@@ -143,6 +149,7 @@ def _sweep_params(space: SweepSpace, state: SweepState) -> dict:
         "scheduler": space.file.scheduler.type,
         "epochs": space.epochs,
         "lr_from_law": space.law is not None,
+        "skipped_done": len(space.done),
     }
 
 

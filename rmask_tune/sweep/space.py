@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -210,13 +210,17 @@ class Cell:
 
 @dataclass
 class SweepSpace:
-    """A validated search-space file with its paths resolved; ``law`` narrows LR grids (``--lr-from``)."""
+    """A validated search-space file with its paths resolved; ``law`` narrows LR grids to ``law_points`` LRs
+    (``--lr-from``, ``--lr-points``);
+    ``done`` holds the grid's trials that earlier sittings ended (``--skip-done``), which it leaves out."""
 
     file: SweepFile
     source: Path
     data_dir: str | None
     storage: Path
     law: Any = None
+    law_points: int = 5
+    done: list[dict] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -255,12 +259,15 @@ class SweepSpace:
         """The settings ``task`` overrides (its ``task_settings`` entry; empty when it has none)."""
         return dict(self.file.task_settings.get(task, {}))
 
-    def lr_grid(self, model: str, method: str, ratio: float | None) -> tuple[float, ...]:
-        """The learning rates of one cell: the method's grid, or the law's narrow grid for the law's method."""
+    def lr_grid(self, model: str, method: str, ratio: float | None, task: str | None = None) -> tuple[float, ...]:
+        """The learning rates of one cell: the method's grid, or for the law's method the law's narrow grid
+        of ``law_points`` LRs around its recommendation for (``model``, ``task``)."""
         from rmask_tune.law import narrow_grid
 
         if self.law is not None and method == self.law.method and ratio is not None:
-            return tuple(narrow_grid(self.law, ratio, model if model in self.law.models else None))
+            known = model in self.law.models_known()
+            return tuple(narrow_grid(self.law, ratio, model if known else None, points=self.law_points,
+                                     task=task if known else None))
         return tuple(self.file.methods[method].lrs(ratio) or ())
 
     def cell_settings(self, task: str, method: str) -> tuple[tuple[str, Any], ...]:
@@ -271,7 +278,7 @@ class SweepSpace:
     def cells(self) -> list[Cell]:
         """Every model x task x method x ratio, in file order."""
         return [
-            Cell(model, task, method, ratio, self.lr_grid(model, method, ratio), self.cell_settings(task, method))
+            Cell(model, task, method, ratio, self.lr_grid(model, method, ratio, task), self.cell_settings(task, method))
             for model in self.file.models
             for task in self.file.tasks
             for method, grid in self.file.methods.items()
@@ -279,13 +286,10 @@ class SweepSpace:
         ]
 
     def grid_trials(self) -> list[dict]:
-        """Every trial of a grid search: one per cell, learning rate and seed."""
-        return [
-            trial_point(cell, lr, seed)
-            for cell in self.cells()
-            for lr in cell.lrs or [None]
-            for seed in self.file.seeds
-        ]
+        """Every trial of a grid search: one per cell, learning rate and seed, but those in ``done``."""
+        seeds = self.file.seeds
+        points = [trial_point(cell, lr, seed) for cell in self.cells() for lr in cell.lrs or [None] for seed in seeds]
+        return [point for point in points if point not in self.done]
 
     def optuna_schedule(self) -> list[tuple[int, Cell, int]]:
         """(cell index, cell, seed) per Optuna trial, round-robin: ``num_samples`` rounds over cells x seeds.

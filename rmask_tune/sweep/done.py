@@ -1,0 +1,43 @@
+"""The trials of a sweep's grid that earlier sittings already ended (``rmask-tune sweep FILE --skip-done SOURCE``).
+
+A sweep run in several sittings, on machines that do not keep ``runs/``, travels as its sittings' exports
+(or stores). A grid point is done when a source holds a run of it that ended (finished, diverged or stopped
+by ASHA: ``TERMINAL``) with the same configuration (the report's identity of re-runs: model, task, method,
+ratio, LR, seed) and the same settings the sweep logs next to them (``CONFIG_PARAMS``: epochs, examples,
+batch, objective, scoring, head_lr, ...). Errored, interrupted or still-running runs do not count. ASHA in a
+later sitting ranks a trial only against the peers of its cell that run in that sitting.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rmask_tune.errors import RmaskError
+from rmask_tune.report.runs import TERMINAL, comparable, configuration_key, load_records, resolve_source, trial_of
+from rmask_tune.sweep.space import OptunaSearch, SweepSpace
+
+
+def done_points(space: SweepSpace, sources: list[str]) -> list[dict]:
+    """The grid points of ``space`` that a trial run of one of ``sources`` (exports, sweep folders or YAMLs)
+    ended with the same configuration and settings."""
+    from rmask_tune.sweep.callbacks import CONFIG_PARAMS, trial_params
+
+    if isinstance(space.file.search, OptunaSearch):
+        raise RmaskError(f"--skip-done needs a grid search: {space.source} samples its learning rates with optuna, "
+                         "so its trials are not known before they run")
+    ended = defaultdict(list)  # configuration -> the params of its ended runs
+    for source in sources:
+        records, _ = load_records(resolve_source(source))
+        for record in records:
+            trial = trial_of(record)
+            if trial.status in TERMINAL:
+                ended[trial.configuration].append(record.params)
+    settings = space.settings()
+
+    def done(point: dict) -> bool:
+        logged = trial_params(point, settings)
+        key = configuration_key(*(point[name] for name in ("model", "task", "method", "ratio", "lr", "seed")))
+        return any(all(comparable(logged[name]) == comparable(params.get(name)) for name in CONFIG_PARAMS)
+                   for params in ended.get(key, ()))
+
+    return [point for point in space.grid_trials() if done(point)]
