@@ -178,7 +178,6 @@ def test_bad_probes_files_are_refused(store, tmp_path, capsys, content, message)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 def test_calibrate_writes_and_merges_probes_json(tmp_path):
     """tiny-llama (random init) on real SST-2: the probes land in probes.json beside law.json; a probe of the same
     cell with the same settings is replaced, one with other settings or of another cell is kept."""

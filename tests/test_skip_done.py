@@ -15,7 +15,6 @@ from rmask_tune.report.export import EXPORT_FILE, read_export
 from rmask_tune.report.runs import TERMINAL, configuration_key, trial_of
 from rmask_tune.sweep import load_space
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 NAME = "sittings"
 FULL_LRS = "[1e-3, 3e-2, 1e-1]"
 
