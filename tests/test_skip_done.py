@@ -19,22 +19,23 @@ NAME = "sittings"
 FULL_LRS = "[1e-3, 3e-2, 1e-1]"
 
 
-def grid_file(folder: Path, lrs: str, epochs: int = 1) -> Path:
-    """The sweep: Random Masking at 1% over ``lrs`` and the frozen model, one epoch each, stored in ``folder``."""
+def grid_file(folder: Path, lrs: str, training: str = "epochs: 1") -> Path:
+    """The sweep: Random Masking at 1% over ``lrs`` and the frozen model, one epoch each (unless ``training``
+    says otherwise), stored in ``folder``."""
     folder.mkdir(exist_ok=True)
     body = f"""\
         methods:
           random_masking: {{ratios: ["1%"], lr: {lrs}}}
           none: {{}}
-        training: {{epochs: {epochs}, batch_size: 4}}
+        training: {{{training}, batch_size: 4}}
         scheduler: {{type: none}}
         """
     return sweep_file(folder, NAME, body)
 
 
-def add_trial_run(storage: Path, lr: str, status: str) -> None:
+def add_trial_run(storage: Path, lr: str, status: str, unlogged: tuple[str, ...] = ()) -> None:
     """A trial run as another sitting logged it: the settings of the store's 1e-3 run at ``lr`` (as
-    written), ending ``status``."""
+    written) less the params ``unlogged`` (a sweep from before they were logged), ending ``status``."""
     from mlflow.entities import Metric, Param
 
     client, trials, parent = mlflow_runs(storage, NAME)
@@ -46,7 +47,7 @@ def add_trial_run(storage: Path, lr: str, status: str) -> None:
     metrics = [] if status == "errored" else [
         Metric(key, value, now, 1) for key, value in
         (("dev_metric", 0.5), ("best_dev_metric", 0.5), ("test_metric", 0.5), ("epochs_completed", 1))]
-    params = {**model.data.params, "lr": lr}
+    params = {key: value for key, value in {**model.data.params, "lr": lr}.items() if key not in unlogged}
     client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     client.set_terminated(run.info.run_id, "FAILED" if status == "errored" else "FINISHED")
 
@@ -54,11 +55,12 @@ def add_trial_run(storage: Path, lr: str, status: str) -> None:
 @pytest.fixture(scope="module")
 def first_sitting(local_ray, tmp_path_factory) -> Path:
     """The first sitting's export: Random Masking at 1e-3 and the frozen model ran; another sitting's runs in
-    the same store ended 0.1 (its LR written as float arithmetic left it) and errored at 0.03."""
+    the same store ended 0.1 (its LR written as float arithmetic left it, by a sweep that did not yet log
+    the schedule, optimizer or method options) and errored at 0.03."""
     tmp = tmp_path_factory.mktemp("first")
     run_cli(["sweep", str(grid_file(tmp, "[1e-3]"))])
     storage = tmp / NAME
-    add_trial_run(storage, "0.10000000000000002", "finished")
+    add_trial_run(storage, "0.10000000000000002", "finished", unlogged=("schedule", "optimizer", "method_options"))
     add_trial_run(storage, "0.03", "errored")
     export = tmp / "first.json.gz"
     run_cli(["export", str(storage), "--out", str(export)])
@@ -103,9 +105,12 @@ def test_dry_run_lists_what_is_left(first_sitting, tmp_path):
     assert "  trials: 1\n" in out
 
 
-def test_trials_with_other_settings_are_not_done(first_sitting, tmp_path):
-    longer = grid_file(tmp_path, FULL_LRS, epochs=2)
-    out = run_cli(["sweep", str(longer), "--skip-done", str(first_sitting), "--dry-run"])
+@pytest.mark.parametrize("training", ["epochs: 2", "epochs: 1, schedule: linear", "epochs: 1, optimizer: sgd"])
+def test_trials_with_other_settings_are_not_done(first_sitting, tmp_path, training):
+    """A changed setting makes every trial new, the 0.1 run's too: a setting its sweep did not log counts as
+    the default (constant schedule, AdamW), which these sweeps changed."""
+    other = grid_file(tmp_path, FULL_LRS, training)
+    out = run_cli(["sweep", str(other), "--skip-done", str(first_sitting), "--dry-run"])
     assert out.startswith(f"skipping 0 of 4 trials already done in {first_sitting}\n{NAME}: 4 trials")
     assert "  tiny-llama SST-2 random_masking 1%: 0.001, 0.03, 0.1\n" in out
 
@@ -127,3 +132,14 @@ def test_refused_with_optuna_with_resume_and_for_a_missing_source(first_sitting,
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("rmask-tune: error: ") and message in err and err.count("\n") == 1
+
+
+def test_method_options_log_only_what_differs_from_the_defaults():
+    """LoRA's r=8, alpha=16 are its defaults, so a run that gave them and one that did not (or an older sweep
+    that logged no options) are the same configuration; r=16 is another."""
+    from rmask_tune.sweep.callbacks import trial_params
+
+    point = {"model": "tiny-llama", "task": "SST-2", "method": "lora", "ratio": None, "lr": 1e-3, "seed": 0}
+    logged = [trial_params({**point, "method_options": options}, {"epochs": 1})["method_options"]
+              for options in ({"r": 8, "alpha": 16}, {}, {"r": 16, "alpha": 16, "dropout": 0.1})]
+    assert logged == ["{}", "{}", '{"dropout": 0.1, "r": 16}']

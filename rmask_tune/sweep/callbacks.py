@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -12,23 +13,35 @@ from ray.tune import Callback
 from rmask_tune.sweep.results import describe, trial_status
 from rmask_tune.sweep.tracking import SweepTracker
 
-# Trial settings logged as MLflow params next to the swept ones (a task's own settings show here).
+# Trial settings logged as MLflow params next to the swept ones (a task's own settings show here): all
+# that change what a trial computes, so that `--skip-done` can tell an earlier sitting's trial from another.
 CONFIG_PARAMS = (
     "epochs", "train_examples", "dev_examples", "test_examples", "batch_size", "grad_accum", "objective", "scoring",
-    "max_length", "head_lr",
+    "max_length", "head_lr", "max_steps", "schedule", "warmup_ratio", "weight_decay", "optimizer",
+    "divergence_factor", "targets", "method_options", "data_seed", "mask_seed", "head", "train_head",
 )  # fmt: skip
 
 
+def param_text(value):
+    """A setting as its MLflow param holds it: a list or a dict as sorted JSON, anything else as given."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, tuple, dict)) else value
+
+
 def trial_params(point: dict, settings: dict) -> dict:
-    """The MLflow params of a trial's run: its grid point, its settings (CONFIG_PARAMS) and its task's metric."""
+    """The MLflow params of a trial's run: its grid point, its settings (CONFIG_PARAMS; of its method's options
+    those not at their defaults) and its task's metric."""
+    from rmask_tune.methods import method_options
     from rmask_tune.tasks import get_task
     from rmask_tune.trainer.config import TrialConfig
 
     config = TrialConfig.from_dict({**settings, **{key: value for key, value in point.items() if value is not None}})
+    defaults = method_options(config.method)  # options left at their defaults log as not given
+    config.method_options = {name: value for name, value in config.method_options.items()
+                             if name not in defaults or defaults[name].default != value}
     return {
         **{key: "none" if point.get(key) is None else point[key] for key in ("model", "task", "method", "ratio", "lr", "seed")},
         "density": "none",
-        **{key: getattr(config, key) for key in CONFIG_PARAMS},
+        **{key: param_text(getattr(config, key)) for key in CONFIG_PARAMS},
         "metric": get_task(point["task"]).metric,
     }
 

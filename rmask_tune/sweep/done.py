@@ -4,13 +4,16 @@ A sweep run in several sittings, on machines that do not keep ``runs/``, travels
 (or stores). A grid point is done when a source holds a run of it that ended (finished, diverged or stopped
 by ASHA: ``TERMINAL``) with the same configuration (the report's identity of re-runs: model, task, method,
 ratio, LR, seed) and the same settings the sweep logs next to them (``CONFIG_PARAMS``: epochs, examples,
-batch, objective, scoring, head_lr, ...). Errored, interrupted or still-running runs do not count. ASHA in a
-later sitting ranks a trial only against the peers of its cell that run in that sitting.
+batch, objective, scoring, schedule, optimizer, targets, method options, ...). A setting a run did not log
+(sweeps before it was logged) counts as TrialConfig's default, so a sitting that changed it reruns its trials
+rather than taking them as done. Errored, interrupted or still-running runs do not count. ASHA in a later
+sitting ranks a trial only against the peers of its cell that run in that sitting.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import MISSING, fields
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.report.runs import TERMINAL, comparable, configuration_key, load_records, resolve_source, trial_of
@@ -20,7 +23,8 @@ from rmask_tune.sweep.space import OptunaSearch, SweepSpace
 def done_points(space: SweepSpace, sources: list[str]) -> list[dict]:
     """The grid points of ``space`` that a trial run of one of ``sources`` (exports, sweep folders or YAMLs)
     ended with the same configuration and settings."""
-    from rmask_tune.sweep.callbacks import CONFIG_PARAMS, trial_params
+    from rmask_tune.sweep.callbacks import CONFIG_PARAMS, param_text, trial_params
+    from rmask_tune.trainer.config import TrialConfig
 
     if isinstance(space.file.search, OptunaSearch):
         raise RmaskError(f"--skip-done needs a grid search: {space.source} samples its learning rates with optuna, "
@@ -34,10 +38,17 @@ def done_points(space: SweepSpace, sources: list[str]) -> list[dict]:
                 ended[trial.configuration].append(record.params)
     settings = space.settings()
 
+    def text(value):  # a setting as its MLflow param's text compares
+        return comparable(str(param_text(value)))
+
+    defaults = {f.name: text(f.default_factory() if f.default is MISSING else f.default)
+                for f in fields(TrialConfig) if f.name in CONFIG_PARAMS}
+
     def done(point: dict) -> bool:
         logged = trial_params(point, settings)
         key = configuration_key(*(point[name] for name in ("model", "task", "method", "ratio", "lr", "seed")))
-        return any(all(comparable(logged[name]) == comparable(params.get(name)) for name in CONFIG_PARAMS)
+        return any(all(text(logged[name]) == (comparable(params[name]) if name in params else defaults[name])
+                       for name in CONFIG_PARAMS)
                    for params in ended.get(key, ()))
 
     return [point for point in space.grid_trials() if done(point)]
