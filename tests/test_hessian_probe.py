@@ -154,6 +154,22 @@ def test_calibration_reports_the_spread_over_repeated_probes(law_path, capsys):
         calibrate_law(law_path, settings, repeats=0)
 
 
+def test_calibration_probes_the_loss_each_cell_trained_on(tmp_path):
+    """A law point's loss settings (here the classification objective over SST-2's two candidates, not the LM
+    objective over the vocabulary) decide the loss whose Hessian the probe measures, and probes.json says so."""
+    loss = {"objective": "classification", "scoring": "mean", "max_length": 512}
+    point = {"model": "tiny-llama", "task": "SST-2", "ratio": 1e-4, "lr": 0.01, "log10_lr": -2.0, "se": 0.1,
+             "loss_settings": loss}  # fmt: skip
+    path = tmp_path / "law.json"
+    Law(pooled=None, models={}, data={"points": [point], "excluded": []}).save(path)
+    measured = calibrate_law(path, CHECK)["points"][0]["lambda_max"]
+    assert measured == probe_ratio("tiny-llama", "SST-2", 1e-4, CHECK, loss).lambda_max
+    assert measured != pytest.approx(probe_ratio("tiny-llama", "SST-2", 1e-4, CHECK).lambda_max, rel=0.05)
+    assert json.loads((tmp_path / "probes.json").read_text())["probes"][0]["loss_settings"] == loss
+    with pytest.raises(RmaskError, match="not a loss setting the probe takes: lr"):
+        probe_ratio("tiny-llama", "SST-2", 1e-4, CHECK, {"lr": 1.0})
+
+
 def test_cli_hvp_check_writes_a_table_and_json(tmp_path, capsys):
     out = tmp_path / "check"
     argv = ["analyze", "hvp-check", "--model", "tiny-llama", "--task", "SST-2", "--ratios", "1e-5", "--vectors", "1",

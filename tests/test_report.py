@@ -431,7 +431,7 @@ methods:
     lr: {{min: 1e-3, max: 1e-1, per_decade: 1}}
   none: {{}}
 seeds: [0]
-training: {{epochs: 2, batch_size: 8, tokenizer: smollm2-135m}}
+training: {{epochs: 2, batch_size: 8, tokenizer: smollm2-135m, objective: classification}}
 data: {{data_dir: {data}, train_examples: 16, dev_examples: 16, test_examples: 16}}
 search: {{type: grid}}
 scheduler: {{type: asha, grace_period: 1, reduction_factor: 2}}
@@ -466,6 +466,10 @@ def test_report_of_a_real_small_sweep(tmp_path):
     # each ratio's table cell is the test metric at its best-dev LR; the law saw both ratios
     law = json.loads((tmp_path / "report" / "law.json").read_text())
     assert sorted(p["ratio"] for p in law["points"] + law["excluded"]) == [1e-3, 1e-2]
+    # with the settings that shaped each cell's training loss, which `analyze calibrate` probes with
+    for cell in law["points"] + law["excluded"]:
+        assert cell["loss_settings"] == {"objective": "classification", "scoring": "mean", "max_length": 512,
+                                         "tokenizer": "smollm2-135m"}
     for ratio in (1e-2, 1e-3):
         curve = summary.curves[("tiny-llama", "SST-2", "random_masking", ratio)]
         assert sorted(curve.trials) == [1e-3, 1e-2, 1e-1]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from rmask_tune.analysis.hessian import HVP_DESCRIPTIONS, SOLVERS, STEP_DESCRIPTIONS, MaskedHessian
+from rmask_tune.analysis.probes import LOSS_SETTINGS
 from rmask_tune.errors import RmaskError
 
 MASKING_METHODS = ("random_masking", "structured_masking")
@@ -167,13 +168,17 @@ def probe_trial(trial, state: str, settings: ProbeSettings, run: str | None = No
     )
 
 
-def ratio_trial(model: str, task: str, ratio: float, settings: ProbeSettings):
-    """The prepared trial the probe measures: Random Masking of ``model`` at ``ratio`` on ``task``, at init."""
+def ratio_trial(model: str, task: str, ratio: float, settings: ProbeSettings, loss_settings: dict | None = None):
+    """The prepared trial the probe measures: Random Masking of ``model`` at ``ratio`` on ``task``, at init, with
+    the training loss ``loss_settings`` choose (``LOSS_SETTINGS``; the trainer's defaults for those not given)."""
     from rmask_tune.trainer import prepare_trial
 
+    unknown = sorted(set(loss_settings or {}) - set(LOSS_SETTINGS))
+    if unknown:
+        raise RmaskError(f"not a loss setting the probe takes: {', '.join(unknown)} (it takes {', '.join(LOSS_SETTINGS)})")
     config = {"model": model, "task": task, "method": "random_masking", "ratio": ratio, "seed": settings.seed,
               "data_seed": settings.seed + settings.repeat}  # fmt: skip
-    return prepare_trial({**config, **settings.trial_overrides()})
+    return prepare_trial({**(loss_settings or {}), **config, **settings.trial_overrides()})
 
 
 def probe_batches(trial, settings: ProbeSettings) -> list:
@@ -186,10 +191,13 @@ def probe_batches(trial, settings: ProbeSettings) -> list:
     return batches
 
 
-def probe_ratio(model: str, task: str, ratio: float, settings: ProbeSettings | None = None) -> LandscapePoint:
-    """The top eigenvalue at initialization for Random Masking of ``model`` at ``ratio`` on ``task``."""
+def probe_ratio(
+    model: str, task: str, ratio: float, settings: ProbeSettings | None = None, loss_settings: dict | None = None
+) -> LandscapePoint:
+    """The top eigenvalue at initialization for Random Masking of ``model`` at ``ratio`` on ``task`` (training loss
+    as ``ratio_trial``)."""
     settings = settings or ProbeSettings()
-    return probe_trial(ratio_trial(model, task, ratio, settings), "init", settings)
+    return probe_trial(ratio_trial(model, task, ratio, settings, loss_settings), "init", settings)
 
 
 def read_run(run_dir: str | Path) -> dict:

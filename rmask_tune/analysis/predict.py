@@ -86,7 +86,8 @@ def calibrate_law(
     pairs = []
     for point in points:
         probes = [
-            probe_ratio(point["model"], point["task"], point["ratio"], replace(settings, repeat=r))
+            probe_ratio(point["model"], point["task"], point["ratio"], replace(settings, repeat=r),
+                        point.get("loss_settings"))
             for r in range(repeats)
         ]  # fmt: skip
         pairs.append(calibration_pair(point, [probe.lambda_max for probe in probes], _step_range(probes)))
@@ -96,7 +97,8 @@ def calibrate_law(
         pairs, settings.record(), f"law.json optimal-LR points{_filter_text(model, task)}"
     )
     law.save(law_path)
-    add_probes(Path(law_path).parent / PROBES_FILE, [probe_entry(pair, settings.record()) for pair in pairs])
+    add_probes(Path(law_path).parent / PROBES_FILE,
+               [probe_entry(pair, settings.record(), point.get("loss_settings")) for pair, point in zip(pairs, points)])
     return law.probe_calibration
 
 

@@ -17,12 +17,35 @@ from rmask_tune.errors import RmaskError
 
 PROBES_FILE = "probes.json"
 PROBES_FORMAT = "rmask-tune probes v1"
+# A sweep cell's settings that shape its training loss, hence the Hessian a probe of the cell must measure: the
+# report stores them with each optimum in law.json (``loss_settings``) and ``analyze calibrate`` probes with them.
+LOSS_SETTINGS = ("objective", "scoring", "max_length", "targets", "head", "train_head", "tokenizer")
 _FIELDS = ("model", "task", "ratio", "lambda_max", "lambda_max_repeats", "step_range", "probe")
 
 
-def probe_entry(pair: dict, settings_record: dict) -> dict:
-    """The probes.json entry of a calibration pair (``predict.calibration_pair``), measured with ``settings_record``."""
-    return {**{k: pair[k] for k in _FIELDS[:-1]}, "probe": settings_record}
+def loss_settings(params: dict[str, str]) -> dict:
+    """The ``LOSS_SETTINGS`` a trial's MLflow params give (as ``sweep.callbacks.param_text`` wrote them), those
+    left unset (None) omitted."""
+    settings = {}
+    for key in LOSS_SETTINGS:
+        text = params.get(key)
+        if text is None or text in ("None", "none", ""):
+            continue
+        if text in ("True", "False"):
+            settings[key] = text == "True"
+            continue
+        try:
+            settings[key] = json.loads(text)
+        except ValueError:
+            settings[key] = text
+    return settings
+
+
+def probe_entry(pair: dict, settings_record: dict, loss_settings: dict | None = None) -> dict:
+    """The probes.json entry of a calibration pair (``predict.calibration_pair``), measured with ``settings_record``
+    on the training loss ``loss_settings`` chose (recorded when given)."""
+    entry = {**{k: pair[k] for k in _FIELDS[:-1]}, "probe": settings_record}
+    return {**entry, "loss_settings": loss_settings} if loss_settings else entry
 
 
 def _cell(entry: dict) -> tuple:

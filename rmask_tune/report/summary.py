@@ -10,6 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
+from rmask_tune.analysis.probes import loss_settings
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Fit, Law, fit_law, fit_shared
 from rmask_tune.report.runs import TERMINAL, Trial
@@ -183,6 +184,13 @@ def law_curves(curves: Iterable[Curve]) -> dict[tuple, tuple[list[float], list[f
             if c.method == LAW_METHOD and c.ratio is not None and len(c.means[0]) >= 2}
 
 
+def _loss_settings(curve: Curve) -> dict:
+    """The settings that shaped the cell's training loss (those of its first trial with stored params), which
+    ``analyze calibrate`` probes with."""
+    records = [t.record for trials in curve.trials.values() for t in trials if t.record is not None]
+    return loss_settings(records[0].params) if records else {}
+
+
 def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> Law:
     """The cells that pass the rules of docs/statistics.md, the fits over them, and their validation."""
     points, excluded = [], []
@@ -199,7 +207,7 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
             "interval": [10 ** o.interval[0], 10 ** o.interval[1]], "estimate": o.kind,
             "best_grid_lr": o.best_grid_lr, "edge_share": o.edge_fraction, "resampled": o.source,
             "seeds": max(len(v) for v in c.dev.values()), "grid": sorted(lr for lr in c.dev if lr is not None),
-            "signal": c.signal.to_dict() if c.signal else None,
+            "signal": c.signal.to_dict() if c.signal else None, "loss_settings": _loss_settings(c),
         }
         if o.at_edge:
             side = "upper" if o.kind == "edge-high" else "lower"

@@ -18,7 +18,7 @@ from rmask_tune.sweep.tracking import SweepTracker
 CONFIG_PARAMS = (
     "epochs", "train_examples", "dev_examples", "test_examples", "batch_size", "grad_accum", "objective", "scoring",
     "max_length", "head_lr", "max_steps", "schedule", "warmup_ratio", "weight_decay", "optimizer",
-    "divergence_factor", "targets", "method_options", "data_seed", "mask_seed", "head", "train_head",
+    "divergence_factor", "targets", "method_options", "data_seed", "mask_seed", "head", "train_head", "tokenizer",
 )  # fmt: skip
 
 
