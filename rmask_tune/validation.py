@@ -7,6 +7,11 @@ measured curve (mean dev metric over seeds at each grid LR):
 - regret: the curve's best value minus its value at the predicted LR (linear in log10 LR between grid
   points; a prediction beyond the grid takes the nearest end's value and is flagged). In metric points x 100.
 
+Every held-out cell with a measured curve is scored, since a user cannot tell in advance which cells of a new
+task will carry no signal; each row says whether its cell is one of the law's points (``in_law``: it passed the
+rules of docs/statistics.md), and the summary gives both means, because on a cell without signal the "best
+grid LR" is noise and so is the error in steps.
+
 Leave-one-task-out hides a whole (model, task) pair and predicts it as a new task (the mean offset of the
 model's other pairs, or of all pairs when the model has no other); leave-one-ratio-out hides every pair's
 point at one ratio and predicts each pair from its own offset. The a-priori Hessian predictor
@@ -30,6 +35,10 @@ def _pair(point: dict) -> str:
     return f"{point['model']}/{point['task']}"
 
 
+def _cells(points: list[dict]) -> set[tuple]:
+    return {(p["model"], p["task"], p["ratio"]) for p in points}
+
+
 def _score(predicted_log10: float, lrs: list[float], means: list[float]) -> dict:
     """Error in grid steps and regret (points) of training at 10**predicted_log10 on a measured curve."""
     x = np.log10(lrs)
@@ -44,7 +53,7 @@ def _score(predicted_log10: float, lrs: list[float], means: list[float]) -> dict
 
 def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
     """One row per held-out cell: ``curves[(model, task, ratio)] = (lrs, mean dev metric)``."""
-    rows = []
+    rows, in_law = [], _cells(points)
     for held in sorted({_pair(p) for p in points}):
         rest = [p for p in points if _pair(p) != held]
         try:
@@ -60,13 +69,13 @@ def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float]
                 continue
             predicted = offset + fit.b * (math.log10(ratio) - fit.x0)
             rows.append({"model": m, "task": task, "ratio": ratio, "from": "other tasks' mean offset",
-                         **_score(predicted, lrs, means)})
+                         "in_law": (m, task, ratio) in in_law, **_score(predicted, lrs, means)})
     return rows
 
 
 def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
     """One row per held-out cell: every pair's point at one ratio hidden at a time, predicted from its own offset."""
-    rows = []
+    rows, in_law = [], _cells(points)
     for ratio in sorted({p["ratio"] for p in points}):
         rest = [p for p in points if p["ratio"] != ratio]
         try:
@@ -79,7 +88,7 @@ def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float
                 continue
             predicted = fit.offsets[fit.pairs.index(pair)] + fit.b * (math.log10(ratio) - fit.x0)
             rows.append({"model": m, "task": task, "ratio": ratio, "from": "own offset, other ratios",
-                         **_score(predicted, lrs, means)})
+                         "in_law": (m, task, r) in in_law, **_score(predicted, lrs, means)})
     return rows
 
 
@@ -92,7 +101,7 @@ def probe_leave_one_task_out(
     no sweep has seen). With calibration pairs of one (model, task) only that is impossible, and the rows are
     in-sample (``c`` from all of them)."""
     held_out = len({_pair(p) for p in calibration}) > 1
-    rows = []
+    rows, in_law = [], _cells(calibration)
     for probe in sorted(probed, key=lambda p: (p["model"], p["task"], p["ratio"])):
         lrs, means = curves.get((probe["model"], probe["task"], probe["ratio"]), ([], []))
         if len(lrs) < 2:
@@ -100,12 +109,21 @@ def probe_leave_one_task_out(
         c = calibrate((p["lambda_max"], p["lr"]) for p in calibration if not held_out or _pair(p) != _pair(probe))
         rows.append({"model": probe["model"], "task": probe["task"], "ratio": probe["ratio"],
                      "from": "c of the other tasks' optima" if held_out else "c in-sample", "c": c,
-                     "lambda_max": probe["lambda_max"], **_score(math.log10(c / probe["lambda_max"]), lrs, means)})
+                     "lambda_max": probe["lambda_max"], "in_law": (probe["model"], probe["task"], probe["ratio"]) in in_law,
+                     **_score(math.log10(c / probe["lambda_max"]), lrs, means)})
     return rows, held_out
 
 
 def summarize_validation(rows: list[dict]) -> dict | None:
-    """Mean and worst error (grid steps) and regret (points) over the rows."""
+    """Mean and worst error (grid steps) and regret (points) over the rows, and (``law_cells``) over the rows
+    whose cell is one of the law's points."""
+    summary = _summary(rows)
+    if summary is not None:
+        summary["law_cells"] = _summary([r for r in rows if r["in_law"]])
+    return summary
+
+
+def _summary(rows: list[dict]) -> dict | None:
     if not rows:
         return None
     errors = [r["error_steps"] for r in rows]

@@ -149,8 +149,16 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
             curves[("m", task, r)] = (lrs, means)
             points.append({"model": "m", "task": task, "ratio": r, "se": 0.1,
                            "log10_lr": truth + rng.normal(0, 0.05)})
+    # A cell without signal (flat up to noise), which the rules kept out of the law: scored, and marked so.
+    curves[("m", "SST-2", 1e-5)] = ([10.0**e for e in np.arange(-2, 1.01, 0.5)], list(0.5 + rng.normal(0, 0.01, 7)))
     tasks = leave_one_task_out(points, curves)
-    assert len(tasks) == 9 and {r["task"] for r in tasks} == set(offsets)
+    assert len(tasks) == 10 and {r["task"] for r in tasks} == set(offsets)
+    assert [r["ratio"] for r in tasks if not r["in_law"]] == [1e-5]
+    law_cells = summarize_validation(tasks)["law_cells"]
+    in_law = [r for r in tasks if r["in_law"]]
+    assert law_cells["cells"] == 9 and law_cells["mean_regret"] == pytest.approx(np.mean([r["regret"] for r in in_law]))
+    del curves[("m", "SST-2", 1e-5)]
+    tasks = leave_one_task_out(points, curves)
     # RTE's offset is 0.43 decades above the others' mean: about one grid step off, a little regret.
     rte = [r for r in tasks if r["task"] == "RTE"]
     assert all(0.4 <= r["error_steps"] <= 1.7 for r in rte)

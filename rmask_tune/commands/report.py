@@ -30,10 +30,14 @@ def _run(args: argparse.Namespace) -> None:
     for key, name in lines:
         summary = validation["summary"][key]
         if summary:
-            print(f"  {name}: error {summary['mean_error_steps']:.2f} grid steps (worst "
-                  f"{summary['max_error_steps']:.2f}), regret {summary['mean_regret']:.1f} points (worst "
-                  f"{summary['max_regret']:.1f}) over {summary['cells']} cell(s)")
+            law_cells = summary.get("law_cells")
+            print(f"  {name}: {_errors(summary)}" + (f"; the law's cells: {_errors(law_cells)}" if law_cells else ""))
     print(f"report written to {out / 'index.html'}")
+
+
+def _errors(summary: dict) -> str:
+    return (f"error {summary['mean_error_steps']:.2f} grid steps (worst {summary['max_error_steps']:.2f}), regret "
+            f"{summary['mean_regret']:.1f} points (worst {summary['max_regret']:.1f}) over {summary['cells']} cell(s)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

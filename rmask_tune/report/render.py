@@ -187,7 +187,9 @@ def _validation(law) -> list:
                           "one ratio is hidden and predicted from the pair's own offset. Error: distance from the best "
                           "grid LR in half-decade grid steps. Regret: the measured mean dev curve's best value minus its "
                           f"value at the predicted LR (x{SCALE}; linear in log LR between grid points, beyond the grid "
-                          "the nearest end, marked *).")]
+                          "the nearest end, marked *). Every held-out cell with a measured curve is scored; In law: "
+                          "whether the cell passed the rules of section 3 (on a cell without signal the best grid LR, "
+                          "and so the error, is noise), and each summary also gives the mean over those cells.")]
     for key, title in (("leave_one_task_out", "Leave-one-task-out"), ("leave_one_ratio_out", "Leave-one-ratio-out")):
         rows = validation.get(key) or []
         overall = (validation.get("summary") or {}).get(key)
@@ -200,18 +202,24 @@ def _validation(law) -> list:
     return blocks
 
 
-_HELD_OUT_HEADER = ["Predicted LR", "Best grid LR", "Error (steps)", "Regret (points)"]
+_HELD_OUT_HEADER = ["Predicted LR", "Best grid LR", "Error (steps)", "Regret (points)", "In law"]
 
 
 def _held_out_cells(row: dict) -> list[str]:
     return [fmt_lr(row["predicted_lr"]) + ("*" if row["beyond_grid"] else ""), fmt_lr(row["best_grid_lr"]),
-            f"{row['error_steps']:.2f}", f"{row['regret']:.1f}"]
+            f"{row['error_steps']:.2f}", f"{row['regret']:.1f}", "yes" if row.get("in_law") else "no"]
 
 
 def _held_out_summary(overall: dict) -> str:
-    return (f"{overall['cells']} cell(s); error mean {overall['mean_error_steps']:.2f}, worst "
-            f"{overall['max_error_steps']:.2f} grid steps; regret mean {overall['mean_regret']:.1f}, worst "
-            f"{overall['max_regret']:.1f} points")
+    law_cells = overall.get("law_cells")
+    return (f"{overall['cells']} cell(s); {_mean_and_worst(overall)}"
+            + (f" (the {law_cells['cells']} in the law: {_mean_and_worst(law_cells)})" if law_cells else ""))
+
+
+def _mean_and_worst(summary: dict) -> str:
+    return (f"error mean {summary['mean_error_steps']:.2f}, worst "
+            f"{summary['max_error_steps']:.2f} grid steps; regret mean {summary['mean_regret']:.1f}, worst "
+            f"{summary['max_regret']:.1f} points")
 
 
 def _hessian_predictor(law) -> list:
