@@ -93,22 +93,30 @@ def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float
 
 
 def probe_leave_one_task_out(
-    calibration: list[dict], probed: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]
+    calibration: list[dict], probed: list[dict], curves: dict[tuple, tuple[list[float], list[float]]],
+    within_model: bool = False,
 ) -> tuple[list[dict], bool]:
     """Rows for ``lr = c / lambda_max`` on the ``probed`` cells (``model``, ``task``, ``ratio``, ``lambda_max``)
     with a curve, and whether they are held out. Held out: ``c`` refitted on the ``calibration`` pairs
     (``lambda_max``, ``lr``) of every other (model, task), of all models (the predictor is meant for models
     no sweep has seen). With calibration pairs of one (model, task) only that is impossible, and the rows are
-    in-sample (``c`` from all of them)."""
+    in-sample (``c`` from all of them). ``within_model``: ``c`` from the same model's other tasks only (what a
+    model family already swept on other tasks gives); cells whose model has no other task are left out."""
     held_out = len({_pair(p) for p in calibration}) > 1
     rows, in_law = [], _cells(calibration)
     for probe in sorted(probed, key=lambda p: (p["model"], p["task"], p["ratio"])):
         lrs, means = curves.get((probe["model"], probe["task"], probe["ratio"]), ([], []))
         if len(lrs) < 2:
             continue
-        c = calibrate((p["lambda_max"], p["lr"]) for p in calibration if not held_out or _pair(p) != _pair(probe))
+        fit_on = [p for p in calibration if not held_out or _pair(p) != _pair(probe)]
+        if within_model:
+            fit_on = [p for p in fit_on if held_out and p["model"] == probe["model"]]
+            if not fit_on:
+                continue
+        c = calibrate((p["lambda_max"], p["lr"]) for p in fit_on)
+        source = "c of the same model's other tasks" if within_model else "c of the other tasks' optima"
         rows.append({"model": probe["model"], "task": probe["task"], "ratio": probe["ratio"],
-                     "from": "c of the other tasks' optima" if held_out else "c in-sample", "c": c,
+                     "from": source if held_out else "c in-sample", "c": c,
                      "lambda_max": probe["lambda_max"], "in_law": (probe["model"], probe["task"], probe["ratio"]) in in_law,
                      **_score(math.log10(c / probe["lambda_max"]), lrs, means)})
     return rows, held_out

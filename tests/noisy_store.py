@@ -24,13 +24,14 @@ FROZEN, PEAK = 0.6, 0.85  # accuracy of the frozen model (and of a cell that doe
 
 @dataclass
 class NoisyLaw:
-    """log10 lr* = a + offset[task] + b log10 ratio for model ``m``; accuracy PEAK - 0.1 (log10 lr - log10 lr*)^2,
+    """log10 lr* = a + offset[task] + b log10 ratio for ``model``; accuracy PEAK - 0.1 (log10 lr - log10 lr*)^2,
     floored at FROZEN, at the ratios that learn, FROZEN at the others."""
 
     ratios: dict[float, bool]  # ratio -> learns
     offsets: dict[str, float] = field(default_factory=lambda: {"SST-2": 0.0})  # task -> offset (decades)
     a: float = -4.0
     b: float = -0.8
+    model: str = "m"
 
     def log_lr(self, task: str, ratio: float) -> float:
         return self.a + self.offsets[task] + self.b * math.log10(ratio)
@@ -66,7 +67,7 @@ def _fill(uri: str, artifacts: Path, law: NoisyLaw, ratios, frozen: bool) -> Non
         log = _log(tasks[t], difficulty, law.accuracy(tasks[t], ratio, lr), np.random.default_rng(n))
         dev = [log.scores(e)["accuracy"] for e in log.evaluations if e.split == "dev"]
         tracker.trial_run(trial_id, trial_id, {
-            "model": "m", "task": tasks[t], "method": method, "lr": "none" if lr is None else lr, "seed": seed,
+            "model": law.model, "task": tasks[t], "method": method, "lr": "none" if lr is None else lr, "seed": seed,
             "ratio": "none" if ratio is None else ratio, "density": "none", "epochs": 2, "train_examples": 256,
             "dev_examples": DEV, "test_examples": TEST, "metric": "accuracy"})
         for epoch, value in enumerate(dev, 1):

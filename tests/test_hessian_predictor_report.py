@@ -34,10 +34,10 @@ def true_lambda(task: str, ratio: float) -> float:
     return C_TRUE / 10 ** TRUTH.log_lr(task, ratio) * SHARPER.get(task, 1.0)
 
 
-def probe(task: str, ratio: float, settings: ProbeSettings = SETTINGS) -> dict:
-    """Two repeats 10% either side of the constructed lambda_max (their geometric mean)."""
-    lam = true_lambda(task, ratio)
-    return {"model": "m", "task": task, "ratio": ratio, "lambda_max": lam, "lambda_max_repeats": [lam * 1.1, lam / 1.1],
+def probe(task: str, ratio: float, settings: ProbeSettings = SETTINGS, model: str = "m", scale: float = 1.0) -> dict:
+    """Two repeats 10% either side of the constructed lambda_max (their geometric mean), times ``scale``."""
+    lam = true_lambda(task, ratio) * scale
+    return {"model": model, "task": task, "ratio": ratio, "lambda_max": lam, "lambda_max_repeats": [lam * 1.1, lam / 1.1],
             "step_range": [1e-4, 2e-4], "probe": settings.record()}
 
 
@@ -158,6 +158,41 @@ def test_probes_of_one_task_give_in_sample_errors(calibrated, tmp_path):
     assert all(r["error_steps"] < 0.12 and r["from"] == "c in-sample" for r in predictor["rows"])
     readme = (out / "README.md").read_text()
     assert "Leave-one-task-out is not possible: the probes at the law's optima cover one (model, task) only." in readme
+
+
+def test_two_model_families_give_c_per_model_and_within_model_errors(store, tmp_path, capsys):
+    """A second family whose probe reads 1000x less curvature at the same optima (as an encoder with a fresh head
+    does against a causal LM): c held out across families misses by decades, c from the same model's other
+    tasks does not, and the report shows c per model and both validations."""
+    family = NoisyLaw(ratios=TRUTH.ratios, offsets={"RTE": -0.5, "CB": -1.0}, a=TRUTH.a, b=TRUTH.b, model="m2")
+    second = noisy_store(family)
+    try:
+        probes = [probe(t, r) for t in ("RTE", "CB") for r in TRUTH.ratios]  # not SHARPER's SST-2
+        probes += [probe(t, r, model="m2", scale=1e-3) for t in family.offsets for r in TRUTH.ratios]
+        save_probes(tmp_path / PROBES_FILE, probes)
+        out = tmp_path / "two"
+        assert main(["report", str(store), "--also", str(second), "--out", str(out), "--bootstrap", "100",
+                     "--probes", str(tmp_path / PROBES_FILE)]) == 0
+    finally:
+        shutil.rmtree(second, ignore_errors=True)
+    law = load_law(out / "law.json")
+    by_model = law.probe_calibration["c_by_model"]
+    assert math.log10(by_model["m"] / C_TRUE) == pytest.approx(0, abs=0.1)
+    assert math.log10(by_model["m2"] / (C_TRUE * 1e-3)) == pytest.approx(0, abs=0.1)
+    validation = law.data["validation"]
+    across, within = validation["hessian_predictor"]["rows"], validation["hessian_predictor"]["within_model_rows"]
+    # m2's tasks predicted across families miss by about two decades (four grid steps) with c mostly of m's.
+    assert min(r["error_steps"] for r in across if r["model"] == "m2") > 2
+    assert len(within) == 12 and {r["from"] for r in within} == {"c of the same model's other tasks"}
+    for row in within:  # each c from the other probed task of the row's own model
+        assert math.log10(row["c"] / (C_TRUE * (1e-3 if row["model"] == "m2" else 1))) == pytest.approx(0, abs=0.1)
+    assert max(r["error_steps"] for r in within) < 0.4
+    summary = validation["summary"]["hessian_predictor_within_model"]
+    out_text = capsys.readouterr().out
+    assert f"Hessian predictor, c from the same model's other tasks: error {summary['mean_error_steps']:.2f}" in out_text
+    section = (out / "README.md").read_text().split("## 3c.", 1)[1].split("## 4.", 1)[0]
+    assert f"c fitted on each model's optima alone: m {by_model['m']:.4g}, m2 {by_model['m2']:.4g}." in section
+    assert f"(what a model family already swept on other tasks gives; not the a-priori case): 12 cell(s)" in section
 
 
 @pytest.mark.parametrize("content, message", [

@@ -125,6 +125,8 @@ def calibration_entry(pairs: list[dict], probe: dict, source: str, **extra) -> d
     return {
         "c": c,
         "n": len(pairs),
+        "c_by_model": {m: calibrate((p["lambda_max"], p["lr"]) for p in pairs if p["model"] == m)
+                       for m in sorted({p["model"] for p in pairs})},
         "source": source,
         **extra,
         "log10_sd": spread,

@@ -27,6 +27,8 @@ def _run(args: argparse.Namespace) -> None:
         held_out = "leave-one-task-out" if validation["hessian_predictor"]["held_out"] else "in-sample"
         lines.append(("hessian_predictor", f"Hessian predictor c / lambda_max (c {law.probe_calibration['c']:.3g}), "
                                            f"{held_out}"))
+    if law.probe_calibration is not None and len(law.probe_calibration.get("c_by_model") or {}) > 1:
+        lines.append(("hessian_predictor_within_model", "Hessian predictor, c from the same model's other tasks"))
     for key, name in lines:
         summary = validation["summary"][key]
         if summary:

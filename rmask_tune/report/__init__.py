@@ -45,7 +45,7 @@ def _hessian_predictor(law: Law, probes: list[dict] | None, curves: dict[tuple, 
     predictor's held-out validation on ``curves`` to its ``validation`` (``hessian_predictor``)."""
     validation = law.data["validation"]
     match = match_probes(probes or [], law.data["points"])
-    rows, held_out = [], False
+    rows, within, held_out = [], [], False
     if match and match.at_points:
         pairs = [calibration_pair(point, probe["lambda_max_repeats"], probe["step_range"])
                  for point, probe in match.at_points]
@@ -54,9 +54,11 @@ def _hessian_predictor(law: Law, probes: list[dict] | None, curves: dict[tuple, 
             points_without_probe=match.without_probe, probes_with_other_settings=match.other_settings,
         )
         rows, held_out = probe_leave_one_task_out(pairs, match.probes, curves)
+        within, _ = probe_leave_one_task_out(pairs, match.probes, curves, within_model=True)
     validation["hessian_predictor"] = None if probes is None else {"probes": len(probes), "held_out": held_out,
-                                                                   "rows": rows}
+                                                                   "rows": rows, "within_model_rows": within}
     validation["summary"]["hessian_predictor"] = summarize_validation(rows)
+    validation["summary"]["hessian_predictor_within_model"] = summarize_validation(within)
 
 
 def build_report(source: str, tracking_uri: str | None = None, out: str | Path | None = None, *,

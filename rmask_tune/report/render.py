@@ -266,12 +266,23 @@ def _hessian_predictor(law) -> list:
     law_overall = (validation.get("summary") or {}).get("leave_one_task_out")
     versus = (f"the law's leave-one-task-out (3b): {_held_out_summary(law_overall)}" if law_overall
               else "the law has no leave-one-task-out here")
-    return blocks + [
-        ("p", f"{how} Hessian predictor: {_held_out_summary(overall)}; {versus}."),
-        ("table", Table(["Model", "Task", "Ratio", "c used", "lambda_max"] + _HELD_OUT_HEADER,
-                        [[r["model"], r["task"], f"{r['ratio']:.3g}", f"{r['c']:.4g}", f"{r['lambda_max']:.4g}"]
-                         + _held_out_cells(r) for r in rows])),
-    ]
+    blocks += [("p", f"{how} Hessian predictor: {_held_out_summary(overall)}; {versus}."), _predictor_table(rows)]
+    by_model = calibration.get("c_by_model") or {}
+    if len(by_model) < 2:
+        return blocks
+    within, within_overall = predictor.get("within_model_rows") or [], validation["summary"].get(
+        "hessian_predictor_within_model")
+    per_model = ", ".join(f"{model} {c:.4g}" for model, c in by_model.items())
+    blocks.append(("p", f"c fitted on each model's optima alone: {per_model}. With c from the same model's other "
+                        "tasks only (what a model family already swept on other tasks gives; not the a-priori case): "
+                        + (f"{_held_out_summary(within_overall)}." if within else "no model has two tasks.")))
+    return blocks + ([_predictor_table(within)] if within else [])
+
+
+def _predictor_table(rows: list[dict]):
+    return ("table", Table(["Model", "Task", "Ratio", "c used", "lambda_max"] + _HELD_OUT_HEADER,
+                           [[r["model"], r["task"], f"{r['ratio']:.3g}", f"{r['c']:.4g}", f"{r['lambda_max']:.4g}"]
+                            + _held_out_cells(r) for r in rows]))
 
 
 def _compute(summary: Summary) -> list:
