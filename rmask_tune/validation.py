@@ -104,13 +104,15 @@ def probe_leave_one_task_out(
     model family already swept on other tasks gives); cells whose model has no other task are left out."""
     held_out = len({_pair(p) for p in calibration}) > 1
     rows, in_law = [], _cells(calibration)
+    if within_model and not held_out:
+        return rows, held_out
     for probe in sorted(probed, key=lambda p: (p["model"], p["task"], p["ratio"])):
         lrs, means = curves.get((probe["model"], probe["task"], probe["ratio"]), ([], []))
         if len(lrs) < 2:
             continue
         fit_on = [p for p in calibration if not held_out or _pair(p) != _pair(probe)]
         if within_model:
-            fit_on = [p for p in fit_on if held_out and p["model"] == probe["model"]]
+            fit_on = [p for p in fit_on if p["model"] == probe["model"]]
             if not fit_on:
                 continue
         c = calibrate((p["lambda_max"], p["lr"]) for p in fit_on)
