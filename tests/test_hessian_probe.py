@@ -12,7 +12,8 @@ import torch
 from rmask_tune.analysis.hessian import FD_NOISE_FLOOR, MaskedHessian
 from rmask_tune.analysis.hvp_check import compare_hvps
 from rmask_tune.analysis.landscape import ProbeSettings, probe_batches, probe_ratio
-from rmask_tune.analysis.predict import calibrate, calibrate_law
+from rmask_tune.analysis.predict import calibrate, calibrate_law, constant_for
+from rmask_tune.analysis.probes import probe_loss_settings
 from rmask_tune.cli import main
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law, load_law
@@ -154,9 +155,10 @@ def test_calibration_reports_the_spread_over_repeated_probes(law_path, capsys):
         calibrate_law(law_path, settings, repeats=0)
 
 
-def test_calibration_probes_the_loss_each_cell_trained_on(tmp_path):
+def test_calibration_and_recommend_probe_the_loss_each_cell_trained_on(tmp_path, capsys):
     """A law point's loss settings (here the classification objective over SST-2's two candidates, not the LM
-    objective over the vocabulary) decide the loss whose Hessian the probe measures, and probes.json says so."""
+    objective over the vocabulary) decide the loss whose Hessian the probe measures, in calibration and in
+    `recommend --probe`, and probes.json says so."""
     loss = {"objective": "classification", "scoring": "mean", "max_length": 512}
     point = {"model": "tiny-llama", "task": "SST-2", "ratio": 1e-4, "lr": 0.01, "log10_lr": -2.0, "se": 0.1,
              "loss_settings": loss}  # fmt: skip
@@ -168,6 +170,53 @@ def test_calibration_probes_the_loss_each_cell_trained_on(tmp_path):
     assert json.loads((tmp_path / "probes.json").read_text())["probes"][0]["loss_settings"] == loss
     with pytest.raises(RmaskError, match="not a loss setting the probe takes: lr"):
         probe_ratio("tiny-llama", "SST-2", 1e-4, CHECK, {"lr": 1.0})
+    # `recommend --probe` probes that same loss, with this model's own c; `--loss-settings` overrides the loss
+    base = ["recommend", "--ratio", "1e-4", "--law", str(path), "--probe", "--model", "tiny-llama", "--task", "SST-2",
+            "--data-dir", str(DATA)]  # fmt: skip
+    assert main([*base, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # one calibration point: its own c = lr* x lambda_max, so the probe gives back its optimum
+    assert out["lambda_max"] == measured and out["lr"] == pytest.approx(0.01)
+    assert out["loss_settings"] == loss and out["loss_basis"] == "the law's points (tiny-llama on SST-2)"
+    assert out["c_basis"] == "c of tiny-llama's own optima (1)" and out["warning"] is None
+    assert main([*base, "--json", "--loss-settings", "{}"]) == 0
+    lm = json.loads(capsys.readouterr().out)
+    assert lm["loss_settings"] == {} and lm["lambda_max"] != pytest.approx(measured, rel=0.05)
+    assert main([*base, "--loss-settings", '{"lr": 1}']) == 2
+    assert "not a loss setting the probe takes: lr" in capsys.readouterr().err
+    assert main([*base, "--loss-settings", "[1]"]) == 2
+    assert "--loss-settings must be a JSON object" in capsys.readouterr().err
+
+
+def test_probe_loss_comes_from_the_nearest_points_and_refuses_a_mixture():
+    cls = {"objective": "classification", "scoring": "mean"}
+    head = {"head": "classifier", "train_head": True}
+    points = [{"model": "a", "task": "SST-2", "loss_settings": cls}, {"model": "a", "task": "WiC", "loss_settings": cls},
+              {"model": "b", "task": "SST-2", "loss_settings": head}]  # fmt: skip
+    assert probe_loss_settings(points, "a", "WiC") == (cls, "the law's points (a on WiC)")
+    assert probe_loss_settings(points, "a", "COPA") == (cls, "the law's points (a)")
+    assert probe_loss_settings(points, "c", "WiC") == (cls, "the law's points (WiC)")
+    assert probe_loss_settings([], "c", "WiC") == ({}, "the trainer's defaults")
+    with pytest.raises(RmaskError, match=r"the law's points \(SST-2\) were trained with different losses"):
+        probe_loss_settings(points, "c", "SST-2")
+    with pytest.raises(RmaskError, match=r"\(all\) were trained with different losses"):
+        probe_loss_settings(points, "c", "COPA")
+
+
+def test_constant_for_a_new_model_carries_the_spread_between_models():
+    points = [{"model": "a", "lr": 0.01, "lambda_max": 10.0}, {"model": "a", "lr": 0.1, "lambda_max": 2.0},
+              {"model": "b", "lr": 0.01, "lambda_max": 0.01}]  # fmt: skip
+    c_a = math.sqrt(0.1 * 0.2)  # the geometric mean of a's lr* x lambda_max
+    calibration = {"c": 0.05, "n": 3, "log10_sd": 0.3, "c_by_model": {"a": c_a, "b": 1e-4}, "points": points}
+    own = constant_for(calibration, "a")
+    assert own.c == c_a and own.warning is None
+    assert own.log10_sd == pytest.approx(math.log10(2) / math.sqrt(2))  # a's two points around a's own c
+    new = constant_for(calibration, "z")
+    between = statistics.stdev([math.log10(c_a), -4.0])
+    assert new.c == 0.05 and new.log10_sd == pytest.approx(math.hypot(0.3, between))
+    assert "differs 1.41e+03x between its models (a, b)" in new.warning
+    single = constant_for({"c": 0.05, "n": 2, "log10_sd": 0.3, "c_by_model": {"a": 0.05}}, "z")
+    assert single.log10_sd == 0.3 and "calibrated on a only" in single.warning
 
 
 def test_cli_hvp_check_writes_a_table_and_json(tmp_path, capsys):

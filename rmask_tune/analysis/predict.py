@@ -11,7 +11,7 @@ recalibrates against its own optima. Probing needs torch; the calibration arithm
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -35,22 +35,66 @@ def calibrate(points: Iterable[tuple[float, float]]) -> float:
 
 
 def predict_lr(
-    model: str, task: str, ratio: float, c: float, *, data_dir: str | None = None, device: str | None = None, **probe
+    model: str, task: str, ratio: float, c: float, *, loss_settings: dict | None = None,
+    data_dir: str | None = None, device: str | None = None, **probe
 ) -> tuple[float, float]:
     """``(c / lambda_max, lambda_max)``: the predicted LR for Random Masking of ``model`` at ``ratio``.
 
     ``probe`` are the settings ``c`` was calibrated with (law.json's ``probe_calibration["probe"]``), read
     by ``ProbeSettings.from_record``: a record without ``fd_step_mode`` is probed with the relative step.
+    ``loss_settings`` (``probes.LOSS_SETTINGS``) choose the training loss whose Hessian is probed.
     """
     from rmask_tune.analysis.landscape import ProbeSettings, probe_ratio
 
     if not (c > 0 and math.isfinite(c)):
         raise RmaskError(f"the calibration constant must be positive, got {c}")
     settings = ProbeSettings.from_record(probe, data_dir=data_dir, device=device)
-    lam = probe_ratio(model, task, ratio, settings).lambda_max
+    lam = probe_ratio(model, task, ratio, settings, loss_settings).lambda_max
     if not lam > 0:
         raise RmaskError(f"the loss Hessian at ratio {ratio} has no positive eigenvalue ({lam:.3g}); no LR to predict")
     return c / lam, lam
+
+
+@dataclass(frozen=True)
+class ProbeConstant:
+    """The ``c`` a prediction for one model uses, the 95% spread of ``log10 c`` around it, and why."""
+
+    c: float
+    log10_sd: float
+    basis: str
+    warning: str | None = None
+
+
+def constant_for(calibration: dict, model: str) -> ProbeConstant:
+    """``c`` for ``model`` from law.json's ``probe_calibration``.
+
+    A model the calibration has probed gets its own ``c_by_model`` and the scatter of its own points around it.
+    Another model gets the pooled ``c``; the scatter of the models' own constants is added to the interval
+    (with one model calibrated there is none to measure, which the warning says).
+    """
+    by_model = calibration.get("c_by_model") or {}
+    points = calibration.get("points") or []
+    if model in by_model:
+        c = by_model[model]
+        own = [math.log10(p["lr"] * p["lambda_max"] / c) for p in points if p.get("model") == model]
+        sd = _sample_sd(own) if len(own) >= 2 else calibration.get("log10_sd", 0.0)
+        return ProbeConstant(c, sd, f"c of {model}'s own optima ({len(own) or calibration.get('n')})")
+    c, sd = calibration["c"], calibration.get("log10_sd", 0.0)
+    if len(by_model) >= 2:
+        logs = [math.log10(v) for v in by_model.values()]
+        between = _sample_sd(logs)
+        fold = 10 ** (max(logs) - min(logs))
+        return ProbeConstant(
+            c, math.hypot(sd, between), f"pooled c of {len(by_model)} other models (between-model sd {between:.2f} "
+            "decades, in the interval)",
+            f"{model} is not in the calibration; c differs {fold:.3g}x between its models "
+            f"({', '.join(sorted(by_model))}), so the probe's LR for a new model is that uncertain; "
+            "a short sweep (--anchor) calibrates it")  # fmt: skip
+    seen = ", ".join(sorted(by_model)) or "other models"
+    return ProbeConstant(c, sd, f"c of {seen}",
+                         f"{model} is not in the calibration and c was calibrated on {seen} only; whether it carries "
+                         "to another model is not measured (the interval omits that); a short sweep (--anchor) "
+                         "calibrates it")
 
 
 def calibrate_law(

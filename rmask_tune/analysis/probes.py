@@ -41,6 +41,29 @@ def loss_settings(params: dict[str, str]) -> dict:
     return settings
 
 
+def probe_loss_settings(points: list[dict], model: str, task: str) -> tuple[dict, str]:
+    """The ``LOSS_SETTINGS`` a probe of ``model`` on ``task`` should use, from law.json's optimum ``points``, and
+    which points gave them: those of this model and task, else this model, else this task, else all points.
+
+    Raises when the points chosen disagree, since the Hessian depends on the loss."""
+    groups = [
+        (f"{model} on {task}", lambda p: p["model"] == model and p["task"] == task),
+        (model, lambda p: p["model"] == model),
+        (task, lambda p: p["task"] == task),
+        ("all", lambda p: True),
+    ]  # fmt: skip
+    for name, chosen in groups:
+        found = [p.get("loss_settings") or {} for p in points if chosen(p)]
+        if not found:
+            continue
+        distinct = {json.dumps(s, sort_keys=True) for s in found}
+        if len(distinct) > 1:
+            raise RmaskError(f"the law's points ({name}) were trained with different losses "
+                             f"({'; '.join(sorted(distinct))}); give the probe's loss explicitly")
+        return found[0], f"the law's points ({name})"
+    return {}, "the trainer's defaults"
+
+
 def probe_entry(pair: dict, settings_record: dict, loss_settings: dict | None = None) -> dict:
     """The probes.json entry of a calibration pair (``predict.calibration_pair``), measured with ``settings_record``
     on the training loss ``loss_settings`` chose (recorded when given)."""

@@ -60,6 +60,22 @@ def _from_law(args: argparse.Namespace, law, ratio: float) -> dict:
             "grid": log_grid(rec.lr, args.points, args.decades)}
 
 
+def _probe_loss(args: argparse.Namespace, law) -> tuple[dict, str]:
+    """The training loss to probe: ``--loss-settings`` when given, else the one the law's optima were trained with."""
+    from rmask_tune.analysis.probes import probe_loss_settings
+    from rmask_tune.errors import RmaskError
+
+    if args.loss_settings is None:
+        return probe_loss_settings(law.data.get("points", []), args.model, args.task)
+    try:
+        settings = json.loads(args.loss_settings)
+    except ValueError as exc:
+        raise RmaskError(f"--loss-settings is not JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise RmaskError(f"--loss-settings must be a JSON object, got {args.loss_settings}")
+    return settings, "--loss-settings"
+
+
 def _from_probe(args: argparse.Namespace, law, ratio: float) -> dict:
     """lr = c / lambda_max: the top Hessian eigenvalue at initialization, c from law.json's calibration."""
     from rmask_tune.errors import RmaskError
@@ -72,12 +88,15 @@ def _from_probe(args: argparse.Namespace, law, ratio: float) -> dict:
         raise RmaskError(
             f"{args.law} has no probe_calibration; run `rmask-tune analyze calibrate --law {args.law}` first"
         )
-    from rmask_tune.analysis.predict import predict_lr
+    from rmask_tune.analysis.predict import constant_for, predict_lr
 
-    lr, lam = predict_lr(args.model, args.task, ratio, calibration["c"], **calibration.get("probe", {}),
-                         data_dir=args.data_dir, device=args.device)
-    spread = 10 ** (1.96 * calibration.get("log10_sd", 0.0))
-    return {"lr": lr, "interval": [lr / spread, lr * spread], "lambda_max": lam, "c": calibration["c"],
+    constant = constant_for(calibration, args.model)
+    loss, loss_basis = _probe_loss(args, law)
+    lr, lam = predict_lr(args.model, args.task, ratio, constant.c, loss_settings=loss,
+                         **calibration.get("probe", {}), data_dir=args.data_dir, device=args.device)
+    spread = 10 ** (1.96 * constant.log10_sd)
+    return {"lr": lr, "interval": [lr / spread, lr * spread], "lambda_max": lam, "c": constant.c,
+            "c_basis": constant.basis, "warning": constant.warning, "loss_settings": loss, "loss_basis": loss_basis,
             "calibration_points": calibration.get("n"), "grid": log_grid(lr, args.points, args.decades)}
 
 
@@ -102,9 +121,10 @@ def _run(args: argparse.Namespace) -> None:
         return
     if args.probe:
         print(f"recommended lr for ratio {ratio:g} (Hessian probe, {args.model} on {args.task}): {result['lr']:.3g}")
-        print(f"  lambda_max = {result['lambda_max']:.4g}, c = {result['c']:.4g} (calibrated on "
-              f"{result['calibration_points']} optima); 95% range from the calibration's scatter: "
-              f"{result['interval'][0]:.3g} – {result['interval'][1]:.3g}")
+        print(f"  lambda_max = {result['lambda_max']:.4g}, c = {result['c']:.4g} ({result['c_basis']}); 95% range "
+              f"from the calibration's scatter: {result['interval'][0]:.3g} – {result['interval'][1]:.3g}")
+        loss = ", ".join(f"{k}={v}" for k, v in sorted(result["loss_settings"].items())) or "the trainer's defaults"
+        print(f"  loss probed: {loss} (from {result['loss_basis']})")
     else:
         lo, hi = result["interval"]
         span = "no interval" if lo is None else f"95% interval {lo:.3g} – {hi:.3g}"
@@ -135,5 +155,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "the model's offset under the law's shared exponent")
     rec.add_argument("--data-dir", help="offline data folder for --probe (default: $RMASK_DATA_DIR, then the hub)")
     rec.add_argument("--device", choices=("cpu", "cuda"), help="device for --probe")
+    rec.add_argument("--loss-settings", metavar="JSON",
+                     help="the training loss --probe measures, e.g. '{\"objective\": \"classification\", "
+                          "\"scoring\": \"mean\"}' (default: the one the law's optima for this model/task were "
+                          "trained with)")
     rec.add_argument("--json", action="store_true", help="print one JSON object")
     rec.set_defaults(run=_run)
