@@ -105,10 +105,12 @@ def test_dry_run_lists_what_is_left(first_sitting, tmp_path):
     assert "  trials: 1\n" in out
 
 
-@pytest.mark.parametrize("training", ["epochs: 2", "epochs: 1, schedule: linear", "epochs: 1, optimizer: sgd"])
+@pytest.mark.parametrize("training", ["epochs: 2", "epochs: 1, schedule: linear", "epochs: 1, optimizer: sgd",
+                                      "epochs: 1, precision: bf16"])
 def test_trials_with_other_settings_are_not_done(first_sitting, tmp_path, training):
     """A changed setting makes every trial new, the 0.1 run's too: a setting its sweep did not log counts as
-    the default (constant schedule, AdamW), which these sweeps changed."""
+    the default (constant schedule, AdamW), which these sweeps changed; the first sitting trained in fp32 (auto
+    on CPU), which a bf16 sweep does not take as done."""
     other = grid_file(tmp_path, FULL_LRS, training)
     out = run_cli(["sweep", str(other), "--skip-done", str(first_sitting), "--dry-run"])
     assert out.startswith(f"skipping 0 of 4 trials already done in {first_sitting}\n{NAME}: 4 trials")
@@ -143,3 +145,12 @@ def test_method_options_log_only_what_differs_from_the_defaults():
     logged = [trial_params({**point, "method_options": options}, {"epochs": 1})["method_options"]
               for options in ({"r": 8, "alpha": 16}, {}, {"r": 16, "alpha": 16, "dropout": 0.1})]
     assert logged == ["{}", "{}", '{"dropout": 0.1, "r": 16}']
+
+
+def test_auto_precision_expects_the_trials_device():
+    from rmask_tune.sweep.done import expected_precisions
+
+    assert expected_precisions({}, gpus=0) == {"fp32", "unlogged"}
+    assert expected_precisions({"precision": "auto"}, gpus=1) == {"bf16", "fp16", "unlogged"}
+    assert expected_precisions({"device": "cpu"}, gpus=1) == {"fp32", "unlogged"}
+    assert expected_precisions({"precision": "fp16"}, gpus=0) == {"fp16", "unlogged"}

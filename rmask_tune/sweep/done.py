@@ -3,8 +3,9 @@
 A sweep run in several sittings, on machines that do not keep ``runs/``, travels as its sittings' exports
 (or stores). A grid point is done when a source holds a run of it that ended (finished, diverged or stopped
 by ASHA: ``TERMINAL``) with the same configuration (the report's identity of re-runs: model, task, method,
-ratio, LR, seed) and the same settings the sweep logs next to them (``CONFIG_PARAMS``: epochs, examples,
-batch, objective, scoring, schedule, optimizer, targets, method options, ...). A setting a run did not log
+ratio, LR, seed), the same settings the sweep logs next to them (``CONFIG_PARAMS``: epochs, examples,
+batch, objective, scoring, schedule, optimizer, targets, method options, ...) and a resolved precision this
+sweep's trials would train in (a CPU sitting's fp32 trials are not done for a GPU sitting under auto). A setting a run did not log
 (sweeps before it was logged) counts as TrialConfig's default, so a sitting that changed it reruns its trials
 rather than taking them as done. Errored, interrupted or still-running runs do not count. ASHA in a later
 sitting ranks a trial only against the peers of its cell that run in that sitting.
@@ -44,11 +45,25 @@ def done_points(space: SweepSpace, sources: list[str]) -> list[dict]:
     defaults = {f.name: text(f.default_factory() if f.default is MISSING else f.default)
                 for f in fields(TrialConfig) if f.name in CONFIG_PARAMS}
 
+    precisions = expected_precisions(settings, space.file.resources.gpus)
+
     def done(point: dict) -> bool:
         logged = trial_params(point, settings)
         key = configuration_key(*(point[name] for name in ("model", "task", "method", "ratio", "lr", "seed")))
         return any(all(text(logged[name]) == (comparable(params[name]) if name in params else defaults[name])
                        for name in CONFIG_PARAMS)
+                   and params.get("precision", "unlogged") in precisions
                    for params in ended.get(key, ()))
 
     return [point for point in space.grid_trials() if done(point)]
+
+
+def expected_precisions(settings: dict, gpus: float) -> set[str]:
+    """The resolved precisions (``rmask_tune.precision``) this sweep's trials would train in, plus ``unlogged``
+    (a run from before the resolved precision was logged): the named policy, else auto's choice for the
+    trials' device: fp32 on CPU, bf16 or fp16 on a GPU (which one depends on the GPU, unknown here)."""
+    name = settings.get("precision") or "auto"
+    if name != "auto":
+        return {name, "unlogged"}
+    device = settings.get("device") or ("cuda" if gpus > 0 else "cpu")
+    return {"fp32", "unlogged"} if device == "cpu" else {"bf16", "fp16", "unlogged"}
