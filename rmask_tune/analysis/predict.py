@@ -78,7 +78,7 @@ def constant_for(calibration: dict, model: str) -> ProbeConstant:
         c = by_model[model]
         own = [math.log10(p["lr"] * p["lambda_max"] / c) for p in points if p.get("model") == model]
         sd = _sample_sd(own) if len(own) >= 2 else calibration.get("log10_sd", 0.0)
-        return ProbeConstant(c, sd, f"c of {model}'s own optima ({len(own) or calibration.get('n')})")
+        return ProbeConstant(c, sd, f"c of {model}'s own optima ({len(own)})")
     c, sd = calibration["c"], calibration.get("log10_sd", 0.0)
     if len(by_model) >= 2:
         logs = [math.log10(v) for v in by_model.values()]

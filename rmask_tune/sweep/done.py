@@ -5,9 +5,9 @@ A sweep run in several sittings, on machines that do not keep ``runs/``, travels
 by ASHA: ``TERMINAL``) with the same configuration (the report's identity of re-runs: model, task, method,
 ratio, LR, seed), the same settings the sweep logs next to them (``CONFIG_PARAMS``: epochs, examples,
 batch, objective, scoring, schedule, optimizer, targets, method options, ...) and a resolved precision this
-sweep's trials would train in (a CPU sitting's fp32 trials are not done for a GPU sitting under auto). A setting a run did not log
-(sweeps before it was logged) counts as TrialConfig's default, so a sitting that changed it reruns its trials
-rather than taking them as done. Errored, interrupted or still-running runs do not count. ASHA in a later
+sweep's trials would train in (under auto, a CPU sitting's fp32 trials are not done for a GPU sitting). A
+setting a run did not log (sweeps before it was logged) counts as TrialConfig's default, so a sitting that
+changed it reruns its trials rather than taking them as done. Errored, interrupted or still-running runs do not count. ASHA in a later
 sitting ranks a trial only against the peers of its cell that run in that sitting.
 """
 
