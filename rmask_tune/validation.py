@@ -51,6 +51,12 @@ def _score(predicted_log10: float, lrs: list[float], means: list[float]) -> dict
             "beyond_grid": outside}
 
 
+# Where leave-one-task-out takes a held-out pair's offset from: the mean of its model's other pairs, or, for a
+# model with no other task in the law, the mean of every other pair (a prediction across model families).
+WITHIN_MODEL = "mean offset of the model's other tasks"
+ACROSS_MODELS = "mean offset of the other models' tasks"
+
+
 def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
     """One row per held-out cell: ``curves[(model, task, ratio)] = (lrs, mean dev metric)``."""
     rows, in_law = [], _cells(points)
@@ -61,14 +67,15 @@ def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float]
         except RmaskError:
             continue
         model = held.split("/", 1)[0]
-        mine = [i for i, pair in enumerate(fit.pairs) if pair.split("/", 1)[0] == model] or range(len(fit.pairs))
+        own = [i for i, pair in enumerate(fit.pairs) if pair.split("/", 1)[0] == model]
+        mine, source = (own, WITHIN_MODEL) if own else (range(len(fit.pairs)), ACROSS_MODELS)
         cov = np.asarray(fit.cov)
         offset, _, _ = offset_spread(np.asarray(fit.offsets)[mine], cov.diagonal()[mine])
         for (m, task, ratio), (lrs, means) in sorted(curves.items()):
             if f"{m}/{task}" != held or len(lrs) < 2:
                 continue
             predicted = offset + fit.b * (math.log10(ratio) - fit.x0)
-            rows.append({"model": m, "task": task, "ratio": ratio, "from": "other tasks' mean offset",
+            rows.append({"model": m, "task": task, "ratio": ratio, "from": source,
                          "in_law": (m, task, ratio) in in_law, **_score(predicted, lrs, means)})
     return rows
 
@@ -131,6 +138,16 @@ def summarize_validation(rows: list[dict]) -> dict | None:
     if summary is not None:
         summary["law_cells"] = _summary([r for r in rows if r["in_law"]])
     return summary
+
+
+def summarize_by_source(rows: list[dict]) -> dict:
+    """Leave-one-task-out summaries within a model and across models, when the rows hold both kinds."""
+    within = [r for r in rows if r["from"] == WITHIN_MODEL]
+    across = [r for r in rows if r["from"] == ACROSS_MODELS]
+    if not (within and across):
+        return {}
+    return {"leave_one_task_out_within_model": summarize_validation(within),
+            "leave_one_task_out_across_models": summarize_validation(across)}
 
 
 def _summary(rows: list[dict]) -> dict | None:

@@ -10,7 +10,14 @@ import pytest
 
 from rmask_tune.law import Law, fit_shared, load_law
 from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, signal_test
-from rmask_tune.validation import leave_one_ratio_out, leave_one_task_out, summarize_validation
+from rmask_tune.validation import (
+    ACROSS_MODELS,
+    WITHIN_MODEL,
+    leave_one_ratio_out,
+    leave_one_task_out,
+    summarize_by_source,
+    summarize_validation,
+)
 
 GRID = [10.0**e for e in np.arange(-4.0, 0.01, 0.5)]
 
@@ -168,3 +175,19 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     summary = summarize_validation(ratios_out)
     assert summary["mean_error_steps"] < 0.6 and summary["max_regret"] < 2
     assert summarize_validation(tasks)["mean_regret"] > summary["mean_regret"]
+    assert {r["from"] for r in tasks} == {WITHIN_MODEL} and summarize_by_source(tasks) == {}
+    # A second model with one task in the law: its cells are predicted from the first model's tasks, and
+    # the summary keeps that cross-family prediction apart from the within-model ones.
+    for r in ratios:
+        truth = -1.0 - 0.8 * (math.log10(r) + 3.5)
+        lrs = [10.0**e for e in np.arange(round(truth * 2) / 2 - 2, round(truth * 2) / 2 + 2.01, 0.5)]
+        curves[("m2", "SST-2", r)] = (lrs, [accuracy_curve(truth)(lr) for lr in lrs])
+        points.append({"model": "m2", "task": "SST-2", "ratio": r, "se": 0.1, "log10_lr": truth})
+    tasks = leave_one_task_out(points, curves)
+    across = [r for r in tasks if r["from"] == ACROSS_MODELS]
+    assert {r["model"] for r in across} == {"m2"} and len(across) == 3
+    assert all(r["error_steps"] > 1.2 for r in across)  # m2's offset is 1 decade above m's tasks' mean
+    split = summarize_by_source(tasks)
+    assert split["leave_one_task_out_within_model"]["cells"] == 9
+    assert split["leave_one_task_out_across_models"]["mean_error_steps"] == pytest.approx(
+        np.mean([r["error_steps"] for r in across]))

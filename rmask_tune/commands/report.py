@@ -22,7 +22,10 @@ def _run(args: argparse.Namespace) -> None:
         print(f"law: lr* = 10^offset[model/task] * ratio^{shared.b:.3f} (b 95% CI [{shared.b_ci[0]:.3f}, "
               f"{shared.b_ci[1]:.3f}]; {len(shared.points)} optima of {len(shared.pairs)} pair(s), "
               f"{len(law.data.get('excluded', []))} cell(s) excluded)")
-        lines = [("leave_one_task_out", "leave-one-task-out"), ("leave_one_ratio_out", "leave-one-ratio-out")]
+        lines = [("leave_one_task_out", "leave-one-task-out"),
+                 ("leave_one_task_out_within_model", "leave-one-task-out, from the same model's other tasks"),
+                 ("leave_one_task_out_across_models", "leave-one-task-out, from other models"),
+                 ("leave_one_ratio_out", "leave-one-ratio-out")]
     if law.probe_calibration is not None:
         held_out = "leave-one-task-out" if validation["hessian_predictor"]["held_out"] else "in-sample"
         lines.append(("hessian_predictor", f"Hessian predictor c / lambda_max (c {law.probe_calibration['c']:.3g}), "
@@ -30,7 +33,7 @@ def _run(args: argparse.Namespace) -> None:
     if law.probe_calibration is not None and len(law.probe_calibration.get("c_by_model") or {}) > 1:
         lines.append(("hessian_predictor_within_model", "Hessian predictor, c from the same model's other tasks"))
     for key, name in lines:
-        summary = validation["summary"][key]
+        summary = validation["summary"].get(key)
         if summary:
             law_cells = summary.get("law_cells")
             print(f"  {name}: {_errors(summary)}" + (f"; the law's cells: {_errors(law_cells)}" if law_cells else ""))

@@ -183,7 +183,9 @@ def _validation(law) -> list:
     validation = law.data.get("validation", {})
     blocks: list = [("h2", "3b. Validation: how far the law's LR lands on cells it did not see"),
                     ("p", "Leave-one-task-out: each (model, task) is hidden, the law refitted, and its cells predicted as "
-                          "a new task (mean offset of the model's other tasks). Leave-one-ratio-out: every pair's cell at "
+                          "a new task: the mean offset of the model's other tasks, or, for a model with no other task in "
+                          "the law, of the other models' tasks (a prediction across model families; column From). "
+                          "Leave-one-ratio-out: every pair's cell at "
                           "one ratio is hidden and predicted from the pair's own offset. Error: distance from the best "
                           "grid LR in half-decade grid steps. Regret: the measured mean dev curve's best value minus its "
                           f"value at the predicted LR (x{SCALE}; linear in log LR between grid points, beyond the grid "
@@ -197,11 +199,19 @@ def _validation(law) -> list:
             blocks.append(("p", f"{title}: not possible here (it needs the law refitted without the held-out cells)."))
             continue
         blocks.append(("p", f"{title}: {_held_out_summary(overall)}."))
-        blocks.append(("table", Table(["Model", "Task", "Ratio"] + _HELD_OUT_HEADER,
-                                      [[r["model"], r["task"], f"{r['ratio']:.3g}"] + _held_out_cells(r) for r in rows])))
+        summary = validation.get("summary") or {}
+        for split, name in _LOTO_SPLITS if key == "leave_one_task_out" else ():
+            if summary.get(split):
+                blocks.append(("p", f"{title}, {name}: {_held_out_summary(summary[split])}."))
+        source = key == "leave_one_task_out"
+        blocks.append(("table", Table(["Model", "Task", "Ratio"] + _HELD_OUT_HEADER + (["From"] if source else []),
+                                      [[r["model"], r["task"], f"{r['ratio']:.3g}"] + _held_out_cells(r)
+                                       + ([r["from"]] if source else []) for r in rows])))
     return blocks
 
 
+_LOTO_SPLITS = (("leave_one_task_out_within_model", "from the same model's other tasks"),
+                ("leave_one_task_out_across_models", "from other models (a model with one task in the law)"))
 _HELD_OUT_HEADER = ["Predicted LR", "Best grid LR", "Error (steps)", "Regret (points)", "In law"]
 
 

@@ -18,7 +18,7 @@ from rmask_tune.resampling import (
     SIGNAL_LEVEL, DevRecord, OptimumEstimate, SignalTest, bootstrap_cell, optimum_with_interval, signal_test,
 )
 from rmask_tune.tasks.results import ExampleLog
-from rmask_tune.validation import leave_one_ratio_out, leave_one_task_out, summarize_validation
+from rmask_tune.validation import leave_one_ratio_out, leave_one_task_out, summarize_by_source, summarize_validation
 
 LAW_METHOD = "random_masking"
 METHOD_NAMES = {
@@ -250,7 +250,7 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
         "signal_test": f"max-type paired bootstrap test that some LR beats the frozen model (else the smallest LR) "
                        f"on dev, one-sided, level {SIGNAL_LEVEL} (docs/statistics.md)",
         "validation": {"leave_one_task_out": tasks_out, "leave_one_ratio_out": ratios_out,
-                       "summary": {"leave_one_task_out": summarize_validation(tasks_out),
+                       "summary": {"leave_one_task_out": summarize_validation(tasks_out), **summarize_by_source(tasks_out),
                                    "leave_one_ratio_out": summarize_validation(ratios_out)}},
     }
     return Law(pooled=pooled, models=fits, method=LAW_METHOD, data=data, tasks=by_task, shared=shared)
