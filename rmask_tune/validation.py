@@ -13,7 +13,8 @@ rules of docs/statistics.md), and the summary gives both means, because on a cel
 grid LR" is noise and so is the error in steps.
 
 Leave-one-task-out hides a whole (model, task) pair and predicts it as a new task (the mean offset of the
-model's other pairs, or of all pairs when the model has no other); leave-one-ratio-out hides every pair's
+model's other pairs, or of all pairs when the model has no other); a pair none of whose cells entered the law
+is scored the same way, from the whole law. Leave-one-ratio-out hides every pair's
 point at one ratio and predicts each pair from its own offset. The a-priori Hessian predictor
 ``lr = c / lambda_max`` is held out the same way: each pair hidden, ``c`` refitted on every other pair's optima.
 """
@@ -58,9 +59,10 @@ ACROSS_MODELS = "mean offset of the other models' tasks"
 
 
 def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
-    """One row per held-out cell: ``curves[(model, task, ratio)] = (lrs, mean dev metric)``."""
+    """One row per held-out cell: ``curves[(model, task, ratio)] = (lrs, mean dev metric)``. A pair with curves
+    but no point in the law (every cell failed its rules) is held out too, predicted from the whole law."""
     rows, in_law = [], _cells(points)
-    for held in sorted({_pair(p) for p in points}):
+    for held in sorted({_pair(p) for p in points} | {f"{m}/{task}" for m, task, _ in curves}):
         rest = [p for p in points if _pair(p) != held]
         try:
             fit = fit_shared(rest)

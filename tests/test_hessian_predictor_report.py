@@ -235,3 +235,27 @@ def test_calibrate_writes_and_merges_probes_json(tmp_path):
                                              "step_range")} | {"probe": settings.record()}
         assert new["lambda_max"] > 0 and new["lambda_max"] != 1.0
     assert entry["probe"] == settings.record() and "points_without_probe" not in entry  # law.json's entry as before
+
+
+def test_calibrate_excluded_probes_cells_outside_the_law_without_fitting_c_on_them(tmp_path, capsys):
+    """--excluded probes the law's excluded cells too: they land in probes.json (for the report to score the
+    predictor on them) but c stays fitted on the optima alone; with only excluded cells chosen, law.json is
+    left as it was."""
+    point = {"model": "tiny-llama", "task": "SST-2", "ratio": 1e-4, "lr": 0.01, "log10_lr": -2.0, "se": 0.1}
+    flat = {**point, "task": "COPA", "ratio": 1e-5, "lr": 0.3, "reason": "signal test failed"}
+    law_path = tmp_path / "law.json"
+    Law(pooled=None, models={}, data={"points": [point], "excluded": [flat]}).save(law_path)
+    probe_options = ["--batches", "1", "--batch-size", "2", "--iters", "3", "--data-dir", str(DATA)]
+
+    assert main(["analyze", "calibrate", "--law", str(law_path), "--task", "COPA", *probe_options]) == 2
+    assert "no optimal-LR points for task COPA" in capsys.readouterr().err
+    before = law_path.read_text()
+    assert main(["analyze", "calibrate", "--law", str(law_path), "--task", "COPA", "--excluded", *probe_options]) == 0
+    assert "c unchanged" in capsys.readouterr().out and law_path.read_text() == before
+    assert [(p["task"], p["ratio"]) for p in load_probes(tmp_path / PROBES_FILE)] == [("COPA", 1e-5)]
+
+    assert main(["analyze", "calibrate", "--law", str(law_path), "--excluded", *probe_options]) == 0
+    probes = {(p["task"], p["ratio"]): p["lambda_max"] for p in load_probes(tmp_path / PROBES_FILE)}
+    calibration = load_law(law_path).probe_calibration
+    assert set(probes) == {("COPA", 1e-5), ("SST-2", 1e-4)} and calibration["n"] == 1
+    assert calibration["c"] == pytest.approx(0.01 * probes[("SST-2", 1e-4)])

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rmask_tune.law import Law, fit_shared, load_law
+from rmask_tune.law import Law, fit_shared, load_law, offset_spread
 from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, signal_test
 from rmask_tune.validation import (
     ACROSS_MODELS,
@@ -164,7 +164,14 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     law_cells = summarize_validation(tasks)["law_cells"]
     in_law = [r for r in tasks if r["in_law"]]
     assert law_cells["cells"] == 9 and law_cells["mean_regret"] == pytest.approx(np.mean([r["regret"] for r in in_law]))
-    del curves[("m", "SST-2", 1e-5)]
+    # A task none of whose cells entered the law: still predicted as a new task, from the whole law.
+    curves[("m", "WiC", 1e-3)] = ([10.0**e for e in np.arange(-3, 0.01, 0.5)], list(0.5 + rng.normal(0, 0.01, 7)))
+    wic = [r for r in leave_one_task_out(points, curves) if r["task"] == "WiC"]
+    shared = fit_shared(points)
+    assert len(wic) == 1 and not wic[0]["in_law"] and wic[0]["from"] == WITHIN_MODEL
+    offset = offset_spread(np.asarray(shared.offsets), np.asarray(shared.cov).diagonal()[:-1])[0]
+    assert wic[0]["predicted_lr"] == pytest.approx(10.0 ** (offset + shared.b * (-3 - shared.x0)))
+    del curves[("m", "SST-2", 1e-5)], curves[("m", "WiC", 1e-3)]
     tasks = leave_one_task_out(points, curves)
     # RTE's offset is 0.43 decades above the others' mean: about one grid step off, a little regret.
     rte = [r for r in tasks if r["task"] == "RTE"]

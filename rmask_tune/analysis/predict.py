@@ -104,46 +104,57 @@ def calibrate_law(
     model: str | None = None,
     task: str | None = None,
     repeats: int = 1,
+    excluded: bool = False,
     progress=None,
-) -> dict:
+) -> dict | None:
     """Probe every optimum in law.json's ``points`` (optionally one model / task), fit ``c``, save it.
 
     Each point is probed ``repeats`` times (repeat r: other batches and another start vector, see
     ``ProbeSettings.repeat``). A point's ``lambda_max`` is the geometric mean over repeats and ``c`` is fitted
     on those; ``c`` fitted on each repeat alone gives ``c_repeats``, whose spread (and that of each point's
     ``lambda_max``) says how much the probe's own sampling moves the calibration.
-    Returns the ``probe_calibration`` entry written into the law file; the rest of the file is kept. The probes
-    are merged into probes.json beside it.
+    ``excluded`` also probes the cells the law excluded: they do not enter ``c`` (their best LR is not an
+    optimum the law trusts), but the report scores the predictor on them as its leave-one-task-out scores the law.
+    Returns the ``probe_calibration`` entry written into the law file (None when only excluded cells were
+    probed: the law file is then left as it was); the rest of the file is kept. The probes are merged into
+    probes.json beside it.
     """
-    from rmask_tune.analysis.landscape import probe_ratio
     from rmask_tune.law import load_law
 
     if repeats < 1:
         raise RmaskError(f"repeats must be at least 1, got {repeats}")
     law = load_law(law_path)
-    points = [
-        p for p in law.data.get("points", [])
-        if (model is None or p["model"] == model) and (task is None or p["task"] == task)
-    ]  # fmt: skip
-    if not points:
-        raise RmaskError(f"{law_path} has no optimal-LR points{_filter_text(model, task)} to calibrate against")
-    pairs = []
-    for point in points:
-        probes = [
-            probe_ratio(point["model"], point["task"], point["ratio"], replace(settings, repeat=r),
-                        point.get("loss_settings"))
-            for r in range(repeats)
-        ]  # fmt: skip
-        pairs.append(calibration_pair(point, [probe.lambda_max for probe in probes], _step_range(probes)))
-        if progress:
-            progress(pairs[-1])
-    law.probe_calibration = calibration_entry(
-        pairs, settings.record(), f"law.json optimal-LR points{_filter_text(model, task)}"
-    )
-    law.save(law_path)
+
+    def chosen(key: str) -> list[dict]:
+        return [p for p in law.data.get(key, [])
+                if (model is None or p["model"] == model) and (task is None or p["task"] == task)]
+
+    points, others = chosen("points"), chosen("excluded") if excluded else []
+    if not points and not others:
+        what = "optimal-LR points or excluded cells" if excluded else "optimal-LR points"
+        raise RmaskError(f"{law_path} has no {what}{_filter_text(model, task)} to calibrate against")
+    pairs = [_probed_pair(point, settings, repeats, progress) for point in points + others]
+    if points:
+        law.probe_calibration = calibration_entry(
+            pairs[: len(points)], settings.record(), f"law.json optimal-LR points{_filter_text(model, task)}"
+        )
+        law.save(law_path)
     add_probes(Path(law_path).parent / PROBES_FILE,
-               [probe_entry(pair, settings.record(), point.get("loss_settings")) for pair, point in zip(pairs, points)])
-    return law.probe_calibration
+               [probe_entry(pair, settings.record(), point.get("loss_settings"))
+                for pair, point in zip(pairs, points + others)])
+    return law.probe_calibration if points else None
+
+
+def _probed_pair(point: dict, settings: ProbeSettings, repeats: int, progress) -> dict:
+    """``point``'s calibration pair, probed ``repeats`` times on the loss it was trained with."""
+    from rmask_tune.analysis.landscape import probe_ratio
+
+    probes = [probe_ratio(point["model"], point["task"], point["ratio"], replace(settings, repeat=r),
+                          point.get("loss_settings")) for r in range(repeats)]
+    pair = calibration_pair(point, [probe.lambda_max for probe in probes], _step_range(probes))
+    if progress:
+        progress(pair)
+    return pair
 
 
 def calibration_pair(point: dict, lambda_repeats: list[float], step_range: list[float] | None) -> dict:

@@ -87,10 +87,12 @@ def _calibrate(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
 
-    entry = calibrate_law(
-        args.law, _settings(args), model=args.model, task=args.task, repeats=args.repeats, progress=progress
-    )
-    if args.json:
+    entry = calibrate_law(args.law, _settings(args), model=args.model, task=args.task, repeats=args.repeats,
+                          excluded=args.excluded, progress=progress)
+    if entry is None:
+        print(f"probed only cells the law excluded: probes.json beside {args.law} updated, its c unchanged "
+              "(`rmask-tune report` scores the predictor on them)")
+    elif args.json:
         print(json.dumps(entry, indent=1))
     else:
         for point in entry["points"]:
@@ -203,6 +205,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--law", required=True, help="law.json written by rmask-tune report")
     calibrate.add_argument("--model", help="only this model's points")
     calibrate.add_argument("--task", help="only this task's points")
+    calibrate.add_argument("--excluded", action="store_true",
+                           help="also probe the cells the law excluded (a failed signal test, an edge optimum): they "
+                                "do not enter c, but the report scores the predictor on them, as its "
+                                "leave-one-task-out scores the law")  # fmt: skip
     calibrate.add_argument("--repeats", type=int, default=1,
                            help="probe each point this many times, each on other batches (data seed --seed + r) from "
                                 "another start vector; reports the spread of lambda_max and c (default 1)")  # fmt: skip
