@@ -60,7 +60,8 @@ class SearchSettings:
 
     seeds: tuple[int, ...] = (0, 1, 2)  # the seeds it may use, the first for every probe
     extra_seeds: int = 2  # more seeds at the best LR and its close neighbours once bracketed
-    close: float = 1.0  # a neighbour is close when below the best by less than this many binomial SEs of a difference
+    extra_trials: int = 4  # at most this many trials beyond the first seed per cell
+    close: float = 0.5  # a neighbour is close when below the best by less than this many binomial SEs of a difference
     reference_seeds: int = 1  # frozen-model trials per (model, task) (the signal test's reference)
     below: float = 0.1  # decades the first probe leans below the prediction
     law_method: str = LAW_METHOD
@@ -201,7 +202,9 @@ class LawSearch:
         if self._no_signal(cell):
             cell.status = "no signal"
             return None
-        for i in self._near(cell):
+        spent = sum(s != first for seeds_at in cell.results.values() for s in seeds_at) + sum(
+            s != first for _, s in cell.pending)
+        for i in self._near(cell) if spent < self.settings.extra_trials else []:
             for seed in seeds[1: 1 + self.settings.extra_seeds]:
                 if not cell.busy(i, seed):
                     return i, seed
