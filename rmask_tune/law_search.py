@@ -6,9 +6,9 @@ replay benchmark (``rmask_tune.report.search_replay``) both drive this one imple
 A cell is one (model, task, method, ratio); it proposes LRs of its own grid only. Per cell:
 
 - **Start** from the prior: the LR the shared-exponent law predicts for the cell (the pair's offset when the
-  fit has it, else the mean offset of the model's pairs, else, unless ``SearchPrior.offsets`` is off, of all
-  pairs), rounded to the grid slightly from below (a cliff sits about half a decade above the optimum). A
-  cell with no prediction (a baseline, or a new model family's first ratio) starts at the grid's lower middle.
+  fit has it, else the mean offset of the model's pairs), rounded to the grid slightly from below (a cliff
+  sits about half a decade above the optimum). A cell with no prediction (a baseline, or a new model family's
+  first ratio: the exponent alone, no offset) starts at the grid's lower middle.
 - **Bracket**: the curve (mean dev over seeds per LR) is taken as unimodal; the search measures the best
   LR's lower neighbour first, then its upper one, until the best LR has measured, lower neighbours on both
   sides (or sits at the grid's edge with its inner neighbour measured).
@@ -69,21 +69,17 @@ class SearchSettings:
 
 @dataclass
 class SearchPrior:
-    """What a search starts from: the law's optima (``points``: model, task, ratio, log10_lr, se) of other
-    cells. ``offsets`` False: only the exponent is trusted (a new model family), so a pair with no optimum
-    of its own model starts without a prediction instead of from the other models' mean offset."""
+    """What a search starts from: the law's optima (``points``: model, task, ratio, log10_lr, se), as law.json
+    holds them. A pair among them starts from its own offset, a new task of a model among them from the mean
+    offset of the model's pairs; a model none of them has (a new family) from no offset: the exponent alone,
+    the offset learned from its own first ratio."""
 
     points: list[dict]
-    offsets: bool = True
     note: str = ""
 
     @classmethod
-    def from_law(cls, law: Law, *, without_pairs: tuple[str, ...] = (), without_models: tuple[str, ...] = (),
-                 offsets: bool = True, note: str = "") -> SearchPrior:
-        """The law's points less those of ``without_pairs`` ("model/task") and ``without_models``."""
-        points = [p for p in law.data.get("points", []) if f"{p['model']}/{p['task']}" not in without_pairs
-                  and p["model"] not in without_models]
-        return cls(points, offsets, note)
+    def from_law(cls, law: Law, note: str = "") -> SearchPrior:
+        return cls(list(law.data.get("points", [])), note)
 
     def pairs(self) -> set[str]:
         return {f"{p['model']}/{p['task']}" for p in self.points}
@@ -151,7 +147,7 @@ class LawSearch:
     def __init__(self, cells: dict[CellId, list[float]], prior: SearchPrior | None = None,
                  settings: SearchSettings | None = None, dev_examples: dict[CellId, int] | None = None):
         self.settings = settings or SearchSettings()
-        self.prior = prior or SearchPrior([], offsets=False)
+        self.prior = prior or SearchPrior([])
         self.cells = {cid: Cell(cid, sorted(grid), dev_examples=(dev_examples or {}).get(cid, 0))
                       for cid, grid in cells.items()}
         self._fit_cache: tuple[int, SharedFit | None] | None = None
@@ -288,10 +284,9 @@ class LawSearch:
         if cid.pair in fit.pairs:
             return fit.offsets[fit.pairs.index(cid.pair)] + fit.b * dx
         mine = [i for i, p in enumerate(fit.pairs) if p.split("/", 1)[0] == cid.model]
-        if not mine and not self.prior.offsets:
+        if not mine:
             return None
-        chosen = mine or list(range(len(fit.pairs)))
-        offset, _, _ = offset_spread(np.asarray(fit.offsets)[chosen], np.asarray(fit.cov).diagonal()[chosen])
+        offset, _, _ = offset_spread(np.asarray(fit.offsets)[mine], np.asarray(fit.cov).diagonal()[mine])
         return offset + fit.b * dx
 
     # --- results --------------------------------------------------------------------------------------------
@@ -303,6 +298,11 @@ class LawSearch:
         cell.results.setdefault(i, {})[seed] = None if dev is None or not math.isfinite(dev) else float(dev)
         if dev_examples:
             cell.dev_examples = dev_examples
+
+    def resume_pending(self, cid: CellId, lr: float | None, seed: int) -> None:
+        """A trial proposed before the search was saved and still running after it was restored."""
+        cell = self.cells[cid]
+        cell.pending.add((0 if not cell.grid else index_of(cell.grid, lr), seed))
 
     def unavailable(self, cid: CellId, lr: float | None, seed: int) -> None:
         """A trial that ended without a result (errored, or absent from a replayed grid): not proposed again."""
@@ -329,12 +329,12 @@ class LawSearch:
     def to_dict(self) -> dict:
         """What a resumed search needs (pending trials are dropped: they are rerun or re-proposed)."""
         return {"cells": [cell_to_dict(c) for c in self.cells.values()], "prior": self.prior.points,
-                "offsets": self.prior.offsets, "note": self.prior.note, "settings": self.settings.__dict__}
+                "note": self.prior.note, "settings": self.settings.__dict__}
 
     @classmethod
     def from_dict(cls, d: dict) -> LawSearch:
         settings = SearchSettings(**{**d["settings"], "seeds": tuple(d["settings"]["seeds"])})
-        search = cls({}, SearchPrior(d["prior"], d["offsets"], d["note"]), settings)
+        search = cls({}, SearchPrior(d["prior"], d["note"]), settings)
         for entry in d["cells"]:
             cell = cell_from_dict(entry)
             search.cells[cell.id] = cell

@@ -178,13 +178,11 @@ def _choose(cell: ReplayCell, ran: list[Trial]) -> float | None:
 
 
 def prior_for(row: Row, points: list[dict], mode: str) -> SearchPrior:
-    """The law searcher's prior for ``row``: ``points`` less the row's pair ("other pairs") or less every pair
-    of the row's model, offsets off ("new family")."""
+    """The law searcher's prior for ``row``: ``points`` less the row's pair ("other pairs": a new task, whose
+    model's other pairs give the offset) or less every pair of the row's model ("new family": no offset)."""
     if mode == "other pairs":
-        kept = [p for p in points if f"{p['model']}/{p['task']}" != row.pair]
-        return SearchPrior(kept, True, PRIORS[mode])
-    kept = [p for p in points if p["model"] != row.model]
-    return SearchPrior(kept, False, PRIORS[mode])
+        return SearchPrior([p for p in points if f"{p['model']}/{p['task']}" != row.pair], PRIORS[mode])
+    return SearchPrior([p for p in points if p["model"] != row.model], PRIORS[mode])
 
 
 def law_search(row: Row, prior: SearchPrior) -> RowResult:
