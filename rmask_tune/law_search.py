@@ -14,7 +14,7 @@ A cell is one (model, task, method, ratio); it proposes LRs of its own grid only
   sides (or sits at the grid's edge with its inner neighbour measured).
 - **Seeds** beyond the first are spent only near the optimum: ``extra_seeds`` more at the best LR and at
   its better neighbour, once bracketed; a best LR that moves is bracketed again.
-- **No signal**: a Random Masking cell whose bracketed curve fails the signal test of docs/statistics.md
+- **No signal**: a Random Masking cell whose curve, bracketed or over three LRs, fails the signal test of docs/statistics.md
   (max-type bootstrap test against the frozen model when the search ran it, else the smallest LR; the
   trials' dev values drawn as binomials, rule 5, since a searcher sees a trial's metric, not its examples)
   stops without spending seeds.
@@ -38,6 +38,7 @@ from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interv
 LAW_METHOD = "random_masking"
 NO_LR = "none"  # the frozen model: trains nothing, the signal test's reference
 SIGNAL_SAMPLES = 1000
+SIGNAL_LRS = 3  # LRs measured before a cell may stop for want of signal
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,9 @@ class LawSearch:
             if not cell.busy(start, first):
                 return start, first
             best = start  # a start still running: its neighbours may run beside it, lower first
+        elif len(cell.measured()) >= SIGNAL_LRS and self._no_signal(cell):
+            cell.status = "no signal"
+            return None
         for i in (best - 1, best + 1):
             if 0 <= i < len(cell.grid) and not cell.busy(i, first):
                 return i, first

@@ -111,6 +111,7 @@ class RowResult:
     trial_epochs: int
     choices: dict[CellId, float | None]
     prior_pairs: list[str] | None = None
+    outcomes: dict[CellId, str] = field(default_factory=dict)  # the law searcher's: located, no signal, ...
 
     def cell_scores(self) -> list[tuple[float, float, float]]:
         """(LR error in steps, regret, oracle gap) per cell (points)."""
@@ -207,7 +208,8 @@ def law_search(row: Row, prior: SearchPrior) -> RowResult:
     if not search.finished():
         raise RmaskError(f"the law search of {row.pair} stopped before its cells were done")
     used = sum(len(v) for v in ran.values())
-    return RowResult(row, used, epochs, {c.id: _choose(c, ran[c.id]) for c in row.cells}, sorted(prior.pairs()))
+    return RowResult(row, used, epochs, {c.id: _choose(c, ran[c.id]) for c in row.cells}, sorted(prior.pairs()),
+                     {c.id: search.cells[c.id].status for c in row.cells})
 
 
 def _budgets(row: Row, total: int) -> list[int]:
@@ -292,6 +294,7 @@ class RowSummary:
     oracle_gap_mean: float
     prior_pairs: list[str] | None
     misses: list[str]
+    outcomes: str = ""  # how the law searcher's cells ended, e.g. "3 located, 1 no signal"
 
     @property
     def share(self) -> float:
@@ -331,6 +334,13 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _outcomes(result: RowResult) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for status in result.outcomes.values():
+        counts[status] += 1
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
 def _summarise_row(results: list[RowResult], target: str | None) -> RowSummary:
     row = results[0].row
     scores = [r.cell_scores() for r in results]
@@ -341,7 +351,7 @@ def _summarise_row(results: list[RowResult], target: str | None) -> RowSummary:
         float(np.mean([r.trial_epochs for r in results])), grid.trial_epochs,
         float(np.mean([s[0] for rep in scores for s in rep])), float(np.mean([s[1] for rep in scores for s in rep])),
         float(np.mean([max(s[1] for s in rep) for rep in scores])), float(np.mean([s[2] for s in scores[0]])),
-        results[0].prior_pairs, [],
+        results[0].prior_pairs, [], _outcomes(results[0]),
     )
     if target is not None and row.method == LAW_METHOD:
         if summary.share > TARGETS[target] + 1e-9:
@@ -410,11 +420,11 @@ def format_replay(summaries: list[SearcherSummary]) -> str:
             continue
         lines += ["", f"Law searcher, {PRIORS[s.prior]} (target: at most {TARGETS[s.prior]:.0%} of the grid's "
                       f"trials, regret mean <= {TARGET_REGRET_MEAN}, worst <= {TARGET_REGRET_WORST}):", "",
-                  "| Export | Model | Task | Method | Cells | Trials | Grid trials | Trial-epochs | LR error | Regret mean "
-                  "| Regret worst | Oracle gap | Prior pairs | Misses |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| Export | Model | Task | Cells | Trials | Grid trials | Trial-epochs | LR error | Regret mean "
+                  "| Regret worst | Oracle gap | Prior pairs | Misses |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in s.rows if r.method == LAW_METHOD):
             pairs = ", ".join(r.prior_pairs or []) or "none"
-            lines.append(f"| {r.source} | {r.model} | {r.task} | {r.method} | {r.cells} | {r.trials:g} | {r.grid_trials} "
+            lines.append(f"| {r.source} | {r.model} | {r.task} | {r.outcomes} | {r.trials:g} | {r.grid_trials} "
                          f"| {r.trial_epochs:g} | {r.error_steps_mean:.2f} | {r.regret_mean:.2f} | {r.regret_worst:.2f} "
                          f"| {r.oracle_gap_mean:.2f} | {pairs} (left out: {r.model}/{r.task}) | "
                          f"{'; '.join(r.misses) or 'meets the target'} |")
