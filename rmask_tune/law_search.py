@@ -6,11 +6,10 @@ replay benchmark (``rmask_tune.report.search_replay``) both drive this one imple
 A cell is one (model, task, method, ratio); it proposes LRs of its own grid only. Per cell:
 
 - **Start** from the prior: the LR the shared-exponent law predicts for the cell (the pair's offset when the
-  fit has it, else the mean offset of the model's pairs), rounded to the grid slightly from below (a cliff
-  sits about half a decade above the optimum). A cell with no prediction (a baseline, or a new model family's
+  fit has it, else the mean offset of the model's pairs), at the nearest grid LR. A cell with no prediction (a baseline, or a new model family's
   first ratio: the exponent alone, no offset) starts at the grid's lower middle.
-- **Bracket**: the curve (mean dev over seeds per LR) is taken as unimodal; the search measures the best
-  LR's lower neighbour first, then its upper one, until the best LR has measured, lower neighbours on both
+- **Bracket**: the curve (mean dev over seeds per LR) is taken as unimodal with a cliff about half a decade
+  above the optimum, so it probes from below: the best LR's lower neighbour first, then its upper one, until the best LR has measured, lower neighbours on both
   sides (or sits at the grid's edge with its inner neighbour measured).
 - **Seeds** beyond the first are spent only near the optimum: ``extra_seeds`` more at the best LR and at
   its better neighbour, once bracketed; a best LR that moves is bracketed again.
@@ -62,9 +61,8 @@ class SearchSettings:
     seeds: tuple[int, ...] = (0, 1, 2)  # the seeds it may use, the first for every probe
     extra_seeds: int = 2  # more seeds at the best LR and its close neighbours once bracketed
     extra_trials: int = 4  # at most this many trials beyond the first seed per cell
-    close: float = 0.5  # a neighbour is close when below the best by less than this many binomial SEs of a difference
+    close: float = 0.25  # a neighbour is close when below the best by less than this many binomial SEs of a difference
     reference_seeds: int = 1  # frozen-model trials per (model, task) (the signal test's reference)
-    below: float = 0.1  # decades the first probe leans below the prediction
     law_method: str = LAW_METHOD
 
 
@@ -204,8 +202,8 @@ class LawSearch:
             return None
         spent = sum(s != first for seeds_at in cell.results.values() for s in seeds_at) + sum(
             s != first for _, s in cell.pending)
-        for i in self._near(cell) if spent < self.settings.extra_trials else []:
-            for seed in seeds[1: 1 + self.settings.extra_seeds]:
+        for seed in seeds[1: 1 + self.settings.extra_seeds] if spent < self.settings.extra_trials else []:
+            for i in self._near(cell):  # seed by seed, so the close LRs compare on the same seeds
                 if not cell.busy(i, seed):
                     return i, seed
         if not cell.pending:
@@ -245,8 +243,7 @@ class LawSearch:
         centre = self.predict(cell.id)
         if centre is None:
             return (len(cell.grid) - 1) // 2
-        x = np.log10(cell.grid)
-        return int(np.argmin(np.abs(x - (centre - self.settings.below))))
+        return int(np.argmin(np.abs(np.log10(cell.grid) - centre)))
 
     # --- the prior and what the search learned ------------------------------------------------------------
     def located_points(self) -> list[dict]:
