@@ -32,7 +32,7 @@ import numpy as np
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law, SharedFit, fit_shared, offset_spread
-from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, quadratic_vertex, signal_test
+from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, signal_test
 
 LAW_METHOD = "random_masking"
 NO_LR = "none"  # the frozen model: trains nothing, the signal test's reference
@@ -119,9 +119,6 @@ class Cell:
         floor = min([v for s in self.results.values() for v in s.values() if v is not None] or [0.0])
         return {self.grid[i]: {s: DevRecord(floor, 0) if v is None else DevRecord(v, self.dev_examples)
                                for s, v in seeds.items()} for i, seeds in self.results.items() if seeds}
-
-    def trials(self) -> int:
-        return sum(len(s) for s in self.results.values())
 
 
 def cell_to_dict(cell: Cell) -> dict:
@@ -317,15 +314,6 @@ class LawSearch:
         cell = self.cells[cid]
         best = cell.best()
         return None if best is None or not cell.grid else cell.grid[best]
-
-    def vertex(self, cid: CellId) -> float | None:
-        """The log10 optimum of the cell's measured curve (the report's quadratic vertex)."""
-        cell = self.cells[cid]
-        means = cell.measured()
-        if not means or not cell.grid:
-            return None
-        order = sorted(means)
-        return quadratic_vertex(np.log10([cell.grid[i] for i in order]), np.array([means[i] for i in order]))[0]
 
     def to_dict(self) -> dict:
         """What a resumed search needs (pending trials are dropped: they are rerun or re-proposed)."""

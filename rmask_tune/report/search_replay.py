@@ -174,7 +174,8 @@ def full_grid(row: Row) -> RowResult:
     return RowResult(row, len(trials), sum(t.epochs for t in trials), {c.id: c.grid_choice for c in row.cells})
 
 
-def _choose(cell: ReplayCell, ran: list[Trial]) -> float | None:
+def _choose(ran: list[Trial]) -> float | None:
+    """The report's selection over the trials a searcher ran in a cell (None: it ran none)."""
     return select_lr(ran).best_lr if ran else None
 
 
@@ -208,7 +209,7 @@ def law_search(row: Row, prior: SearchPrior) -> RowResult:
     if not search.finished():
         raise RmaskError(f"the law search of {row.pair} stopped before its cells were done")
     used = sum(len(v) for v in ran.values())
-    return RowResult(row, used, epochs, {c.id: _choose(c, ran[c.id]) for c in row.cells}, sorted(prior.pairs()),
+    return RowResult(row, used, epochs, {c.id: _choose(ran[c.id]) for c in row.cells}, sorted(prior.pairs()),
                      {c.id: search.cells[c.id].status for c in row.cells})
 
 
@@ -224,7 +225,7 @@ def random_search(row: Row, total: int, seed: int) -> RowResult:
     for cell, budget in zip(row.cells, _budgets(row, total)):
         slots = sorted(cell.trials, key=str)
         ran = [cell.trials[s] for s in rng.sample(slots, min(budget, len(slots)))]
-        choices[cell.id] = _choose(cell, ran)
+        choices[cell.id] = _choose(ran)
         used, epochs = used + len(ran), epochs + sum(t.epochs for t in ran)
     return RowResult(row, used, epochs, choices)
 
@@ -248,7 +249,7 @@ def tpe_search(row: Row, total: int, seed: int) -> RowResult:
             del free[slot]
             ran.append(answer.trial)
             study.tell(trial, answer.dev if answer.dev is not None else 0.0)  # diverged: the worst value
-        choices[cell.id] = _choose(cell, ran)
+        choices[cell.id] = _choose(ran)
         used, epochs = used + len(ran), epochs + sum(t.epochs for t in ran)
     return RowResult(row, used, epochs, choices)
 
@@ -264,7 +265,7 @@ def guided(row: Row, prior: SearchPrior) -> RowResult:
         lo = min(max(at - GUIDED_POINTS // 2, 0), max(len(x) - GUIDED_POINTS, 0))
         ran = [t for (lr, s), t in cell.trials.items() if lr is not None and lr in
                {_key(v) for v in cell.grid[lo: lo + GUIDED_POINTS]}]
-        choices[cell.id] = _choose(cell, ran)
+        choices[cell.id] = _choose(ran)
         used, epochs = used + len(ran), epochs + sum(t.epochs for t in ran)
     return RowResult(row, used, epochs, choices)
 
