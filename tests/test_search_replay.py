@@ -134,6 +134,8 @@ def test_bench_search_prints_every_searcher_side_by_side(export, capsys):
     law = by_name[("law", "other pairs")]
     assert law["trials"] <= law["grid_trials"] / 5 and law["regret_worst"] <= 0.0
     assert by_name[("random", None)]["trials"] == pytest.approx(law["trials"] - 3)  # its budget: less the frozen
+    for row in law["per_row"]:
+        assert row["left_out_of_prior"] == f"m1/{row['task']}" and row["left_out_of_prior"] not in row["prior_pairs"]
     assert main(["bench", "search", str(export), "--repeats", "1"]) == 0
     table = capsys.readouterr().out
     assert "(left out: m1/T1)" in table and "never holds the replayed pair" in table

@@ -89,7 +89,8 @@ def _print_plan(space) -> None:
     """What the sweep would run: its trial count, each task's own settings and each cell's learning rates."""
     from rmask_tune.sweep.search import cell_key
 
-    print(f"{space.name}: {space.num_trials()} trials ({space.file.search.type} search, {space.file.scheduler.type} scheduler, "
+    most = "at most " if space.file.search.type == "law" else ""  # the law searcher runs what it needs
+    print(f"{space.name}: {most}{space.num_trials()} trials ({space.file.search.type} search, {space.file.scheduler.type} scheduler, "
           f"{space.epochs} epochs), storage {space.storage}")  # fmt: skip
     for task, settings in space.file.task_settings.items():
         print(f"  {task} trials: " + ", ".join(f"{key} {value}" for key, value in settings.items()))

@@ -328,7 +328,9 @@ class SearcherSummary:
         }
 
     def to_dict(self) -> dict:
-        return {**self.totals(), "per_row": [{**r.__dict__, "share": r.share} for r in self.rows]}
+        return {**self.totals(), "per_row": [
+            {**r.__dict__, "share": r.share, "left_out_of_prior": None if r.prior_pairs is None else f"{r.model}/{r.task}"}
+            for r in self.rows]}
 
 
 def _mean(values: list[float]) -> float | None:
