@@ -39,3 +39,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="precision policy of every method's copy (rmask_tune/precision.py)")
     bench.add_argument("--json", action="store_true", help="print rows as JSON")
     bench.set_defaults(run=_run)
+    register_search(bench.add_subparsers(dest="bench_command", metavar="search"))
+
+
+def _run_search(args: argparse.Namespace) -> None:
+    from rmask_tune.report.search_replay import format_replay, replay
+
+    summaries = replay([args.export, *args.also], repeats=args.repeats)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in summaries], indent=1))
+    else:
+        print(format_replay(summaries))
+
+
+def register_search(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench search``: LR searchers replayed against committed sweep exports."""
+    search = sub.add_parser(
+        "search", help="replay LR searchers (full grid, random, Optuna TPE, --lr-from, the law searcher) against "
+                       "sweep exports, without training",
+        description="Answer each searcher's proposed (cell, LR, seed) with the recorded trial of the exports and "
+                    "score its choices against the full grid's (docs/searcher.md).")
+    search.add_argument("export", help="a sweep export (sweep-export.json.gz)")
+    search.add_argument("--also", action="append", default=[], metavar="EXPORT",
+                        help="another export to replay (repeatable); every export's law is part of the priors")
+    search.add_argument("--repeats", type=int, default=10, help="seeds of the randomised searchers (default 10)")
+    search.add_argument("--json", action="store_true",
+                        help="one object per searcher and prior mode (totals over the Random Masking rows, per_row)")
+    search.set_defaults(run=_run_search)

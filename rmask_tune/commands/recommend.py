@@ -100,6 +100,25 @@ def _from_probe(args: argparse.Namespace, law, ratio: float) -> dict:
             "calibration_points": calibration.get("n"), "grid": log_grid(lr, args.points, args.decades)}
 
 
+LAW_SEARCH_TEMPLATE = "search_spaces/law-search.yaml"
+
+
+def law_search_commands(law, law_path: str | None, model: str | None, task: str | None, ratio: float) -> list[str] | None:
+    """The commands that measure a (model, task) the law has not fitted with the law-guided searcher, then
+    recommend from the law that sweep gives (None when the law has the pair, or no model and task were given)."""
+    if not (model and task) or law.shared is None or f"{model}/{task}" in law.shared.pairs:
+        return None
+    name = f"{model}-{task}-law".lower()
+    prior = law_path or "LAW_JSON"
+    return [
+        f"sed -e 's/^name: .*/name: {name}/' -e 's/^models: .*/models: [{model}]/' -e 's/^tasks: .*/tasks: [{task}]/' "
+        f"-e 's#^storage_path: .*#storage_path: runs/{name}#' {LAW_SEARCH_TEMPLATE} > {name}.yaml",
+        f"rmask-tune sweep {name}.yaml --prior {prior}",
+        f"rmask-tune report {name}.yaml --out reports/{name}",
+        f"rmask-tune recommend --law reports/{name}/law.json --model {model} --task {task} --ratio {ratio:g}",
+    ]
+
+
 def _run(args: argparse.Namespace) -> None:
     from rmask_tune.errors import RmaskError
     from rmask_tune.law import check_ratio
@@ -115,9 +134,10 @@ def _run(args: argparse.Namespace) -> None:
               "the law is extrapolated", file=sys.stderr)
     if result.get("warning"):
         print(f"rmask-tune: warning: {result['warning']}", file=sys.stderr)
+    search = law_search_commands(law, args.law, args.model, args.task, ratio)
     if args.json:
         print(json.dumps({"ratio": ratio, "model": args.model, "task": args.task,
-                          "source": "probe" if args.probe else "law", **result}))
+                          "source": "probe" if args.probe else "law", **result, "law_search": search}))
         return
     if args.probe:
         print(f"recommended lr for ratio {ratio:g} (Hessian probe, {args.model} on {args.task}): {result['lr']:.3g}")
@@ -134,6 +154,10 @@ def _run(args: argparse.Namespace) -> None:
             print(f"  shared exponent b = {result['b']:.3f} [{result['b_ci'][0]:.3f}, {result['b_ci'][1]:.3f}], "
                   f"fitted on ratios {result['ratio_range'][0]:g} – {result['ratio_range'][1]:g}")
     print("  grid: " + " ".join(f"{v:g}" for v in result["grid"]))
+    if search:
+        print(f"{args.model}/{args.task} is not in the law: measure it with the law searcher (a few LRs per ratio "
+              "instead of the full grid; docs/searcher.md), then recommend from its own law:")
+        print("\n".join(f"  {command}" for command in search))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

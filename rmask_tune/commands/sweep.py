@@ -25,6 +25,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.lr_from:
         space.law = _law(args.lr_from, space)
         space.law_points = 5 if args.lr_points is None else _positive(args.lr_points)
+    _law_search(space, args.prior)
     if args.skip_done and not _skip_done(space, args.skip_done):
         return
     if args.dry_run:
@@ -37,15 +38,31 @@ def _run(args: argparse.Namespace) -> None:
 
 def _skip_done(space, sources: list[str]) -> bool:
     """Leave out the trials ``sources`` already ended and say how many; False when none is left."""
-    from rmask_tune.sweep.done import done_points
+    from rmask_tune.sweep.done import done_trials
 
     total = space.num_trials()
-    space.done = done_points(space, sources)
+    done = done_trials(space, sources)
+    space.done, space.done_dev = [point for point, _ in done], [dev for _, dev in done]
     where = ", ".join(sources)
     print(f"skipping {len(space.done)} of {total} trials already done in {where}")
     if not space.num_trials():
         print(f"nothing left to run: every trial of {space.source} is done in {where}")
     return space.num_trials() > 0
+
+
+def _law_search(space, prior: str | None) -> None:
+    """``--prior``: a law search from ``prior`` (the file's search must be grid or law; its grids are the space).
+    A law search's prior is read now: a missing or malformed law.json is an error before Ray starts."""
+    from rmask_tune.law import load_law
+    from rmask_tune.sweep.space import LawGuidedSearch, OptunaSearch
+
+    if prior is not None:
+        if isinstance(space.file.search, OptunaSearch):
+            raise RmaskError(f"--prior runs a law search, but {space.source} asks for an optuna search; "
+                             "use a grid or law search file")
+        space.file.search = LawGuidedSearch(type="law", prior=prior)
+    if isinstance(space.file.search, LawGuidedSearch) and space.file.search.prior is not None:
+        load_law(space.file.search.prior)
 
 
 def _positive(points: int) -> int:
@@ -72,7 +89,8 @@ def _print_plan(space) -> None:
     """What the sweep would run: its trial count, each task's own settings and each cell's learning rates."""
     from rmask_tune.sweep.search import cell_key
 
-    print(f"{space.name}: {space.num_trials()} trials ({space.file.search.type} search, {space.file.scheduler.type} scheduler, "
+    most = "at most " if space.file.search.type == "law" else ""  # the law searcher runs what it needs
+    print(f"{space.name}: {most}{space.num_trials()} trials ({space.file.search.type} search, {space.file.scheduler.type} scheduler, "
           f"{space.epochs} epochs), storage {space.storage}")  # fmt: skip
     for task, settings in space.file.task_settings.items():
         print(f"  {task} trials: " + ", ".join(f"{key} {value}" for key, value in settings.items()))
@@ -130,6 +148,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "recommendations for each model and task")
     sweep.add_argument("--lr-points", type=int, metavar="N",
                        help="LRs in each --lr-from grid (default 5); 1 trains the recommendation alone (check runs)")
+    sweep.add_argument("--prior", metavar="LAW_JSON",
+                       help="search each cell with the law-guided searcher (docs/searcher.md) from this law.json: "
+                            "a few LRs of the file's grids per cell instead of all of them (search type law)")
     sweep.add_argument("--skip-done", action="append", default=[], metavar="SOURCE",
                        help="run only the grid's trials that SOURCE (a sweep export, sweep folder or YAML; repeatable) "
                             "did not end (finished, diverged or stopped by ASHA) with the same configuration and "

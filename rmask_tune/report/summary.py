@@ -139,6 +139,16 @@ def _curve(key: tuple, trials: list[Trial]) -> Curve:
     return curve
 
 
+def select_lr(trials: list[Trial]) -> Curve:
+    """The report's reading of one cell's trials (its model selection): re-runs of a configuration
+    deduplicated, ended trials only, the best-dev LR and the test metrics there."""
+    ended = [t for t in _dedupe(trials)[0] if t.status in TERMINAL]
+    if not ended:
+        raise RmaskError("a cell needs at least one ended trial to select a learning rate")
+    first = ended[0]
+    return _curve((first.model, first.task, first.method, first.ratio), ended)
+
+
 # Per-example columns whose mean is the metric: the bootstrap's fast path.
 _MEAN_COLUMNS = {"accuracy": "correct", "f1": "f1", "em": "em"}
 

@@ -21,22 +21,23 @@ from rmask_tune.report.runs import TERMINAL, comparable, configuration_key, load
 from rmask_tune.sweep.space import OptunaSearch, SweepSpace
 
 
-def done_points(space: SweepSpace, sources: list[str]) -> list[dict]:
+def done_trials(space: SweepSpace, sources: list[str]) -> list[tuple[dict, float | None]]:
     """The grid points of ``space`` that a trial run of one of ``sources`` (exports, sweep folders or YAMLs)
-    ended with the same configuration and settings."""
+    ended with the same configuration and settings, each with that run's best dev metric (None: diverged),
+    which a law search observes as its own."""
     from rmask_tune.sweep.callbacks import CONFIG_PARAMS, param_text, trial_params
     from rmask_tune.trainer.config import TrialConfig
 
     if isinstance(space.file.search, OptunaSearch):
         raise RmaskError(f"--skip-done needs a grid search: {space.source} samples its learning rates with optuna, "
                          "so its trials are not known before they run")
-    ended = defaultdict(list)  # configuration -> the params of its ended runs
+    ended = defaultdict(list)  # configuration -> the params and best dev of its ended runs
     for source in sources:
         records, _ = load_records(resolve_source(source))
         for record in records:
             trial = trial_of(record)
             if trial.status in TERMINAL:
-                ended[trial.configuration].append(record.params)
+                ended[trial.configuration].append((record.params, None if trial.status == "diverged" else trial.dev))
     settings = space.settings()
 
     def text(value):  # a setting as its MLflow param's text compares
@@ -47,15 +48,14 @@ def done_points(space: SweepSpace, sources: list[str]) -> list[dict]:
 
     precisions = expected_precisions(settings, space.file.resources.gpus)
 
-    def done(point: dict) -> bool:
+    def done(point: dict) -> list[float | None]:
         logged = trial_params(point, settings)
         key = configuration_key(*(point[name] for name in ("model", "task", "method", "ratio", "lr", "seed")))
-        return any(all(text(logged[name]) == (comparable(params[name]) if name in params else defaults[name])
-                       for name in CONFIG_PARAMS)
-                   and params.get("precision", "unlogged") in precisions
-                   for params in ended.get(key, ()))
+        return [dev for params, dev in ended.get(key, ())
+                if all(text(logged[name]) == (comparable(params[name]) if name in params else defaults[name])
+                       for name in CONFIG_PARAMS) and params.get("precision", "unlogged") in precisions]
 
-    return [point for point in space.grid_trials() if done(point)]
+    return [(point, devs[0]) for point in space.grid_trials() if (devs := done(point))]
 
 
 def expected_precisions(settings: dict, gpus: float) -> set[str]:

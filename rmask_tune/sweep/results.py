@@ -138,6 +138,10 @@ def print_summary(rows: list[dict], space: SweepSpace, tracker, stream, timing: 
             print(f"errored: {describe(row)}: {row['error']}", file=stream)
     cut = sum(r["status"] == "interrupted" for r in rows)
     unstarted = space.num_trials() - len(rows)
+    if space.file.search.type == "law":  # the searcher ran what it needed, not the grid
+        print(f"law search: {len(rows)} of the grid's {space.num_trials()} trials ran (a cell stops once its optimum "
+              "is bracketed or it shows no signal; docs/searcher.md)", file=stream)
+        unstarted = 0
     if cut or unstarted > 0:
         print(f"interrupted: {cut} trial(s) cut short and {max(unstarted, 0)} not started; continue with "
               f"`rmask-tune sweep {space.source} --resume`", file=stream)

@@ -1,10 +1,11 @@
-"""What Ray Tune searches: the grid's trials, or Optuna's learning rates per cell, and the ASHA scheduler."""
+"""What Ray Tune searches: the grid's trials, Optuna's learning rates per cell, or the law-guided searcher's
+trials, and the ASHA scheduler."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rmask_tune.sweep.space import AshaScheduler, OptunaSearch, SweepSpace, trial_point
+from rmask_tune.sweep.space import AshaScheduler, LawGuidedSearch, OptunaSearch, SweepSpace, trial_point
 
 METRIC, MODE = "dev_metric", "max"
 
@@ -32,6 +33,11 @@ def tune_search(space: SweepSpace, trials_dir: Path) -> tuple[dict, object, int]
 
     constants = {"settings": space.settings(), "trials_dir": str(trials_dir)}
     search = space.file.search
+    if isinstance(search, LawGuidedSearch):
+        from rmask_tune.sweep.law_search import LawSearcher, law_prior
+
+        searcher = LawSearcher(space, constants, law_prior(search.prior), space.file.max_concurrent_trials)
+        return {}, searcher, space.num_trials()  # at most the grid: the searcher says when it is finished
     if not isinstance(search, OptunaSearch):
         return {"trial": tune.grid_search(space.grid_trials()), **constants}, None, 1
     from optuna.samplers import TPESampler

@@ -2,7 +2,7 @@
 
 A file names models, tasks, methods (each with its own ratio and learning-rate grids), seeds, the
 training and data settings every trial shares (TrialConfig fields), the settings a task overrides
-(``task_settings``, e.g. a smaller batch for long inputs), the search (``grid`` or ``optuna``), the
+(``task_settings``, e.g. a smaller batch for long inputs), the search (``grid``, ``optuna`` or ``law``), the
 early-stopping scheduler, per-trial resources, and where results and MLflow runs go.
 Everything is checked before Ray starts; a problem is one RmaskError that names the field and its line.
 """
@@ -139,6 +139,15 @@ class OptunaSearch(_Strict):
     seed: int = 0
 
 
+class LawGuidedSearch(_Strict):
+    """The law-guided searcher (rmask_tune/law_search.py): per cell, a few LRs of its grid at a time, started
+    from ``prior`` (a law.json; without one, plain bracketing), until the optimum is bracketed or the cell
+    shows no signal. The grids and seeds are the file's: it runs a subset of the grid's trials."""
+
+    type: Literal["law"]
+    prior: str | None = None
+
+
 class AshaScheduler(_Strict):
     """Asynchronous successive halving over epochs on the dev metric."""
 
@@ -183,7 +192,7 @@ class SweepFile(_Strict):
     training: dict[str, Any] = Field(default_factory=dict)
     data: DataSettings = Field(default_factory=DataSettings)
     task_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    search: Annotated[Union[GridSearch, OptunaSearch], Field(discriminator="type")] = Field(
+    search: Annotated[Union[GridSearch, OptunaSearch, LawGuidedSearch], Field(discriminator="type")] = Field(
         default_factory=GridSearch
     )
     scheduler: Annotated[Union[AshaScheduler, NoScheduler], Field(discriminator="type")] = Field(
@@ -221,6 +230,7 @@ class SweepSpace:
     law: Any = None
     law_points: int = 5
     done: list[dict] = field(default_factory=list)
+    done_dev: list[float | None] = field(default_factory=list)  # the done trials' best dev (a law search uses them)
 
     @property
     def name(self) -> str:
