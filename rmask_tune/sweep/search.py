@@ -50,12 +50,6 @@ def tune_search(space: SweepSpace, trials_dir: Path) -> tuple[dict, object, int]
     return {}, limited, len(optuna_space.schedule)
 
 
-def cell_key(config: dict) -> tuple:
-    """The LR search a trial belongs to: its model, task, method and ratio (all but LR and seed)."""
-    point = config["trial"]
-    return point["model"], point["task"], point["method"], point["ratio"]
-
-
 def tune_scheduler(space: SweepSpace):
     """ASHA over epochs (one report per epoch), run separately within each cell, or None."""
     settings = space.file.scheduler

@@ -347,6 +347,12 @@ def trial_point(cell: Cell, lr: float | None, seed: int) -> dict:
     return {**point, **dict(cell.settings)}
 
 
+def cell_key(config: dict) -> tuple:
+    """The LR search a trial belongs to: its model, task, method and ratio (all but LR and seed)."""
+    point = config["trial"]
+    return point["model"], point["task"], point["method"], point["ratio"]
+
+
 class _Invalid(Exception):
     """A problem at a place in the file (a key path)."""
 
