@@ -26,7 +26,7 @@ def test_version_is_the_installed_package_version(capsys):
 
 
 def test_sweep_summary_prints_the_report_and_ui_commands_of_that_sweep(tmp_path):
-    from rmask_tune.report.runs import resolve_source
+    from rmask_tune.report import resolve_source
     from rmask_tune.sweep import load_space
     from rmask_tune.sweep.results import print_summary, timing
     from rmask_tune.sweep.tracking import SweepTracker

@@ -19,8 +19,8 @@ import pytest
 from rmask_tune.cli import main
 from rmask_tune.errors import RmaskError
 from rmask_tune.report import build_report
-from rmask_tune.report.export import EXPORT_FILE, NOT_RECORDED, RECORDED, encode_export, read_export
-from rmask_tune.report.runs import RunRecord
+from rmask_tune.runstore.export import EXPORT_FILE, NOT_RECORDED, RECORDED, encode_export, read_export
+from rmask_tune.runstore.record import RunRecord
 from rmask_tune.sweep.runner import set_environment
 from rmask_tune.tasks import get_task
 from rmask_tune.tasks.results import EXAMPLES_FILE, ExampleLog

@@ -11,8 +11,8 @@ import pytest
 from rmask_tune.cli import main
 from rmask_tune.errors import RmaskError
 from rmask_tune.report import search_replay as replay
-from rmask_tune.report.export import encode_export
-from rmask_tune.report.runs import RunRecord
+from rmask_tune.runstore.export import encode_export
+from rmask_tune.runstore.record import RunRecord
 
 RATIOS = (1e-2, 1e-3, 1e-4, 1e-5)
 SEEDS = (0, 1, 2)

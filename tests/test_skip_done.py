@@ -11,8 +11,8 @@ from test_sweep_ray import DATA, local_ray, mlflow_runs, run_cli, sweep_file  # 
 
 from rmask_tune.cli import main
 from rmask_tune.report import load_summary
-from rmask_tune.report.export import EXPORT_FILE, read_export
-from rmask_tune.report.runs import TERMINAL, configuration_key, trial_of
+from rmask_tune.runstore.export import EXPORT_FILE, read_export
+from rmask_tune.runstore.reader import TERMINAL, configuration_key, trial_of
 from rmask_tune.sweep import load_space
 
 NAME = "sittings"

@@ -9,8 +9,9 @@ from rmask_tune.errors import RmaskError
 
 
 def _run(args: argparse.Namespace) -> None:
-    from rmask_tune.report.export import EXPORT_FILE, export_sweep
-    from rmask_tune.report.runs import resolve_source
+    from rmask_tune.report import resolve_source
+    from rmask_tune.runstore.export import EXPORT_FILE
+    from rmask_tune.runstore.reader import export_sweep
 
     where = resolve_source(args.source, args.tracking_uri)
     out = Path(args.out) if args.out else Path(EXPORT_FILE)

@@ -87,7 +87,7 @@ def _law(path: str, space):
 
 def _print_plan(space) -> None:
     """What the sweep would run: its trial count, each task's own settings and each cell's learning rates."""
-    from rmask_tune.sweep.search import cell_key
+    from rmask_tune.sweep.space import cell_key
 
     most = "at most " if space.file.search.type == "law" else ""  # the law searcher runs what it needs
     print(f"{space.name}: {most}{space.num_trials()} trials ({space.file.search.type} search, {space.file.scheduler.type} scheduler, "

@@ -16,9 +16,23 @@ from rmask_tune.analysis.predict import calibration_entry, calibration_pair
 from rmask_tune.analysis.probes import PROBES_FILE, load_probes, match_probes, merge_probes, save_probes
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law
-from rmask_tune.report.runs import Source, Trial, load_records, load_trials, resolve_source, trial_of
+from rmask_tune.runstore import reader
+from rmask_tune.runstore.reader import Trial, load_records, load_trials, trial_of
+from rmask_tune.runstore.record import Source
 from rmask_tune.report.summary import Summary, law_curves, slug, summarize
 from rmask_tune.validation import probe_leave_one_task_out, summarize_validation
+
+
+def resolve_source(source: str, tracking_uri: str | None = None) -> Source:
+    """Where ``source``'s runs live: a sweep file (YAML) names its store through the sweep's own loader;
+    an experiment name, a sweep folder or an export resolves as the run store resolves it."""
+    path = Path(source)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        from rmask_tune.sweep import load_space
+
+        space = load_space(path)
+        return Source(tracking_uri or space.tracking_uri, space.experiment_name)
+    return reader.resolve_source(source, tracking_uri)
 
 
 def _summary(where: Source, bootstrap: int, seed: int, loaded: tuple[list[Trial], int] | None = None) -> Summary:
@@ -71,7 +85,7 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     sitting on another machine) to ``source``'s, as one experiment; a configuration run in several keeps
     its newest result. ``export`` writes the (combined) export into the folder too. The Hessian probes come
     from the folder's probes.json when it has one; ``probes`` (another probes.json) is merged into it."""
-    from rmask_tune.report.export import EXPORT_FILE, encode_export
+    from rmask_tune.runstore.export import EXPORT_FILE, encode_export
     from rmask_tune.report.figures import figures
     from rmask_tune.report.render import blocks, to_html, to_markdown
 

@@ -30,8 +30,8 @@ import numpy as np
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.law_search import NO_LR, CellId, LawSearch, SearchPrior, SearchSettings
-from rmask_tune.report.export import read_export
-from rmask_tune.report.runs import TERMINAL, Trial, trial_of
+from rmask_tune.runstore.export import read_export
+from rmask_tune.runstore.reader import TERMINAL, Trial, trial_of
 from rmask_tune.report.summary import LAW_METHOD, select_lr, summarize
 from rmask_tune.validation import GRID_STEP
 

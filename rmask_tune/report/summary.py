@@ -13,7 +13,7 @@ import numpy as np
 from rmask_tune.analysis.probes import loss_settings
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Fit, Law, fit_law, fit_shared
-from rmask_tune.report.runs import TERMINAL, Trial
+from rmask_tune.runstore.reader import TERMINAL, Trial
 from rmask_tune.resampling import (
     SIGNAL_LEVEL, DevRecord, OptimumEstimate, SignalTest, bootstrap_cell, optimum_with_interval, signal_test,
 )

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import MISSING, fields
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.report.runs import TERMINAL, comparable, configuration_key, load_records, resolve_source, trial_of
+from rmask_tune.runstore.reader import TERMINAL, comparable, configuration_key, load_records, resolve_source, trial_of
 from rmask_tune.sweep.space import OptunaSearch, SweepSpace
 
 

@@ -206,7 +206,8 @@ def _tuner(space: SweepSpace, tracker, state: SweepState, resume: bool):
     from ray import tune
 
     from rmask_tune.sweep.callbacks import MlflowCallback, ProgressCallback
-    from rmask_tune.sweep.search import METRIC, MODE, trial_dirname, tune_scheduler, tune_search
+    from rmask_tune.sweep.search import trial_dirname, tune_scheduler, tune_search
+    from rmask_tune.sweep.space import METRIC, MODE
     from rmask_tune.sweep.trainable import run_tune_trial
 
     resources = space.file.resources

@@ -347,6 +347,10 @@ def trial_point(cell: Cell, lr: float | None, seed: int) -> dict:
     return {**point, **dict(cell.settings)}
 
 
+# What every trial reports after each epoch and what the search and the scheduler maximise.
+METRIC, MODE = "dev_metric", "max"
+
+
 def cell_key(config: dict) -> tuple:
     """The LR search a trial belongs to: its model, task, method and ratio (all but LR and seed)."""
     point = config["trial"]

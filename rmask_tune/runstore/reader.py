@@ -2,6 +2,7 @@
 
 Each trial run is first read into a ``RunRecord`` (what the store holds for it, and what an export
 carries), then into the ``Trial`` a report uses: the same records give the same report either way.
+A sweep file (YAML) names its store through the sweep's own loader: ``rmask_tune.report.resolve_source``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.runstore.export import encode_export, read_export
+from rmask_tune.runstore.record import RunRecord, Source
 
 TERMINAL = ("finished", "diverged", "stopped")
 # Significant digits at which configurations compare numbers: a learning rate or ratio logged as 0.1 or
@@ -20,23 +23,6 @@ TERMINAL = ("finished", "diverged", "stopped")
 SAME_DIGITS = 9
 # The per-epoch metric histories kept for every trial (step = epoch).
 HISTORIES = ("dev_metric", "train_loss")
-
-
-@dataclass
-class RunRecord:
-    """One trial run as stored: its params, latest metrics, ``rmask.*`` tags, per-epoch histories
-    (``(step, value)`` pairs) and per-example results (examples.json; None when the trial recorded none,
-    as trials from before per-example results were recorded)."""
-
-    run_id: str
-    run_status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED
-    start_time: int | None
-    end_time: int | None
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    history: dict[str, list[tuple[int, float]]]
-    examples: dict | None = None
 
 
 @dataclass
@@ -92,33 +78,19 @@ def comparable(value):
         return value
 
 
-@dataclass
-class Source:
-    """Where a sweep's runs live: an MLflow store, or an export of one (``export``, already read)."""
-
-    tracking_uri: str
-    experiment: str
-    export: object | None = None  # a SweepExport
-
-
 def resolve_source(source: str, tracking_uri: str | None = None) -> Source:
-    """Turn an experiment name, a sweep folder, a sweep YAML or a sweep export into where its runs live.
+    """Turn an experiment name, a sweep folder or a sweep export into where its runs live.
 
     A folder must hold ``mlflow.db`` (the sweep's default store); its experiment is the only one in
-    the store, or the folder's name. A YAML file is read with the sweep's own loader. An export
-    (``*.json.gz`` or ``*.json``, see ``rmask_tune.report.export``) stands in for the store it came from.
+    the store, or the folder's name. An export (``*.json.gz`` or ``*.json``, see
+    ``rmask_tune.runstore.export``) stands in for the store it came from.
     """
     path = Path(source)
     if path.is_file() and path.name.endswith((".json.gz", ".json")):
-        from rmask_tune.report.export import read_export
-
         export = read_export(path)
         return Source(export.tracking_uri, export.experiment, export)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        from rmask_tune.sweep import load_space
-
-        space = load_space(path)
-        return Source(tracking_uri or space.tracking_uri, space.experiment_name)
+        raise RmaskError(f"{path} is a sweep file: name its folder, store or export here")
     if path.is_dir():
         db = path / "mlflow.db"
         if not db.is_file() and tracking_uri is None:
@@ -262,3 +234,11 @@ def trial_of(record: RunRecord) -> Trial:
         start_time=record.start_time or 0,
         record=record,
     )
+
+
+def export_sweep(source: Source, path: str | Path) -> Path:
+    """Write the export of ``source``'s trials to ``path``; returns ``path``."""
+    records, unreadable = load_records(source)
+    path = Path(path)
+    path.write_bytes(encode_export(source.experiment, source.tracking_uri, records, unreadable))
+    return path

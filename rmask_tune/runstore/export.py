@@ -1,6 +1,6 @@
 """A sweep's compact export (``sweep-export.json.gz``): everything a report is made from, in one file.
 
-It holds every trial run's record (``rmask_tune.report.runs.RunRecord``): configuration (params),
+It holds every trial run's record (``rmask_tune.runstore.record.RunRecord``): configuration (params),
 status, latest metrics, per-epoch ``dev_metric`` and ``train_loss``, and its per-example results
 (examples.json) where the trial recorded them. A split's examples (uids, labels), shared by the trials
 that drew the same data, are stored once under ``example_sets``. A trial without per-example results
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.report.runs import RunRecord, Source, load_records
+from rmask_tune.runstore.record import RunRecord
 
 EXPORT_FILE = "sweep-export.json.gz"
 KIND = "rmask-tune sweep export"
@@ -40,14 +40,6 @@ class SweepExport:
     tracking_uri: str
     records: list[RunRecord]
     unreadable: int  # trial runs of the store without model/task params (not exported)
-
-
-def export_sweep(source: Source, path: str | Path) -> Path:
-    """Write the export of ``source``'s trials to ``path``; returns ``path``."""
-    records, unreadable = load_records(source)
-    path = Path(path)
-    path.write_bytes(encode_export(source.experiment, source.tracking_uri, records, unreadable))
-    return path
 
 
 def encode_export(experiment: str, tracking_uri: str, records: list[RunRecord], unreadable: int) -> bytes:
