@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from rmask_tune.sweep.space import SweepSpace
@@ -97,6 +98,33 @@ def epoch_savings(rows: list[dict], epochs: int) -> dict:
     return {"full": full, "trained": trained, "saved_by_asha": by_asha, "saved_by_divergence": by_divergence}
 
 
+@dataclass(frozen=True)
+class SweepOutcome:
+    """Whether a sweep did all it was asked: every trial ended (finished, diverged or stopped by ASHA)."""
+
+    total: int  # trials the sweep runs
+    errored: int
+    interrupted: int  # cut short by an interruption; --resume runs them again
+    unstarted: int
+
+    @classmethod
+    def of(cls, rows: list[dict], total: int) -> SweepOutcome:
+        return cls(total, sum(r["status"] == "errored" for r in rows), sum(r["status"] == "interrupted" for r in rows),
+                   max(total - len(rows), 0))
+
+    @property
+    def complete(self) -> bool:
+        return not (self.errored or self.interrupted or self.unstarted)
+
+    def line(self) -> str:
+        """One line saying so: ``sweep complete: ...`` or ``sweep incomplete: ...``."""
+        if self.complete:
+            return f"sweep complete: all {self.total} trial(s) ended"
+        parts = [f"{n} {what}" for n, what in ((self.errored, "errored"), (self.interrupted, "cut short"),
+                                              (self.unstarted, "not started")) if n]
+        return f"sweep incomplete: {', '.join(parts)} of {self.total} trial(s)"
+
+
 def print_summary(rows: list[dict], space: SweepSpace, tracker, stream, timing: dict) -> None:
     """The table of trials, the best one, the savings and timing, and where everything is."""
     header = ("model", "task", "method", "ratio", "lr", "seed", "status", "epochs", "dev", "test")
@@ -136,11 +164,11 @@ def print_summary(rows: list[dict], space: SweepSpace, tracker, stream, timing: 
     for row in rows:
         if row["error"]:
             print(f"errored: {describe(row)}: {row['error']}", file=stream)
-    cut = sum(r["status"] == "interrupted" for r in rows)
-    unstarted = space.num_trials() - len(rows)
-    if cut or unstarted > 0:
-        print(f"interrupted: {cut} trial(s) cut short and {max(unstarted, 0)} not started; continue with "
-              f"`rmask-tune sweep {space.source} --resume`", file=stream)
+    outcome = SweepOutcome.of(rows, space.num_trials())
+    if outcome.interrupted or outcome.unstarted:
+        print(f"interrupted: {outcome.interrupted} trial(s) cut short and {outcome.unstarted} not started; continue "
+              f"with `rmask-tune sweep {space.source} --resume`", file=stream)
+    print(outcome.line(), file=stream)
     print(f"Tune folder: {space.storage / 'tune'}", file=stream)
     print(f"trial outputs: {space.storage / 'trials'}", file=stream)
     print(f"MLflow store: {tracker.tracking_uri} (experiment '{tracker.experiment}')", file=stream)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.sweep.results import print_summary, summary_rows, timing
+from rmask_tune.sweep.results import SweepOutcome, print_summary, summary_rows, timing
 from rmask_tune.sweep.space import SweepSpace
 
 STATE_FORMAT = "rmask-tune sweep v1"
@@ -86,13 +86,13 @@ class SweepState:
         (storage / "sweep.json").write_text(json.dumps({"format": STATE_FORMAT, **self.__dict__}, indent=1) + "\n")
 
 
-def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = None, stream=None) -> list[dict]:
+def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = None, stream=None) -> SweepOutcome:
     """Run (or with ``resume`` continue) ``space``; print progress to stderr and a summary to ``stream``.
 
     ``address`` connects to a running Ray cluster (``auto`` or ``HOST:PORT``); without it an embedded
     local Ray is started, or the one this process already has is used. The trials in ``space.done``
     (``--skip-done``: ended in earlier sittings) are left out, so ASHA ranks each trial only against the
-    peers of its cell that run in this sweep. Returns the summary rows.
+    peers of its cell that run in this sweep. Returns whether every trial ended.
     """
     from rmask_tune.sweep.tracking import SweepTracker, probe_tracking_uri
 
@@ -129,7 +129,7 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
     wall = time.time() - started
     rows = summary_rows(results, interrupted=tracker.trials_with_status("interrupted"))
     print_summary(rows, space, tracker, stream, timing(rows, space.file.max_concurrent_trials, started, ray_ready, wall))
-    return rows
+    return SweepOutcome.of(rows, space.num_trials())
 
 
 def root_cause(error: BaseException) -> str:
