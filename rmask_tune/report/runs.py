@@ -136,6 +136,12 @@ def resolve_source(source: str, tracking_uri: str | None = None) -> Source:
     return Source(uri, source)
 
 
+def check_has_trials(count: int, experiment: str) -> None:
+    """A report or an export needs trial runs: an experiment without any is refused, the same way by both."""
+    if not count:
+        raise RmaskError(f"experiment {experiment!r} has no trial runs (tag rmask.role=trial)")
+
+
 def _client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial's examples.json

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.files import validated
+from rmask_tune.files.atomic import write_atomic
+from rmask_tune.files.sweep_state import STATE_FORMAT, SweepStateFile
 from rmask_tune.sweep.results import SweepOutcome, print_summary, summary_rows, timing
 from rmask_tune.sweep.space import SweepSpace
 
-STATE_FORMAT = "rmask-tune sweep v1"
 # The embedded local Ray: Tune keeps only small configs and results in the object store.
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 # Ray's own defaults that suit a laptop or a test run: no token auth, no Windows/macOS multi-node.
@@ -70,8 +72,13 @@ class SweepState:
         path = space.storage / "sweep.json"
         if not path.is_file():
             raise RmaskError(f"nothing to resume: {space.storage} holds no sweep (no sweep.json)")
-        saved = json.loads(path.read_text())
-        saved.pop("format", None)
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+            raise RmaskError(f"cannot resume: sweep state {path} is damaged ({error}); start the sweep again with "
+                             "another storage_path") from None
+        validated(SweepStateFile, saved, path, "cannot resume: sweep state")
+        saved.pop("format")
         state = cls(**saved)
         section = space.changed_section(state.fingerprint)
         if section is not None:
@@ -83,7 +90,8 @@ class SweepState:
 
     def save(self, storage: Path) -> None:
         storage.mkdir(parents=True, exist_ok=True)
-        (storage / "sweep.json").write_text(json.dumps({"format": STATE_FORMAT, **self.__dict__}, indent=1) + "\n")
+        text = json.dumps({"format": STATE_FORMAT, **self.__dict__}, indent=1, allow_nan=False) + "\n"
+        write_atomic(storage / "sweep.json", text.encode())
 
 
 def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = None, stream=None) -> SweepOutcome:
