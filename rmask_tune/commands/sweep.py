@@ -25,6 +25,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.lr_from:
         space.law = _law(args.lr_from, space)
         space.law_points = 5 if args.lr_points is None else _positive(args.lr_points)
+        space.cells()  # every cell's grid now: a law that gives no usable LR fails before anything is written
     if args.skip_done and not _skip_done(space, args.skip_done):
         return
     if args.dry_run:
@@ -32,7 +33,7 @@ def _run(args: argparse.Namespace) -> None:
         return
     from rmask_tune.sweep.runner import run_sweep
 
-    outcome = run_sweep(space, resume=args.resume, address=args.address)
+    outcome = run_sweep(space, resume=args.resume, address=args.address, join=args.join)
     if not outcome.complete and not args.allow_failures:
         again = "" if outcome.errored and not (outcome.interrupted or outcome.unstarted) else \
             f"; continue with `rmask-tune sweep {space.source} --resume`"
@@ -140,6 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "settings: a sitting on a machine without the earlier sittings' runs/. ASHA then ranks a "
                             "trial only against the peers of its cell that run in this sitting. Grid search only; "
                             "not with --resume")
+    sweep.add_argument("--join", action="store_true",
+                       help="add this sweep's trials to an MLflow experiment that already holds another sweep's "
+                            "(only when both have the same settings; default: refuse)")
     sweep.add_argument("--allow-failures", action="store_true",
                        help="exit 0 even when trials errored or the sweep was interrupted (default: exit 1)")
     sweep.add_argument("--dry-run", action="store_true",

@@ -20,6 +20,8 @@ TERMINAL = ("finished", "diverged", "stopped")
 SAME_DIGITS = 9
 # The per-epoch metric histories kept for every trial (step = epoch).
 HISTORIES = ("dev_metric", "train_loss")
+# Settings every trial of one (model, task) shares in one sweep; trials that differ in them are not comparable.
+SAME_PER_TASK = ("epochs", "train_examples", "dev_examples", "test_examples")
 
 
 @dataclass
@@ -140,6 +142,22 @@ def check_has_trials(count: int, experiment: str) -> None:
     """A report or an export needs trial runs: an experiment without any is refused, the same way by both."""
     if not count:
         raise RmaskError(f"experiment {experiment!r} has no trial runs (tag rmask.role=trial)")
+
+
+def check_one_sweep(trials: list[Trial], experiment: str) -> None:
+    """The trials of one (model, task) must share their data and training length (``SAME_PER_TASK``): their
+    per-example results are compared pairwise. A store holding sweeps that differ there is named, not reported."""
+    seen: dict[tuple, dict[str, list[Trial]]] = {}
+    for trial in trials:
+        params = trial.record.params if trial.record is not None else {}
+        for name in SAME_PER_TASK:
+            if name in params:
+                seen.setdefault((trial.model, trial.task, name), {}).setdefault(params[name], []).append(trial)
+    for (model, task, name), values in seen.items():
+        if len(values) > 1:
+            mix = " and ".join(f"{value} ({len(group)} trial(s))" for value, group in sorted(values.items()))
+            raise RmaskError(f"experiment {experiment!r} mixes sweeps: its {model} {task} trials ran with {name} {mix}; "
+                             "report each sweep on its own (its own store, export or experiment)")
 
 
 def _client(uri: str):

@@ -264,6 +264,12 @@ class SweepSpace:
             "test_examples": data.test_examples,
         }
 
+    def shared_settings(self) -> dict:
+        """What makes this sweep's trials comparable with another's in one experiment (``--join``): the settings
+        every trial shares but where the data lives, and each task's own."""
+        shared = {k: v for k, v in self.settings().items() if k not in ("quiet", "data_dir")}
+        return {**shared, "task_settings": self.file.task_settings}
+
     def task_settings(self, task: str) -> dict:
         """The settings ``task`` overrides (its ``task_settings`` entry; empty when it has none)."""
         return dict(self.file.task_settings.get(task, {}))
