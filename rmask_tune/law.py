@@ -420,14 +420,18 @@ class Law:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write law.json atomically; a law its own schema would refuse to read back (NaN, ...) is not written."""
-        data = self.to_dict()
+        """Write law.json atomically."""
+        write_atomic(Path(path), self.to_json(path))
+
+    def to_json(self, path: str | Path) -> bytes:
+        """law.json's text; a law its own schema would refuse to read back (NaN, ...) is refused here, when it
+        would be written to ``path``."""
         try:
-            text = json.dumps(data, indent=1, allow_nan=False)
+            text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         except ValueError:
             raise RmaskError(f"not writing {path}: the law holds NaN or infinite numbers") from None
         validated(LawFile, json.loads(text), path, "law about to be written to")
-        write_atomic(Path(path), (text + "\n").encode())
+        return (text + "\n").encode()
 
 
 def _recommendation(centre: float, lo: float | None, hi: float | None, basis: str, detail: str,

@@ -57,7 +57,7 @@ def check_writable(folder: Path, what: str) -> None:
 def replace_folder(folder: Path, files: dict[str, bytes], keep: tuple[str, ...] = ()) -> None:
     """Make ``folder`` hold exactly ``files`` (name -> bytes) plus its own files named in ``keep``: the new
     folder is written beside it, then swapped in by renames, so a crash leaves the old folder or the new one."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]

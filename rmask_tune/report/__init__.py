@@ -13,8 +13,9 @@ import datetime
 from pathlib import Path
 
 from rmask_tune.analysis.predict import calibration_entry, calibration_pair
-from rmask_tune.analysis.probes import PROBES_FILE, load_probes, match_probes, merge_probes, save_probes
+from rmask_tune.analysis.probes import PROBES_FILE, load_probes, match_probes, merge_probes, probes_json
 from rmask_tune.errors import RmaskError
+from rmask_tune.files.atomic import check_writable, replace_folder
 from rmask_tune.law import Law
 from rmask_tune.report.runs import Source, Trial, load_records, load_trials, resolve_source, trial_of
 from rmask_tune.report.summary import Summary, law_curves, slug, summarize
@@ -65,7 +66,9 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
                  overwrite: bool = False, bootstrap: int = 1000, seed: int = 0, versus: str | None = None,
                  export: bool = True, also: list[str] = (), probes: str | Path | None = None) -> Path:
     """Write the report folder (default ``reports/<experiment>``) and return it. A folder that already
-    holds files is refused unless ``overwrite``; everything is computed before anything is written.
+    holds files is refused unless ``overwrite``, which replaces its files as a whole (written beside it, then
+    swapped in: nothing of the old report stays but its probes.json); everything is computed before anything
+    is written.
     ``versus`` (another sweep: name, folder, YAML or export) adds a comparison of shared cells.
     ``also`` adds the trials of more sweeps (folders, YAMLs or exports, e.g. cells run in another
     sitting on another machine) to ``source``'s, as one experiment; a configuration run in several keeps
@@ -81,6 +84,7 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
         raise RmaskError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(f.name != PROBES_FILE for f in out.iterdir()) and not overwrite:
         raise RmaskError(f"report folder {out} already holds files; pass --overwrite or choose another --out")
+    check_writable(out, "report folder")
     kept = out / PROBES_FILE
     probe_entries = load_probes(kept) if kept.is_file() else None
     if probes is not None:
@@ -100,14 +104,11 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     title = f"rmask-tune report: {summary.experiment}"
     content = blocks(summary, set(pngs), other)
     page, markdown = to_html(title, content, pngs), to_markdown(title, content)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in pngs.items():
-        (out / name).write_bytes(data)
-    law.save(out / "law.json")
+    files = {**pngs, "law.json": law.to_json(out / "law.json"), "README.md": markdown.encode(),
+             "index.html": page.encode()}
     if probes is not None:
-        save_probes(kept, probe_entries)
+        files[PROBES_FILE] = probes_json(probe_entries)
     if exported is not None:
-        (out / EXPORT_FILE).write_bytes(exported)
-    (out / "README.md").write_text(markdown)
-    (out / "index.html").write_text(page)
+        files[EXPORT_FILE] = exported
+    replace_folder(out, files, keep=(PROBES_FILE,))  # the old report's other files go, all at once
     return out
