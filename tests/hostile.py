@@ -82,3 +82,19 @@ def sweep_yaml(name: str, storage: Path, body: str = "") -> str:
             f"data: {{data_dir: {DATA}, train_examples: 8, dev_examples: 8, test_examples: 8}}\n"
             f"storage_path: {storage}\n"
             "methods:\n  random_masking:\n    ratios: ['1%']\n    lr: [1e-3, 1e-2]\n" + body)
+
+
+def real_export(path: Path) -> Path:
+    """A real export at ``path``: a noisy sqlite store written by the sweep's own tracker (2 ratios, 9 LRs,
+    2 seeds and the frozen model; tests/noisy_store.py), exported by the CLI."""
+    import shutil
+
+    from noisy_store import NoisyLaw, noisy_store
+
+    store = noisy_store(NoisyLaw(ratios={1e-2: True, 1e-3: True}))
+    try:
+        done = cli(["export", store, "--out", path])
+        assert done.code == 0, done.err
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    return path

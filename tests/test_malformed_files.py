@@ -7,12 +7,10 @@ import copy
 import gzip
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
-from hostile import DATA, PROBE_CALIBRATION, cli, snapshot, sweep_yaml, valid_law
-from noisy_store import NoisyLaw, noisy_store
+from hostile import DATA, PROBE_CALIBRATION, cli, real_export, snapshot, sweep_yaml, valid_law
 
 from rmask_tune.law import load_law
 
@@ -105,14 +103,7 @@ def test_a_law_that_overflows_is_refused_not_printed(law_doc, tmp_path):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
-    """A real export (of a noisy sqlite store written by the sweep's tracker: 2 ratios, 9 LRs, 2 seeds)."""
-    store = noisy_store(NoisyLaw(ratios={1e-2: True, 1e-3: True}))
-    path = tmp_path_factory.mktemp("export") / "good.json.gz"
-    try:
-        assert cli(["export", store, "--out", path]).code == 0
-    finally:
-        shutil.rmtree(store, ignore_errors=True)
-    return path
+    return real_export(tmp_path_factory.mktemp("export") / "good.json.gz")
 
 
 def _export_doc(export: Path) -> dict:
