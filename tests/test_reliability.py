@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from hostile import DATA, cli, real_export, snapshot, sweep_yaml, valid_law
+from test_sweep_ray import local_ray  # noqa: F401 - the fixture: one local Ray for this module's sweeps
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 CLI = [sys.executable, "-m", "rmask_tune.cli"]
@@ -197,3 +198,50 @@ def test_train_warns_when_a_split_is_smaller_than_asked(tmp_path):
                 "--dev-examples", "8", "--eval-examples", "500", "--quiet"])
     assert done.code == 0, done.err
     assert "rmask-tune: warning: val split has 56 examples (< 500 asked): used whole as test" in done.err
+
+
+# ---------------------------------------------------------------- failures 1 and 2 on real sweeps (local Ray)
+
+
+def _frozen_sweep(tmp_path: Path, name: str, storage: Path, extra: str = "", data: Path = DATA, dev: int = 8) -> Path:
+    """A one-trial sweep (the frozen model on 4 SST-2 dev examples)."""
+    spec = tmp_path / f"{name}-{storage.name}.yaml"
+    spec.write_text(f"name: {name}\nmodels: [tiny-llama]\ntasks: [SST-2]\nmethods:\n  none: {{}}\n"
+                    f"data: {{data_dir: {data}, train_examples: 0, dev_examples: {dev}, test_examples: 4}}\n"
+                    f"scheduler: {{type: none}}\nmax_failures: 0\nstorage_path: {storage}\n{extra}")
+    return spec
+
+
+@needs_data
+def test_a_sweep_whose_trial_errored_exits_1_and_says_so(local_ray, tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    spec = _frozen_sweep(tmp_path, "errs", tmp_path / "errs", data=empty)
+    done = cli(["sweep", spec])
+    assert done.code == 1, done.err[-2000:]
+    assert "sweep incomplete: 1 errored of 1 trial(s)" in done.out
+    assert done.err.strip().splitlines()[-1] == \
+        "rmask-tune: error: sweep incomplete: 1 errored of 1 trial(s) (--allow-failures exits 0 all the same)"
+    assert "Traceback" not in done.err
+    again = cli(["sweep", _frozen_sweep(tmp_path, "errs", tmp_path / "errs-2", data=empty), "--allow-failures"])
+    assert again.code == 0 and "sweep incomplete: 1 errored of 1 trial(s)" in again.out
+
+
+@needs_data
+def test_a_second_sweep_into_an_experiment_is_refused_unless_it_joins_with_the_same_settings(local_ray, tmp_path):
+    first = tmp_path / "first"
+    done = cli(["sweep", _frozen_sweep(tmp_path, "shared", first)])
+    assert done.code == 0 and "sweep complete: all 1 trial(s) ended" in done.out, done.err[-2000:]
+    store = f"mlflow: {{tracking_uri: 'sqlite:///{first / 'mlflow.db'}'}}\n"
+    second = tmp_path / "second"
+    other = _frozen_sweep(tmp_path, "shared", second, store, dev=4)  # the same name, fewer dev examples
+    for argv, words in ((["sweep", other], "already holds the trials of sweep 'shared'; pass --join"),
+                        (["sweep", other, "--join"], "ran with dev_examples 8, this sweep has 4")):
+        done = cli(argv)
+        assert done.one_line_error and words in done.err, done.err
+        assert not (second / "sweep.json").exists()  # the folder can start again
+    done = cli(["sweep", _frozen_sweep(tmp_path, "shared", second, store), "--join"])
+    assert done.code == 0, done.err[-2000:]
+    report = cli(["report", first, "--out", tmp_path / "report", "--bootstrap", "20"])
+    assert report.code == 0, report.err
+    assert "1 re-run trial(s) of an identical configuration" in (tmp_path / "report" / "README.md").read_text()
