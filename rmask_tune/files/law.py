@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from rmask_tune.files import Count, Finite, NonNegative, Positive, Ratio, Section
@@ -19,10 +20,17 @@ Matrix = list[list[Finite]]
 
 
 def _square(cov: Matrix, size: int, name: str) -> None:
+    """A covariance matrix: ``size`` x ``size``, symmetric, positive semi-definite (no interval from it is NaN)."""
     if len(cov) != size or any(len(row) != size for row in cov):
         raise ValueError(f"{name} must be a {size} x {size} matrix")
     if any(cov[i][i] < 0 for i in range(size)):
         raise ValueError(f"{name} has a negative variance on its diagonal")
+    matrix = np.asarray(cov, dtype=float)
+    scale = max(float(np.abs(matrix).max()), 1e-300)
+    if not np.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12 * scale):
+        raise ValueError(f"{name} is not symmetric")
+    if np.linalg.eigvalsh(matrix).min() < -1e-9 * scale:
+        raise ValueError(f"{name} is not a covariance matrix (not positive semi-definite)")
 
 
 class _Ranged(Section):

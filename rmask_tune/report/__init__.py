@@ -79,6 +79,8 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     from rmask_tune.report.render import blocks, to_html, to_markdown
 
     where = resolve_source(source, tracking_uri)
+    extras = [resolve_source(extra) for extra in also]  # every input is read and checked before any work
+    other_source = resolve_source(versus) if versus is not None else None
     out = Path(out) if out is not None else Path("reports") / slug(where.experiment)
     if out.exists() and not out.is_dir():
         raise RmaskError(f"--out {out} is a file, not a folder")
@@ -90,14 +92,14 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     if probes is not None:
         probe_entries = merge_probes(probe_entries or [], load_probes(probes))
     records, unreadable = load_records(where)
-    for extra in also:
-        more, skipped = load_records(resolve_source(extra))
+    for extra in extras:
+        more, skipped = load_records(extra)
         records, unreadable = records + more, unreadable + skipped
     if also:
         where = Source(f"{where.tracking_uri} + {len(also)} more source(s)", where.experiment)
     summary = _summary(where, bootstrap, seed, ([trial_of(r) for r in records], unreadable))
     exported = encode_export(where.experiment, where.tracking_uri, records, unreadable) if export else None
-    other = load_summary(versus, bootstrap=bootstrap, seed=seed) if versus is not None else None
+    other = _summary(other_source, bootstrap, seed) if other_source is not None else None
     pngs = figures(summary)
     law = law_of(summary)
     _hessian_predictor(law, probe_entries, law_curves(summary.curves.values()))
