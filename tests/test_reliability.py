@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from hostile import DATA, cli, real_export, snapshot, sweep_yaml, valid_law
-from test_sweep_ray import local_ray  # noqa: F401 - the fixture: one local Ray for this module's sweeps
+from test_sweep_ray import local_ray, marked_env  # noqa: F401 - fixtures: a local Ray, a marked environment
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 CLI = [sys.executable, "-m", "rmask_tune.cli"]
@@ -245,3 +245,31 @@ def test_a_second_sweep_into_an_experiment_is_refused_unless_it_joins_with_the_s
     report = cli(["report", first, "--out", tmp_path / "report", "--bootstrap", "20"])
     assert report.code == 0, report.err
     assert "1 re-run trial(s) of an identical configuration" in (tmp_path / "report" / "README.md").read_text()
+
+
+@needs_data
+def test_a_killed_driver_takes_its_ray_processes_down(tmp_path, marked_env):
+    """Failure 9: after a SIGKILL of the sweep's driver, Ray processes it started stayed alive."""
+    from rmask_tune.sweep.reaper import _processes, descendants
+
+    spec = tmp_path / "k.yaml"
+    spec.write_text(sweep_yaml("k", tmp_path / "k", "training: {epochs: 50, batch_size: 2}\nscheduler: {type: none}\n"))
+    sweep = subprocess.Popen(CLI + ["sweep", str(spec)], env=marked_env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "k" / "trials").glob("*/attempts.jsonl")):  # a trial runs in a Ray worker
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    table = _processes()
+    started = descendants(sweep.pid, table)
+    assert len(started) >= 3  # Ray's GCS, raylet and the trial's worker at least
+    sweep.kill()
+    sweep.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        table = _processes()
+        left = {pid for pid, start in started.items() if table.get(pid, (0, None))[1] == start}
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in left]

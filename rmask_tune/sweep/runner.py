@@ -26,6 +26,7 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.files import validated
 from rmask_tune.files.atomic import write_atomic
 from rmask_tune.files.sweep_state import STATE_FORMAT, SweepStateFile
+from rmask_tune.sweep.reaper import Reaper
 from rmask_tune.sweep.results import SweepOutcome, print_summary, summary_rows, timing
 from rmask_tune.sweep.space import SweepSpace
 
@@ -128,6 +129,7 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
     probe_tracking_uri(state.tracking_uri, space.storage)
     _quiet_loggers()
     started_ray = _connect(address, space)
+    reaper = Reaper() if started_ray else None  # takes Ray down should this process die without doing so
     tracker = SweepTracker(state.tracking_uri, state.experiment, space.name, state.sweep_id, space.storage / "mlartifacts")
     try:
         if not resume:
@@ -154,6 +156,7 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
             import ray
 
             ray.shutdown()
+            reaper.stop()
     wall = time.time() - started
     rows = summary_rows(results, interrupted=tracker.trials_with_status("interrupted"))
     print_summary(rows, space, tracker, stream, timing(rows, space.file.max_concurrent_trials, started, ray_ready, wall))
