@@ -110,10 +110,6 @@ def _run(args: argparse.Namespace) -> None:
     from rmask_tune.law import check_ratio
 
     ratio = check_ratio(args.ratio)
-    if args.task is not None:
-        from rmask_tune.tasks import get_task
-
-        args.task = get_task(args.task).name  # sst-2 is SST-2, as in train and sweep; an unknown name is refused
     if args.probe and not args.law:
         raise RmaskError("--probe needs --law: the calibrated constant c lives in law.json")
     law = _law(args)
