@@ -68,7 +68,7 @@ class ExportFile(Section):
     tracking_uri: str
     unreadable: Count
     example_sets: dict[str, dict]
-    trials: list[ExportTrial]
+    trials: list[ExportTrial] = Field(min_length=1)  # an export of a store without trials is refused
 
     @model_validator(mode="after")
     def _example_sets(self):
