@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from rmask_tune.errors import RmaskError
-
-LAW_FORMAT = "rmask-tune law v2"
-LAW_FORMATS = ("rmask-tune law v1", LAW_FORMAT)
+from rmask_tune.files import validated
+from rmask_tune.files.atomic import write_atomic
+from rmask_tune.files.law import LAW_FORMAT, LAW_FORMATS, LawFile
 CONFIDENCE = 0.95
 _Z = 1.959963984540054  # two-sided 95% normal quantile
 # Two-sided 95% Student-t quantiles by degrees of freedom (interpolated in 1/dof; the normal's beyond 120).
@@ -332,7 +332,7 @@ class Law:
         fit = self.fit_for(model)
         ratio = check_ratio(ratio)
         lo, hi = fit.band(ratio, prediction=prediction)
-        return 10.0 ** fit.log10_lr(ratio), float(10.0**lo), float(10.0**hi)
+        return lr_of(fit.log10_lr(ratio)), lr_of(float(lo)), lr_of(float(hi))
 
     def models_known(self) -> list[str]:
         return sorted({pair.split("/", 1)[0] for pair in self.shared.pairs}) if self.shared else sorted(self.models)
@@ -420,26 +420,53 @@ class Law:
         }
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write law.json atomically."""
+        write_atomic(Path(path), self.to_json(path))
+
+    def to_json(self, path: str | Path) -> bytes:
+        """law.json's text; a law its own schema would refuse to read back (NaN, ...) is refused here, when it
+        would be written to ``path``."""
+        try:
+            text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        except ValueError:
+            raise RmaskError(f"not writing {path}: the law holds NaN or infinite numbers") from None
+        validated(LawFile, json.loads(text), path, "law about to be written to")
+        return (text + "\n").encode()
 
 
 def _recommendation(centre: float, lo: float | None, hi: float | None, basis: str, detail: str,
                     warning: str | None = None) -> Recommendation:
-    return Recommendation(10.0**centre, None if lo is None else 10.0**lo, None if hi is None else 10.0**hi,
+    return Recommendation(lr_of(centre), None if lo is None else lr_of(lo), None if hi is None else lr_of(hi),
                           basis, detail, warning)
 
 
+def lr_of(log10_lr: float) -> float:
+    """``10 ** log10_lr``, refused when that is no usable learning rate (NaN, zero or overflowing)."""
+    try:
+        lr = 10.0**log10_lr
+    except OverflowError:
+        lr = math.inf
+    if not (math.isfinite(lr) and lr > 0):
+        raise RmaskError(f"the law gives a learning rate of 10^{log10_lr:.4g}, which is not a usable number; "
+                         "check the law file's offsets and exponent")
+    return lr
+
+
 def load_law(path: str | Path) -> Law:
-    """Read a ``law.json`` written by ``rmask-tune report`` (v1 files have no shared fit)."""
+    """Read a ``law.json`` written by ``rmask-tune report`` (v1 files have no shared fit), checked against its
+    schema (``rmask_tune.files.law``): a malformed file is one line naming the file and the field."""
     path = Path(path)
     if not path.is_file():
         raise RmaskError(f"law file not found: {path}")
     try:
         d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise RmaskError(f"law file {path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err})") from None
+    except OSError as err:
+        raise RmaskError(f"cannot read law file {path} ({err.strerror or err})") from None
     if not isinstance(d, dict) or d.get("format") not in LAW_FORMATS:
         raise RmaskError(f"{path} is not an rmask-tune law file (expected format {LAW_FORMAT!r})")
+    validated(LawFile, d, path, "law file")
     known = {"format", "law", "method", "confidence", "pooled", "models", "tasks", "probe_calibration", "shared"}
     return Law(
         pooled=Fit.from_dict(d["pooled"]) if d.get("pooled") else None,
@@ -454,8 +481,10 @@ def load_law(path: str | Path) -> Law:
 
 def log_grid(centre: float, points: int = 5, decades: float = 1.0) -> list[float]:
     """``points`` log-spaced values (3 significant digits) spanning ``decades`` decades, centred on ``centre``."""
-    if points < 1 or not decades > 0:
+    if points < 1 or not (decades > 0 and math.isfinite(decades)):
         raise RmaskError(f"an LR grid needs points >= 1 and decades > 0, got points={points}, decades={decades}")
+    if not (math.isfinite(centre) and centre > 0):
+        raise RmaskError(f"an LR grid needs a positive, finite centre, got {centre}")
     offsets = np.linspace(-decades / 2, decades / 2, points) if points > 1 else np.zeros(1)
     return [float(f"{centre * 10.0**o:.3g}") for o in offsets]
 

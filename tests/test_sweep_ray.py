@@ -271,7 +271,7 @@ def test_interrupted_sweep_marks_the_cut_trial_and_resume_runs_it_again(local_ra
         """,
     )
     storage = tmp_path / "ctrlc"
-    sweep = subprocess.Popen(CLI + ["sweep", str(path)], env=marked_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    sweep = subprocess.Popen(CLI + ["sweep", str(path)], env=marked_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     deadline = time.monotonic() + 300
 
@@ -283,9 +283,12 @@ def test_interrupted_sweep_marks_the_cut_trial_and_resume_runs_it_again(local_ra
         assert sweep.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     sweep.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and ends the running trial
-    out, _ = sweep.communicate(timeout=120)
+    out, err = sweep.communicate(timeout=120)
     kill_marked(marked_env["RMASK_TEST_MARKER"])
-    assert sweep.returncode == 0
+    assert sweep.returncode == 1  # issue 31: an interrupted sweep does not exit 0
+    assert err.strip().splitlines()[-1].startswith("rmask-tune: error: sweep incomplete: 1 cut short, 1 not started")
+    progress = [line for line in err.splitlines() if "trials done" in line]
+    assert "1/3 trials done (1 finished, 0 stopped early" in progress[-1] and "1 interrupted" in progress[-1]
     client, trials, parent = mlflow_runs(storage, "ctrlc")
     statuses = {r.data.tags["rmask.trial_id"]: r.data.tags["rmask.status"] for r in trials}
     assert sorted(statuses.values()) == ["finished", "interrupted"]
@@ -398,14 +401,15 @@ def test_crashing_trial_is_retried_then_logged_as_errored(local_ray, tmp_path):
         max_failures: 1
         """,
     )
-    path.write_text(path.read_text().replace("dev_examples: 8", "dev_examples: 0"))  # the trial cannot start
-    out = run_cli(["sweep", str(path)])
+    (tmp_path / "no-data").mkdir()
+    path.write_text(path.read_text().replace(str(DATA), str(tmp_path / "no-data")))  # the trial cannot start
+    out = run_cli(["sweep", str(path), "--allow-failures"])
     _, trials, _ = mlflow_runs(tmp_path / "crashy", "crashy")
     (run,) = trials
     assert run.info.status == "FAILED" and run.data.tags["rmask.status"] == "errored"
     trial_dir = tmp_path / "crashy" / "trials" / run.data.tags["rmask.trial_id"]
     assert len((trial_dir / "attempts.jsonl").read_text().splitlines()) == 2  # FailureConfig retried it once
-    assert "errored: none SST-2 tiny-llama seed 0: " in out and "RmaskError: the dev split" in out
+    assert "errored: none SST-2 tiny-llama seed 0: " in out and "RmaskError: task SST-2: missing data file" in out
 
 
 def test_trials_asking_for_more_than_the_local_machine_has(local_ray, tmp_path, capsys):

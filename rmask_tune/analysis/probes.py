@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.files.atomic import write_atomic
 
 PROBES_FILE = "probes.json"
 PROBES_FORMAT = "rmask-tune probes v1"
@@ -106,8 +107,13 @@ def load_probes(path: str | Path) -> list[dict]:
     return data["probes"]
 
 
+def probes_json(entries: list[dict]) -> bytes:
+    """The text of a probes file holding ``entries``."""
+    return (json.dumps({"format": PROBES_FORMAT, "probes": entries}, indent=1) + "\n").encode()
+
+
 def save_probes(path: str | Path, entries: list[dict]) -> None:
-    Path(path).write_text(json.dumps({"format": PROBES_FORMAT, "probes": entries}, indent=1) + "\n")
+    write_atomic(Path(path), probes_json(entries))
 
 
 def add_probes(path: str | Path, entries: list[dict]) -> None:

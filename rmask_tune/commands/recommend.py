@@ -55,6 +55,11 @@ def _from_law(args: argparse.Namespace, law, ratio: float) -> dict:
                 "extrapolated": not law.in_range(ratio, args.model), "ratio_range": list(law.fit_for(args.model).ratio_range),
                 "grid": log_grid(lr, args.points, args.decades)}
     rec = law.recommend(ratio, args.model, args.task, anchor=_anchor(args, ratio))
+    pair = f"{args.model}/{args.task}"
+    if args.task is not None and pair not in law.shared.pairs and rec.basis != "anchor":
+        known = ", ".join(p for p in law.shared.pairs if p.split("/", 1)[0] == args.model) or ", ".join(law.shared.pairs)
+        unseen = f"{pair} is not in the law (it has {known}); using {rec.detail}"
+        rec.warning = unseen if rec.warning is None else f"{unseen}; {rec.warning}"
     return {**rec.to_dict(), "b": law.shared.b, "b_ci": list(law.shared.b_ci),
             "ratio_range": list(law.shared.ratio_range), "extrapolated": not law.in_range(ratio),
             "grid": log_grid(rec.lr, args.points, args.decades)}
@@ -137,7 +142,7 @@ def _run(args: argparse.Namespace) -> None:
     search = law_search_commands(law, args.law, args.model, args.task, ratio)
     if args.json:
         print(json.dumps({"ratio": ratio, "model": args.model, "task": args.task,
-                          "source": "probe" if args.probe else "law", **result, "law_search": search}))
+                          "source": "probe" if args.probe else "law", **result, "law_search": search}, allow_nan=False))
         return
     if args.probe:
         print(f"recommended lr for ratio {ratio:g} (Hessian probe, {args.model} on {args.task}): {result['lr']:.3g}")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections import defaultdict
 
-from rmask_tune.errors import RmaskError
+from rmask_tune.errors import IncompleteError, RmaskError
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -25,6 +25,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.lr_from:
         space.law = _law(args.lr_from, space)
         space.law_points = 5 if args.lr_points is None else _positive(args.lr_points)
+        space.cells()  # every cell's grid now: a law that gives no usable LR fails before anything is written
     _law_search(space, args.prior)
     if args.skip_done and not _skip_done(space, args.skip_done):
         return
@@ -33,7 +34,11 @@ def _run(args: argparse.Namespace) -> None:
         return
     from rmask_tune.sweep.runner import run_sweep
 
-    run_sweep(space, resume=args.resume, address=args.address)
+    outcome = run_sweep(space, resume=args.resume, address=args.address, join=args.join)
+    if not outcome.complete and not args.allow_failures:
+        again = "" if outcome.errored and not (outcome.interrupted or outcome.unstarted) else \
+            f"; continue with `rmask-tune sweep {space.source} --resume`"
+        raise IncompleteError(f"{outcome.line()}{again} (--allow-failures exits 0 all the same)")
 
 
 def _skip_done(space, sources: list[str]) -> bool:
@@ -157,6 +162,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "settings: a sitting on a machine without the earlier sittings' runs/. ASHA then ranks a "
                             "trial only against the peers of its cell that run in this sitting. Grid search only; "
                             "not with --resume")
+    sweep.add_argument("--join", action="store_true",
+                       help="add this sweep's trials to an MLflow experiment that already holds another sweep's "
+                            "(only when both have the same settings; default: refuse)")
+    sweep.add_argument("--allow-failures", action="store_true",
+                       help="exit 0 even when trials errored or the sweep was interrupted (default: exit 1)")
     sweep.add_argument("--dry-run", action="store_true",
                        help="validate the file, list the trials' grids, estimate their optimizer steps and GPU-hours, then stop")
     sweep.set_defaults(run=_run)

@@ -13,10 +13,12 @@ import datetime
 from pathlib import Path
 
 from rmask_tune.analysis.predict import calibration_entry, calibration_pair
-from rmask_tune.analysis.probes import PROBES_FILE, load_probes, match_probes, merge_probes, save_probes
+from rmask_tune.analysis.probes import PROBES_FILE, load_probes, match_probes, merge_probes, probes_json
 from rmask_tune.errors import RmaskError
+from rmask_tune.files.atomic import check_writable, replace_folder
 from rmask_tune.law import Law
 from rmask_tune.runstore import reader
+from rmask_tune.runstore.export import EXPORT_FILE, encode_export
 from rmask_tune.runstore.reader import Trial, load_records, load_trials, trial_of
 from rmask_tune.runstore.record import Source
 from rmask_tune.report.summary import Summary, law_curves, slug, summarize
@@ -79,49 +81,56 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
                  overwrite: bool = False, bootstrap: int = 1000, seed: int = 0, versus: str | None = None,
                  export: bool = True, also: list[str] = (), probes: str | Path | None = None) -> Path:
     """Write the report folder (default ``reports/<experiment>``) and return it. A folder that already
-    holds files is refused unless ``overwrite``; everything is computed before anything is written.
+    holds files is refused unless ``overwrite``, which replaces the report's own files as a whole (written
+    beside it, then swapped in: no page, plot, law or export of the old report stays, while what the report
+    does not write, such as probes.json, a FINDINGS.md or a folder of parts, is kept); everything is computed
+    before anything is written.
     ``versus`` (another sweep: name, folder, YAML or export) adds a comparison of shared cells.
     ``also`` adds the trials of more sweeps (folders, YAMLs or exports, e.g. cells run in another
     sitting on another machine) to ``source``'s, as one experiment; a configuration run in several keeps
     its newest result. ``export`` writes the (combined) export into the folder too. The Hessian probes come
     from the folder's probes.json when it has one; ``probes`` (another probes.json) is merged into it."""
-    from rmask_tune.runstore.export import EXPORT_FILE, encode_export
     from rmask_tune.report.figures import figures
     from rmask_tune.report.render import blocks, to_html, to_markdown
 
     where = resolve_source(source, tracking_uri)
+    extras = [resolve_source(extra) for extra in also]  # every input is read and checked before any work
+    other_source = resolve_source(versus) if versus is not None else None
     out = Path(out) if out is not None else Path("reports") / slug(where.experiment)
     if out.exists() and not out.is_dir():
         raise RmaskError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(f.name != PROBES_FILE for f in out.iterdir()) and not overwrite:
         raise RmaskError(f"report folder {out} already holds files; pass --overwrite or choose another --out")
+    check_writable(out, "report folder")
     kept = out / PROBES_FILE
     probe_entries = load_probes(kept) if kept.is_file() else None
     if probes is not None:
         probe_entries = merge_probes(probe_entries or [], load_probes(probes))
     records, unreadable = load_records(where)
-    for extra in also:
-        more, skipped = load_records(resolve_source(extra))
+    for extra in extras:
+        more, skipped = load_records(extra)
         records, unreadable = records + more, unreadable + skipped
     if also:
         where = Source(f"{where.tracking_uri} + {len(also)} more source(s)", where.experiment)
     summary = _summary(where, bootstrap, seed, ([trial_of(r) for r in records], unreadable))
     exported = encode_export(where.experiment, where.tracking_uri, records, unreadable) if export else None
-    other = load_summary(versus, bootstrap=bootstrap, seed=seed) if versus is not None else None
+    other = _summary(other_source, bootstrap, seed) if other_source is not None else None
     pngs = figures(summary)
     law = law_of(summary)
     _hessian_predictor(law, probe_entries, law_curves(summary.curves.values()))
     title = f"rmask-tune report: {summary.experiment}"
     content = blocks(summary, set(pngs), other)
     page, markdown = to_html(title, content, pngs), to_markdown(title, content)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in pngs.items():
-        (out / name).write_bytes(data)
-    law.save(out / "law.json")
+    files = {**pngs, "law.json": law.to_json(out / "law.json"), "README.md": markdown.encode(),
+             "index.html": page.encode()}
     if probes is not None:
-        save_probes(kept, probe_entries)
+        files[PROBES_FILE] = probes_json(probe_entries)
     if exported is not None:
-        (out / EXPORT_FILE).write_bytes(exported)
-    (out / "README.md").write_text(markdown)
-    (out / "index.html").write_text(page)
+        files[EXPORT_FILE] = exported
+    replace_folder(out, files, keep=lambda entry: not _written_by_report(entry.name))
     return out
+
+
+def _written_by_report(name: str) -> bool:
+    """Whether a report folder's entry is one a report writes (``--overwrite`` replaces those, keeps the rest)."""
+    return name in ("README.md", "index.html", "law.json", EXPORT_FILE) or name.endswith(".png")

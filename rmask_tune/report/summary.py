@@ -13,7 +13,7 @@ import numpy as np
 from rmask_tune.analysis.probes import loss_settings
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Fit, Law, fit_law, fit_shared
-from rmask_tune.runstore.reader import TERMINAL, Trial
+from rmask_tune.runstore.reader import TERMINAL, Trial, check_has_trials, check_one_sweep
 from rmask_tune.resampling import (
     SIGNAL_LEVEL, DevRecord, OptimumEstimate, SignalTest, bootstrap_cell, optimum_with_interval, signal_test,
 )
@@ -352,9 +352,9 @@ def summarize(trials: list[Trial], experiment: str, tracking_uri: str, *, unread
     """Everything a report shows, from the experiment's trials."""
     if bootstrap < 1:
         raise RmaskError(f"bootstrap must be at least 1 resample, got {bootstrap}")
-    if not trials:
-        raise RmaskError(f"experiment {experiment!r} has no trial runs (tag rmask.role=trial)")
+    check_has_trials(len(trials), experiment)
     trials, duplicates = _dedupe(trials)
+    check_one_sweep(trials, experiment)
     notes = []
     for status, verb in (("running", "still running (or killed)"), ("interrupted", "interrupted (rerun by --resume)"),
                          ("errored", "errored")):

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.files import validated
+from rmask_tune.files.export import KIND, VERSION, ExportFile
 from rmask_tune.runstore.record import RunRecord
 
 EXPORT_FILE = "sweep-export.json.gz"
-KIND = "rmask-tune sweep export"
-VERSION = 1
 RECORDED = "recorded"
 # What ``per_example`` says of a trial without per-example results.
 NOT_RECORDED = (
@@ -90,22 +90,21 @@ def _number(value: float) -> float | str:
 
 
 def read_export(path: str | Path) -> SweepExport:
-    """Read an export written by ``encode_export`` (gzipped, or plain JSON once unpacked)."""
+    """Read an export written by ``encode_export`` (gzipped, or plain JSON once unpacked), checked against its
+    schema (``rmask_tune.files.export``): a malformed one is one line naming the file and the field."""
     path = Path(path)
-    raw = path.read_bytes()
     try:
+        raw = path.read_bytes()
         data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-    except (OSError, EOFError, ValueError) as error:
+    except (OSError, EOFError, ValueError, RecursionError) as error:
         raise RmaskError(f"{path} is not a readable sweep export ({error})") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise RmaskError(f"{path} is not a sweep export (written by rmask-tune report or export)")
     if data.get("version") != VERSION:
         raise RmaskError(f"{path} is a sweep export of version {data.get('version')!r}; this version reads {VERSION}")
-    try:
-        records = [_record(entry, data["example_sets"]) for entry in data["trials"]]
-        return SweepExport(data["experiment"], data["tracking_uri"], records, int(data["unreadable"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise RmaskError(f"sweep export {path} is damaged ({type(error).__name__}: {error})") from None
+    validated(ExportFile, data, path, "sweep export")
+    records = [_record(entry, data["example_sets"]) for entry in data["trials"]]
+    return SweepExport(data["experiment"], data["tracking_uri"], records, data["unreadable"])
 
 
 def _record(entry: dict, example_sets: dict[str, dict]) -> RunRecord:

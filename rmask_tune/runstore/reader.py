@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.files.atomic import write_atomic
 from rmask_tune.runstore.export import encode_export, read_export
 from rmask_tune.runstore.record import RunRecord, Source
 
@@ -23,6 +24,8 @@ TERMINAL = ("finished", "diverged", "stopped")
 SAME_DIGITS = 9
 # The per-epoch metric histories kept for every trial (step = epoch).
 HISTORIES = ("dev_metric", "train_loss")
+# Settings every trial of one (model, task) shares in one sweep; trials that differ in them are not comparable.
+SAME_PER_TASK = ("epochs", "train_examples", "dev_examples", "test_examples")
 
 
 @dataclass
@@ -106,6 +109,28 @@ def resolve_source(source: str, tracking_uri: str | None = None) -> Source:
     if not uri:
         raise RmaskError(f"{source!r} is not a sweep folder or YAML file; for an experiment name pass --tracking-uri")
     return Source(uri, source)
+
+
+def check_has_trials(count: int, experiment: str) -> None:
+    """A report or an export needs trial runs: an experiment without any is refused, the same way by both."""
+    if not count:
+        raise RmaskError(f"experiment {experiment!r} has no trial runs (tag rmask.role=trial)")
+
+
+def check_one_sweep(trials: list[Trial], experiment: str) -> None:
+    """The trials of one (model, task) must share their data and training length (``SAME_PER_TASK``): their
+    per-example results are compared pairwise. A store holding sweeps that differ there is named, not reported."""
+    seen: dict[tuple, dict[str, list[Trial]]] = {}
+    for trial in trials:
+        params = trial.record.params if trial.record is not None else {}
+        for name in SAME_PER_TASK:
+            if name in params:
+                seen.setdefault((trial.model, trial.task, name), {}).setdefault(params[name], []).append(trial)
+    for (model, task, name), values in seen.items():
+        if len(values) > 1:
+            mix = " and ".join(f"{value} ({len(group)} trial(s))" for value, group in sorted(values.items()))
+            raise RmaskError(f"experiment {experiment!r} mixes sweeps: its {model} {task} trials ran with {name} {mix}; "
+                             "report each sweep on its own (its own store, export or experiment)")
 
 
 def _client(uri: str):
@@ -237,8 +262,11 @@ def trial_of(record: RunRecord) -> Trial:
 
 
 def export_sweep(source: Source, path: str | Path) -> Path:
-    """Write the export of ``source``'s trials to ``path``; returns ``path``."""
+    """Write the export of ``source``'s trials to ``path`` (atomically; missing folders are created, as a
+    report's are); returns ``path``. A store without trial runs is refused, as ``report`` refuses it."""
     records, unreadable = load_records(source)
+    check_has_trials(len(records), source.experiment)
     path = Path(path)
-    path.write_bytes(encode_export(source.experiment, source.tracking_uri, records, unreadable))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, encode_export(source.experiment, source.tracking_uri, records, unreadable))
     return path

@@ -99,15 +99,22 @@ class MlflowCallback(Callback):
 
 
 class ProgressCallback(Callback):
-    """One status line on stderr (rewritten in place on a terminal) whenever the counts or the best trial change."""
+    """One status line on stderr (rewritten in place on a terminal) whenever the counts or the best trial change.
+
+    A trial counts as ended when Tune reported its end to the callbacks in this session, or had ended before
+    it (a resumed sweep); one Tune terminated without reporting it (an interruption's clean-up) counts as
+    interrupted, never as stopped early by ASHA."""
 
     def __init__(self, total: int):
         self.total = total
         self.started = time.monotonic()
         self.shown = ""
+        self.ended: set[str] = set()  # trial ids whose end Tune reported
+        self.earlier: set[str] | None = None  # trial ids already ended when this session first saw the trials
 
     def setup(self, **info) -> None:
         self.started = time.monotonic()
+        self.earlier = None  # a resumed sweep's callback comes back pickled: this session looks again
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._show(trials)
@@ -116,9 +123,11 @@ class ProgressCallback(Callback):
         self._show(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
         self._show(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
         self._show(trials)
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -126,21 +135,35 @@ class ProgressCallback(Callback):
         if sys.stderr.isatty():
             sys.stderr.write("\n")
 
+    def _status(self, trial) -> str | None:
+        """How a trial ended (``trial_status``, or ``interrupted``); None while it has not."""
+        if trial.status not in ("TERMINATED", "ERROR"):
+            return None
+        errored = trial.status == "ERROR"
+        if errored or trial.trial_id in self.ended or trial.trial_id in self.earlier:
+            return trial_status(trial.last_result, errored)
+        return "interrupted"
+
     def _show(self, trials) -> None:
-        counts = {"finished": 0, "stopped": 0, "diverged": 0, "errored": 0}
+        if self.earlier is None:
+            self.earlier = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        counts = {"finished": 0, "stopped": 0, "diverged": 0, "errored": 0, "interrupted": 0}
         running, best = 0, None
         for trial in trials:
-            if trial.status == "RUNNING":
-                running += 1
-            elif trial.status in ("TERMINATED", "ERROR"):
-                counts[trial_status(trial.last_result, trial.status == "ERROR")] += 1
+            running += trial.status == "RUNNING"
+            status = self._status(trial)
+            if status is not None:
+                counts[status] += 1
             value = (trial.last_result or {}).get("best_dev_metric", math.nan)
             if math.isfinite(value) and (best is None or value > best[0]):
                 best = (value, trial)
+        ended = sum(counts.values()) - counts["interrupted"]
         line = (
-            f"{sum(counts.values())}/{self.total} trials done ({counts['finished']} finished, {counts['stopped']} "
+            f"{ended}/{self.total} trials done ({counts['finished']} finished, {counts['stopped']} "
             f"stopped early, {counts['diverged']} diverged, {counts['errored']} errored), {running} running"
         )
+        if counts["interrupted"]:
+            line += f", {counts['interrupted']} interrupted"
         if best is not None:
             line += f" | best dev {best[0]:.4f}: {describe(best[1].config['trial'])}"
         if line == self.shown:

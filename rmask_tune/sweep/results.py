@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from rmask_tune.sweep.space import SweepSpace
@@ -97,6 +98,36 @@ def epoch_savings(rows: list[dict], epochs: int) -> dict:
     return {"full": full, "trained": trained, "saved_by_asha": by_asha, "saved_by_divergence": by_divergence}
 
 
+@dataclass(frozen=True)
+class SweepOutcome:
+    """Whether a sweep did all it was asked: every trial ended (finished, diverged or stopped by ASHA)."""
+
+    total: int  # trials the sweep runs
+    errored: int
+    interrupted: int  # cut short by an interruption; --resume runs them again
+    unstarted: int
+
+    @classmethod
+    def of(cls, rows: list[dict], space: SweepSpace) -> SweepOutcome:
+        """The outcome of ``rows`` against what ``space`` asks: its grid, or for a law search the trials the
+        searcher proposed (it stops a cell by itself; a cut one still counts as interrupted)."""
+        total = len(rows) if space.file.search.type == "law" else space.num_trials()
+        return cls(total, sum(r["status"] == "errored" for r in rows), sum(r["status"] == "interrupted" for r in rows),
+                   max(total - len(rows), 0))
+
+    @property
+    def complete(self) -> bool:
+        return not (self.errored or self.interrupted or self.unstarted)
+
+    def line(self) -> str:
+        """One line saying so: ``sweep complete: ...`` or ``sweep incomplete: ...``."""
+        if self.complete:
+            return f"sweep complete: all {self.total} trial(s) ended"
+        parts = [f"{n} {what}" for n, what in ((self.errored, "errored"), (self.interrupted, "cut short"),
+                                              (self.unstarted, "not started")) if n]
+        return f"sweep incomplete: {', '.join(parts)} of {self.total} trial(s)"
+
+
 def print_summary(rows: list[dict], space: SweepSpace, tracker, stream, timing: dict) -> None:
     """The table of trials, the best one, the savings and timing, and where everything is."""
     header = ("model", "task", "method", "ratio", "lr", "seed", "status", "epochs", "dev", "test")
@@ -136,15 +167,14 @@ def print_summary(rows: list[dict], space: SweepSpace, tracker, stream, timing: 
     for row in rows:
         if row["error"]:
             print(f"errored: {describe(row)}: {row['error']}", file=stream)
-    cut = sum(r["status"] == "interrupted" for r in rows)
-    unstarted = space.num_trials() - len(rows)
+    outcome = SweepOutcome.of(rows, space)
     if space.file.search.type == "law":  # the searcher ran what it needed, not the grid
         print(f"law search: {len(rows)} of the grid's {space.num_trials()} trials ran (a cell stops once its optimum "
               "is bracketed or it shows no signal; docs/searcher.md)", file=stream)
-        unstarted = 0
-    if cut or unstarted > 0:
-        print(f"interrupted: {cut} trial(s) cut short and {max(unstarted, 0)} not started; continue with "
-              f"`rmask-tune sweep {space.source} --resume`", file=stream)
+    if outcome.interrupted or outcome.unstarted:
+        print(f"interrupted: {outcome.interrupted} trial(s) cut short and {outcome.unstarted} not started; continue "
+              f"with `rmask-tune sweep {space.source} --resume`", file=stream)
+    print(outcome.line(), file=stream)
     print(f"Tune folder: {space.storage / 'tune'}", file=stream)
     print(f"trial outputs: {space.storage / 'trials'}", file=stream)
     print(f"MLflow store: {tracker.tracking_uri} (experiment '{tracker.experiment}')", file=stream)

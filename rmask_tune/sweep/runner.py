@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -22,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.sweep.results import print_summary, summary_rows, timing
+from rmask_tune.files import validated
+from rmask_tune.files.atomic import write_atomic
+from rmask_tune.files.sweep_state import STATE_FORMAT, SweepStateFile
+from rmask_tune.sweep.reaper import Reaper
+from rmask_tune.sweep.results import SweepOutcome, print_summary, summary_rows, timing
 from rmask_tune.sweep.space import SweepSpace
 
-STATE_FORMAT = "rmask-tune sweep v1"
 # The embedded local Ray: Tune keeps only small configs and results in the object store.
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 # Ray's own defaults that suit a laptop or a test run: no token auth, no Windows/macOS multi-node.
@@ -70,8 +74,13 @@ class SweepState:
         path = space.storage / "sweep.json"
         if not path.is_file():
             raise RmaskError(f"nothing to resume: {space.storage} holds no sweep (no sweep.json)")
-        saved = json.loads(path.read_text())
-        saved.pop("format", None)
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+            raise RmaskError(f"cannot resume: sweep state {path} is damaged ({error}); start the sweep again with "
+                             "another storage_path") from None
+        validated(SweepStateFile, saved, path, "cannot resume: sweep state")
+        saved.pop("format")
         state = cls(**saved)
         section = space.changed_section(state.fingerprint)
         if section is not None:
@@ -81,18 +90,32 @@ class SweepState:
             )
         return state
 
+    def forget(self, storage: Path, tracker) -> None:
+        """Undo a start that ran no trial: sweep.json, Tune's folder and the parent run go (best effort)."""
+        (storage / "sweep.json").unlink(missing_ok=True)
+        shutil.rmtree(storage / "tune", ignore_errors=True)
+        shutil.rmtree(storage / "trials", ignore_errors=True)
+        try:
+            tracker.discard()
+        except Exception:  # noqa: BLE001 - the store may be what failed; sweep.json is what blocks a restart
+            pass
+
     def save(self, storage: Path) -> None:
         storage.mkdir(parents=True, exist_ok=True)
-        (storage / "sweep.json").write_text(json.dumps({"format": STATE_FORMAT, **self.__dict__}, indent=1) + "\n")
+        text = json.dumps({"format": STATE_FORMAT, **self.__dict__}, indent=1, allow_nan=False) + "\n"
+        write_atomic(storage / "sweep.json", text.encode())
 
 
-def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = None, stream=None) -> list[dict]:
+def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = None, stream=None,
+              join: bool = False) -> SweepOutcome:
     """Run (or with ``resume`` continue) ``space``; print progress to stderr and a summary to ``stream``.
 
     ``address`` connects to a running Ray cluster (``auto`` or ``HOST:PORT``); without it an embedded
     local Ray is started, or the one this process already has is used. The trials in ``space.done``
     (``--skip-done``: ended in earlier sittings) are left out, so ASHA ranks each trial only against the
-    peers of its cell that run in this sweep. Returns the summary rows.
+    peers of its cell that run in this sweep. ``join`` lets a new sweep add its trials to an MLflow experiment
+    that holds another sweep's with the same settings. A new sweep that fails before any trial started leaves
+    its folder as it found it (no sweep.json), so it can start again. Returns whether every trial ended.
     """
     from rmask_tune.sweep.tracking import SweepTracker, probe_tracking_uri
 
@@ -106,30 +129,44 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
     probe_tracking_uri(state.tracking_uri, space.storage)
     _quiet_loggers()
     started_ray = _connect(address, space)
+    reaper = Reaper() if started_ray else None  # takes Ray down should this process die without doing so
+    tracker = SweepTracker(state.tracking_uri, state.experiment, space.name, state.sweep_id, space.storage / "mlartifacts")
     try:
         if not resume:
             state.save(space.storage)
-        tracker = SweepTracker(state.tracking_uri, state.experiment, space.name, state.sweep_id, space.storage / "mlartifacts")
-        tracker.open(_sweep_params(space, state))
+        tracker.open(_sweep_params(space, state), space.shared_settings(), join=join)
         tuner = _tuner(space, tracker, state, resume)
         ray_ready = time.time()
         try:
             results = tuner.fit()
         except Exception as error:  # Tune's driver died, e.g. on a worker Ray killed for memory
+            if not resume and not _trials_started(space):
+                raise RmaskError(f"the sweep stopped before any trial started: {root_cause(error)}") from None
             cut = tracker.abandon()
             raise RmaskError(
                 f"the sweep stopped: {root_cause(error)}; {cut} running trial(s) marked interrupted; continue with "
                 f"`rmask-tune sweep {space.source} --resume`"
             ) from None
+    except BaseException:
+        if not resume and not _trials_started(space):
+            state.forget(space.storage, tracker)  # nothing ran: the folder can start this sweep again
+        raise
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+            reaper.stop()
     wall = time.time() - started
     rows = summary_rows(results, interrupted=tracker.trials_with_status("interrupted"))
     print_summary(rows, space, tracker, stream, timing(rows, space.file.max_concurrent_trials, started, ray_ready, wall))
-    return rows
+    return SweepOutcome.of(rows, space)
+
+
+def _trials_started(space: SweepSpace) -> bool:
+    """Whether any trial of the sweep has started (each one's folder appears under trials/ when it does)."""
+    trials = space.storage / "trials"
+    return trials.is_dir() and any(trials.iterdir())
 
 
 def root_cause(error: BaseException) -> str:

@@ -53,17 +53,26 @@ def _ratio(value: Any) -> float:
 
 
 def _lr_grid(value: Any) -> Any:
-    """``{min, max, per_decade}`` as its log-spaced list (3 significant digits); a number as a one-item list."""
+    """``{min, max, per_decade}`` as its log-spaced list (3 significant digits) from ``min`` to ``max`` (both
+    always in it); a number as a one-item list."""
     if isinstance(value, dict):
         grid = LogGrid.model_validate(value)
         decades = math.log10(grid.max / grid.min)
-        steps = round(decades * grid.per_decade)
+        steps = max(round(decades * grid.per_decade), 1 if grid.max > grid.min else 0)
         return [float(f"{grid.min * 10 ** (i * decades / max(steps, 1)):.3g}") for i in range(steps + 1)]
     return [value] if isinstance(value, (int, float, str)) else value
 
 
+def _number(value: Any) -> Any:
+    """YAML's ``true`` / ``false`` are not numbers (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"a number is needed here, got {str(value).lower()}")
+    return value
+
+
 Ratio = Annotated[float, BeforeValidator(_ratio)]
-PositiveLr = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveLr = Annotated[float, Field(gt=0, allow_inf_nan=False), BeforeValidator(_number)]
+Examples = Annotated[int, Field(ge=1), BeforeValidator(_number)]
 
 
 class _Strict(BaseModel):
@@ -89,7 +98,7 @@ class LogGrid(_Strict):
 
     min: PositiveLr
     max: PositiveLr
-    per_decade: Annotated[float, Field(gt=0)] = 2
+    per_decade: Annotated[float, Field(ge=1, allow_inf_nan=False), BeforeValidator(_number)] = 2
 
     @model_validator(mode="after")
     def _ordered(self) -> LogGrid:
@@ -120,9 +129,9 @@ class DataSettings(_Strict):
     """Where the task data is and how many examples each split gets."""
 
     data_dir: str | None = None
-    train_examples: Annotated[int, Field(ge=0)] = 1000
-    dev_examples: Annotated[int, Field(ge=0)] = 500
-    test_examples: Annotated[int, Field(ge=0)] = 1000
+    train_examples: Annotated[int, Field(ge=0), BeforeValidator(_number)] = 1000  # 0: only for method none
+    dev_examples: Examples = 500
+    test_examples: Examples = 1000
 
 
 class GridSearch(_Strict):
@@ -188,7 +197,7 @@ class SweepFile(_Strict):
     models: list[str] = Field(min_length=1)
     tasks: list[str] = Field(min_length=1)
     methods: dict[str, MethodGrid] = Field(min_length=1)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0), BeforeValidator(_number)]] = Field(default=[0], min_length=1)
     training: dict[str, Any] = Field(default_factory=dict)
     data: DataSettings = Field(default_factory=DataSettings)
     task_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -264,6 +273,12 @@ class SweepSpace:
             "dev_examples": data.dev_examples,
             "test_examples": data.test_examples,
         }
+
+    def shared_settings(self) -> dict:
+        """What makes this sweep's trials comparable with another's in one experiment (``--join``): the settings
+        every trial shares but where the data lives, and each task's own."""
+        shared = {k: v for k, v in self.settings().items() if k not in ("quiet", "data_dir")}
+        return {**shared, "task_settings": self.file.task_settings}
 
     def task_settings(self, task: str) -> dict:
         """The settings ``task`` overrides (its ``task_settings`` entry; empty when it has none)."""
@@ -453,6 +468,13 @@ def _check_task_trials(space: SweepSpace, task: str) -> None:
     from rmask_tune.trainer.config import TrialConfig
 
     own = space.task_settings(task)
+    for key in DATA_FIELDS[1:]:
+        count = own.get(key, getattr(space.file.data, key))
+        trains = [m for m in space.file.methods if m != "none"]
+        if count == 0 and (key != "train_examples" or trains):
+            where = ("task_settings", task, key) if key in own else ("data", key)
+            why = f"methods {', '.join(trains)} train on them" if key == "train_examples" else "every trial needs them"
+            raise _Invalid(where, f"0 {key.split('_')[0]} examples: {why}")
     cell = next(c for c in space.cells() if c.task == task)
     point = trial_point(cell, cell.lrs[0] if cell.lrs else None, space.file.seeds[0])
     try:
@@ -509,6 +531,10 @@ def _check_method(method: str, grid: MethodGrid) -> None:
         raise _Invalid(where + ("lr_by_ratio",), f"method '{method}' takes no ratio, so it takes no per-ratio grids")
     if grid.ratios is not None and len(set(grid.ratios)) != len(grid.ratios):
         raise _Invalid(where + ("ratios",), "a ratio is listed twice")
+    for key, lrs in [("lr", grid.lr)] + [(("lr_by_ratio", r), g) for r, g in (grid.lr_by_ratio or {}).items()]:
+        twice = sorted({f"{lr:g}" for lr in lrs or () if lrs.count(lr) > 1})
+        if twice:
+            raise _Invalid(where + ((key,) if isinstance(key, str) else key), f"learning rate listed twice: {', '.join(twice)}")
     strays = [f"{r:g}" for r in grid.lr_by_ratio or {} if r not in grid.ratios]
     if strays:
         raise _Invalid(where + ("lr_by_ratio",), f"grid for ratio(s) not in ratios: {', '.join(strays)}")

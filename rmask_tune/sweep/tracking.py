@@ -27,6 +27,8 @@ FINAL_METRICS = (
 # Trial facts only the trial itself knows (its sizes, its resolved precision), logged once as params.
 TRIAL_PARAMS = ("trainable_params", "total_params", "precision")
 PROBE_TIMEOUT_S = 5.0
+# The parent run's tag holding the settings every trial of the sweep shares (``SweepSpace.shared_settings``).
+SETTINGS_TAG = "rmask.settings"
 
 
 def probe_tracking_uri(uri: str, storage: Path) -> None:
@@ -83,8 +85,10 @@ class SweepTracker:
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def open(self, params: dict) -> str:
-        """Find or create the experiment and this sweep's parent run; its id."""
+    def open(self, params: dict, settings: dict | None = None, join: bool = False) -> str:
+        """Find or create the experiment and this sweep's parent run; its id. A new parent run (tagged with the
+        trials' shared ``settings``) goes into an experiment that holds another sweep's trials only with ``join``,
+        and only when that sweep's settings are the same (``check_joinable``)."""
         if self.parent_id is not None:
             return self.parent_id
         experiment = self.client.get_experiment_by_name(self.experiment)
@@ -103,11 +107,43 @@ class SweepTracker:
             if found[0].info.status != "RUNNING":
                 self.client.update_run(self.parent_id, status="RUNNING")
         else:
-            tags = {"rmask.role": "sweep", "rmask.sweep": self.sweep_name, "rmask.sweep_id": self.sweep_id}
+            text = json.dumps(settings, sort_keys=True, default=str)
+            self.check_joinable(json.loads(text), join)
+            tags = {"rmask.role": "sweep", "rmask.sweep": self.sweep_name, "rmask.sweep_id": self.sweep_id,
+                    SETTINGS_TAG: text}
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
             self.parent_id = run.info.run_id
             self._log(self.parent_id, params=params)
         return self.parent_id
+
+    def check_joinable(self, settings: dict | None, join: bool) -> None:
+        """One owner for the experiment's integrity: refuse to add a sweep to an experiment that holds another
+        sweep's trials, unless ``join`` and that sweep ran with the same ``settings``."""
+        parents = self.client.search_runs([self.experiment_id], filter_string="tags.`rmask.role` = 'sweep'",
+                                          max_results=5000)
+        for parent in parents:
+            if not self.client.search_runs([self.experiment_id], max_results=1, filter_string=(
+                    f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`rmask.role` = 'trial'")):
+                continue  # a sweep that never started a trial
+            name = parent.data.tags.get("rmask.sweep", "?")
+            where = f"MLflow experiment '{self.experiment}' ({self.tracking_uri})"
+            if not join:
+                raise RmaskError(f"{where} already holds the trials of sweep '{name}'; pass --join to add this "
+                                 "sweep's trials to it (same settings only), or set mlflow.experiment_name")
+            theirs = json.loads(parent.data.tags.get(SETTINGS_TAG, "null"))
+            if theirs is None or settings is None:
+                raise RmaskError(f"--join: sweep '{name}' in {where} recorded no settings (an older rmask-tune), so "
+                                 "joining it cannot be checked; set another mlflow.experiment_name")
+            differ = sorted(key for key in set(theirs) | set(settings) if theirs.get(key) != settings.get(key))
+            if differ:
+                key = differ[0]
+                raise RmaskError(f"--join: sweep '{name}' in {where} ran with {key} {theirs.get(key)!r}, this sweep "
+                                 f"has {settings.get(key)!r}; only sweeps with the same settings share an experiment")
+
+    def discard(self) -> None:
+        """Delete this sweep's parent run (a sweep that failed before any trial started leaves nothing behind)."""
+        if self.parent_id is not None:
+            self.client.delete_run(self.parent_id)
 
     def close(self, tags: dict, interrupted: bool = False) -> None:
         """Tag and end the parent run: FINISHED once every trial has ended (errored trials included),

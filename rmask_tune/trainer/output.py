@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import resource
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import torch
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.files.atomic import check_writable, write_atomic, write_json_atomic
 from rmask_tune.tasks.results import EXAMPLES_FILE, ExampleLog
 
 # Every file or folder a trial writes into its output folder (replaced by an --overwrite run).
@@ -29,6 +27,7 @@ def check_output_dir(path: str | os.PathLike | None, overwrite: bool) -> Path | 
         raise RmaskError(f"output {path} exists and is not a folder; choose another --output")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise RmaskError(f"output folder {path} exists; pass --overwrite or choose another --output")
+    check_writable(path, "output folder")  # before any training, not after it
     return path
 
 
@@ -92,33 +91,6 @@ def save_trained_state(trial, path: Path, best_epoch: int | None) -> tuple[list[
         write_atomic(path / "trainable.safetensors", save(extra))
         written.append("trainable.safetensors")
     return written, None
-
-
-def write_json_atomic(path: Path, data: dict, indent: int | None = 1) -> None:
-    """Write ``data`` as JSON; non-finite floats become null (strict JSON has no NaN)."""
-    write_atomic(path, (json.dumps(finite(data), indent=indent, allow_nan=False) + "\n").encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` through a temporary sibling renamed into place (file mode from the umask)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def finite(value):
-    """``value`` with NaN and infinities replaced by None, recursively (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 class PeakMemory:
