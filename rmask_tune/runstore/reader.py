@@ -16,6 +16,10 @@ from pathlib import Path
 from rmask_tune.errors import RmaskError
 from rmask_tune.files.atomic import write_atomic
 from rmask_tune.runstore.export import encode_export, read_export
+from rmask_tune.runstore.names import (
+    BEST_DEV, EPOCHS_COMPLETED, HISTORIES, ROLE_TAG, ROLE_TRIAL, STATUS_TAG, TAG_PREFIX, TEST, TRAINABLE_FRACTION,
+    TRIAL_ID_TAG, WALL_TIME, is_none,
+)
 from rmask_tune.runstore.record import RunRecord, Source
 
 TERMINAL = ("finished", "diverged", "stopped")
@@ -23,7 +27,6 @@ TERMINAL = ("finished", "diverged", "stopped")
 # as 0.10000000000000002 (another formatting, or float arithmetic on another machine) is one value.
 SAME_DIGITS = 9
 # The per-epoch metric histories kept for every trial (step = epoch).
-HISTORIES = ("dev_metric", "train_loss")
 # Settings every trial of one (model, task) shares in one sweep; trials that differ in them are not comparable.
 SAME_PER_TASK = ("epochs", "train_examples", "dev_examples", "test_examples")
 
@@ -73,7 +76,7 @@ def configuration_key(model: str, task: str, method: str, ratio, lr, seed) -> tu
 def comparable(value):
     """A configuration value (as given, or as an MLflow param's text) as configurations compare it: a
     none-like value as None, a number at SAME_DIGITS significant digits, any other text as it is."""
-    if value in (None, "", "none", "None", "null"):
+    if is_none(value):
         return None
     try:
         return float(f"{float(value):.{SAME_DIGITS}g}")
@@ -114,7 +117,7 @@ def resolve_source(source: str, tracking_uri: str | None = None) -> Source:
 def check_has_trials(count: int, experiment: str) -> None:
     """A report or an export needs trial runs: an experiment without any is refused, the same way by both."""
     if not count:
-        raise RmaskError(f"experiment {experiment!r} has no trial runs (tag rmask.role=trial)")
+        raise RmaskError(f"experiment {experiment!r} has no trial runs (tag {ROLE_TAG}={ROLE_TRIAL})")
 
 
 def check_one_sweep(trials: list[Trial], experiment: str) -> None:
@@ -150,7 +153,7 @@ def _experiment_names(uri: str) -> list[str]:
 
 
 def _num(value, cast=float):
-    if value in (None, "", "none", "None", "null"):
+    if is_none(value):
         return None
     try:
         return cast(float(value)) if cast is int else cast(value)
@@ -181,7 +184,7 @@ def load_records(source: Source) -> tuple[list[RunRecord], int]:
     runs, token = [], None
     while True:
         page = client.search_runs(
-            [experiment.experiment_id], filter_string="tags.`rmask.role` = 'trial'",
+            [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}'",
             max_results=5000, page_token=token, order_by=["attributes.start_time DESC"],
         )
         runs.extend(page)
@@ -202,7 +205,7 @@ def _record(client, run) -> RunRecord:
         end_time=run.info.end_time,
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
-        tags={key: value for key, value in run.data.tags.items() if key.startswith("rmask.")},
+        tags={key: value for key, value in run.data.tags.items() if key.startswith(TAG_PREFIX)},
         history={name: sorted(points) for name, points in history.items()},
         examples=_examples_artifact(run.info.artifact_uri, client.tracking_uri),
     )
@@ -225,22 +228,22 @@ def _examples_artifact(artifact_uri: str, tracking_uri: str) -> dict | None:
 def trial_of(record: RunRecord) -> Trial:
     """The report's view of a trial run."""
     params, metrics, tags = record.params, record.metrics, record.tags
-    dev, epochs = metrics.get("best_dev_metric"), _num(metrics.get("epochs_completed"), int)
+    dev, epochs = metrics.get(BEST_DEV), _num(metrics.get(EPOCHS_COMPLETED), int)
     if dev is None or epochs is None:
         history = record.history.get("dev_metric", [])
         values = [value for _, value in history]
         dev = dev if dev is not None else (max(values) if values else None)
         epochs = epochs if epochs is not None else len({step for step, _ in history})
-    wall = metrics.get("wall_time_s")
+    wall = metrics.get(WALL_TIME)
     if wall is None and record.end_time:
         wall = (record.end_time - record.start_time) / 1000
-    status = tags.get("rmask.status") or ("running" if record.run_status == "RUNNING" else "errored")
+    status = tags.get(STATUS_TAG) or ("running" if record.run_status == "RUNNING" else "errored")
     ratio = _num(params.get("ratio"))
     if ratio is None and _num(params.get("density")) is not None:  # a mask given by density
-        ratio = metrics.get("trainable_fraction")
+        ratio = metrics.get(TRAINABLE_FRACTION)
     return Trial(
         run_id=record.run_id,
-        trial_id=tags.get("rmask.trial_id", record.run_id),
+        trial_id=tags.get(TRIAL_ID_TAG, record.run_id),
         status=status,
         model=params["model"],
         task=params["task"],
@@ -250,7 +253,7 @@ def trial_of(record: RunRecord) -> Trial:
         seed=_num(params.get("seed"), int) or 0,
         metric=params.get("metric", "metric"),
         dev=dev,
-        test=metrics.get("test_metric"),
+        test=metrics.get(TEST),
         epochs=epochs,
         planned_epochs=_num(params.get("epochs"), int),
         wall_time_s=wall,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -10,22 +9,9 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from rmask_tune.runstore.names import CONFIG_PARAMS, NONE, POINT_PARAMS, TRIALS_TAG, param_text
 from rmask_tune.sweep.results import describe, trial_status
 from rmask_tune.sweep.tracking import SweepTracker
-
-# Trial settings logged as MLflow params next to the swept ones (a task's own settings show here): all
-# that change what a trial computes, so that `--skip-done` can tell an earlier sitting's trial from another.
-CONFIG_PARAMS = (
-    "epochs", "train_examples", "dev_examples", "test_examples", "batch_size", "grad_accum", "objective", "scoring",
-    "max_length", "head_lr", "max_steps", "schedule", "warmup_ratio", "weight_decay", "optimizer",
-    "divergence_factor", "targets", "method_options", "data_seed", "mask_seed", "head", "train_head", "tokenizer",
-)  # fmt: skip
-
-
-def param_text(value):
-    """A setting as its MLflow param holds it: a list or a dict as sorted JSON, anything else as given."""
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, tuple, dict)) else value
-
 
 def trial_params(point: dict, settings: dict) -> dict:
     """The MLflow params of a trial's run: its grid point, its settings (CONFIG_PARAMS; of its method's options
@@ -39,8 +25,8 @@ def trial_params(point: dict, settings: dict) -> dict:
     config.method_options = {name: value for name, value in config.method_options.items()
                              if name not in defaults or defaults[name].default != value}
     return {
-        **{key: "none" if point.get(key) is None else point[key] for key in ("model", "task", "method", "ratio", "lr", "seed")},
-        "density": "none",
+        **{key: param_text(point.get(key)) for key in POINT_PARAMS},
+        "density": NONE,
         **{key: param_text(getattr(config, key)) for key in CONFIG_PARAMS},
         "metric": get_task(point["task"]).metric,
     }
@@ -85,7 +71,7 @@ class MlflowCallback(Callback):
                 self.tracker.interrupt_trial(trial.trial_id)
         unfinished = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
         cut = self.tracker.trials_with_status("interrupted")
-        self.tracker.close(tags={"rmask.trials": len(trials)}, interrupted=unfinished or bool(cut))
+        self.tracker.close(tags={TRIALS_TAG: len(trials)}, interrupted=unfinished or bool(cut))
 
     def _run(self, trial) -> str:
         point = trial.config["trial"]

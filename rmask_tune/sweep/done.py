@@ -25,7 +25,8 @@ def done_trials(space: SweepSpace, sources: list[str]) -> list[tuple[dict, float
     """The grid points of ``space`` that a trial run of one of ``sources`` (exports, sweep folders or YAMLs)
     ended with the same configuration and settings, each with that run's best dev metric (None: diverged),
     which a law search observes as its own."""
-    from rmask_tune.sweep.callbacks import CONFIG_PARAMS, param_text, trial_params
+    from rmask_tune.runstore.names import CONFIG_PARAMS, param_text
+    from rmask_tune.sweep.callbacks import trial_params
     from rmask_tune.trainer.config import TrialConfig
 
     if isinstance(space.file.search, OptunaSearch):

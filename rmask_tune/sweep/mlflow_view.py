@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode
 
+from rmask_tune.runstore.names import BEST_DEV, ROLE_TAG, ROLE_TRIAL, TEST
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"  # the UI's "Machine learning" experiment type
 VIEW_KEY = "rmask-tune-runs"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 # The runs table's columns, in the UI's canonical column keys.
 PARAM_COLUMNS = ("method", "ratio", "lr", "seed")
-METRIC_COLUMNS = ("best_dev_metric", "test_metric")
+METRIC_COLUMNS = (BEST_DEV, TEST)
 SECTION_ID = "rmask-lr-section"
 
 
@@ -34,13 +36,13 @@ def view_state() -> dict:
         {**chart, "uuid": "rmask-ratio-lr-dev", "type": "PARALLEL", "displayName": "ratio, learning rate -> dev, test",
          "selectedParams": ["ratio", "lr"], "selectedMetrics": list(METRIC_COLUMNS), "showAllRuns": True},
         {**chart, "uuid": "rmask-lr-dev", "type": "SCATTER", "displayName": "best dev metric by learning rate",
-         "xaxis": {"key": "lr", "type": "PARAM"}, "yaxis": {"key": "best_dev_metric", "type": "METRIC"}},
+         "xaxis": {"key": "lr", "type": "PARAM"}, "yaxis": {"key": BEST_DEV, "type": "METRIC"}},
     ]  # fmt: skip
     section = {"uuid": SECTION_ID, "name": "Learning rate within a ratio", "display": True, "isReordered": False,
                "deleted": False, "isGenerated": False}  # fmt: skip
     return {
-        "searchFilter": "tags.`rmask.role` = 'trial'",
-        "orderByKey": "metrics.`best_dev_metric`",
+        "searchFilter": f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}'",
+        "orderByKey": f"metrics.`{BEST_DEV}`",
         "orderByAsc": False,
         "selectedColumns": columns(),
         "runsHiddenMode": "SHOW_ALL",

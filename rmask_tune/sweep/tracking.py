@@ -17,18 +17,13 @@ import urllib.request
 from pathlib import Path
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.runstore.names import (
+    EPOCHS_COMPLETED, FINAL_METRICS, ROLE_SWEEP, ROLE_TAG, ROLE_TRIAL, SETTINGS_TAG, STATUS_TAG, SWEEP_ID_TAG, SWEEP_TAG,
+    TRIAL_ID_TAG, TRIAL_PARAMS, WALL_TIME,
+)
 from rmask_tune.sweep.mlflow_view import mark_experiment
 
-# Metrics of the final report, logged once per trial (step = its last epoch).
-FINAL_METRICS = (
-    "test_metric", "best_dev_metric", "best_epoch", "diverged", "step_time_s", "peak_mem_bytes",
-    "epochs_completed", "wall_time_s", "trainable_fraction",
-)  # fmt: skip
-# Trial facts only the trial itself knows (its sizes, its resolved precision), logged once as params.
-TRIAL_PARAMS = ("trainable_params", "total_params", "precision")
 PROBE_TIMEOUT_S = 5.0
-# The parent run's tag holding the settings every trial of the sweep shares (``SweepSpace.shared_settings``).
-SETTINGS_TAG = "rmask.settings"
 
 
 def probe_tracking_uri(uri: str, storage: Path) -> None:
@@ -101,7 +96,7 @@ class SweepTracker:
             mark_experiment(self.client, self.experiment_id)  # the MLflow UI opens it on its runs
         else:
             self.experiment_id = experiment.experiment_id
-        found = self._search(f"tags.`rmask.role` = 'sweep' and tags.`rmask.sweep_id` = '{self.sweep_id}'")
+        found = self._search(f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}' and tags.`{SWEEP_ID_TAG}` = '{self.sweep_id}'")
         if found:
             self.parent_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
@@ -109,7 +104,7 @@ class SweepTracker:
         else:
             text = json.dumps(settings, sort_keys=True, default=str)
             self.check_joinable(json.loads(text), join)
-            tags = {"rmask.role": "sweep", "rmask.sweep": self.sweep_name, "rmask.sweep_id": self.sweep_id,
+            tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: self.sweep_name, SWEEP_ID_TAG: self.sweep_id,
                     SETTINGS_TAG: text}
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
             self.parent_id = run.info.run_id
@@ -119,13 +114,13 @@ class SweepTracker:
     def check_joinable(self, settings: dict | None, join: bool) -> None:
         """One owner for the experiment's integrity: refuse to add a sweep to an experiment that holds another
         sweep's trials, unless ``join`` and that sweep ran with the same ``settings``."""
-        parents = self.client.search_runs([self.experiment_id], filter_string="tags.`rmask.role` = 'sweep'",
+        parents = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}'",
                                           max_results=5000)
         for parent in parents:
             if not self.client.search_runs([self.experiment_id], max_results=1, filter_string=(
-                    f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`rmask.role` = 'trial'")):
+                    f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{ROLE_TAG}` = '{ROLE_TRIAL}'")):
                 continue  # a sweep that never started a trial
-            name = parent.data.tags.get("rmask.sweep", "?")
+            name = parent.data.tags.get(SWEEP_TAG, "?")
             where = f"MLflow experiment '{self.experiment}' ({self.tracking_uri})"
             if not join:
                 raise RmaskError(f"{where} already holds the trials of sweep '{name}'; pass --join to add this "
@@ -155,7 +150,7 @@ class SweepTracker:
         """The run of ``trial_id`` (created on first sight, with ``params``); the same run on every later call."""
         if trial_id in self.runs:
             return self.runs[trial_id]
-        found = self._search(f"tags.`rmask.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
+        found = self._search(f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
         if found:
             run = found[0]
             history = self.client.get_metric_history(run.info.run_id, "dev_metric")
@@ -165,8 +160,8 @@ class SweepTracker:
             if set(TRIAL_PARAMS) <= set(run.data.params):
                 self.sized.add(trial_id)
         else:
-            tags = {"mlflow.parentRunId": self.parent_id, "rmask.role": "trial", "rmask.trial_id": trial_id}
-            run = self.client.create_run(self.experiment_id, tags={**tags, "rmask.status": "running"}, run_name=name)
+            tags = {"mlflow.parentRunId": self.parent_id, ROLE_TAG: ROLE_TRIAL, TRIAL_ID_TAG: trial_id}
+            run = self.client.create_run(self.experiment_id, tags={**tags, STATUS_TAG: "running"}, run_name=name)
             self.logged_epochs[trial_id] = 0
             self._log(run.info.run_id, params=params)
         self.runs[trial_id] = run.info.run_id
@@ -175,7 +170,7 @@ class SweepTracker:
     def restart_trial(self, trial_id: str) -> None:
         """Mark the run of a trial that starts (again: resumed or retried) as running."""
         run_id = self.runs[trial_id]
-        self._log(run_id, tags={"rmask.status": "running"})
+        self._log(run_id, tags={STATUS_TAG: "running"})
         self.client.update_run(run_id, status="RUNNING")
 
     def trials_with_status(self, status: str) -> set[str]:
@@ -195,15 +190,15 @@ class SweepTracker:
     def _runs_with_status(self, status: str) -> dict[str, str]:
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`rmask.status` = '{status}'",
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`{STATUS_TAG}` = '{status}'",
             max_results=50000,
         )
-        return {run.data.tags["rmask.trial_id"]: run.info.run_id for run in found}
+        return {run.data.tags[TRIAL_ID_TAG]: run.info.run_id for run in found}
 
     def interrupt_trial(self, trial_id: str) -> None:
         """A trial the sweep's interruption cut short: tagged ``interrupted``, its run KILLED; --resume reruns it."""
         run_id = self.runs[trial_id]
-        self._log(run_id, tags={"rmask.status": "interrupted"})
+        self._log(run_id, tags={STATUS_TAG: "interrupted"})
         self.client.set_terminated(run_id, status="KILLED")
 
     def log_epoch(self, trial_id: str, result: dict) -> None:
@@ -241,11 +236,11 @@ class SweepTracker:
         its run ends."""
         run_id = self.runs[trial_id]
         final = {key: result[key] for key in FINAL_METRICS if key in result}
-        final["epochs_completed"] = result.get("epoch", 0)
+        final[EPOCHS_COMPLETED] = result.get("epoch", 0)
         final["diverged"] = float(bool(result.get("diverged", False)))
-        if "wall_time_s" not in final and "elapsed_s" in result:
-            final["wall_time_s"] = result["elapsed_s"]
-        self._log(run_id, metrics=final, step=int(result.get("epoch", 0)), tags={"rmask.status": status})
+        if WALL_TIME not in final and "elapsed_s" in result:
+            final[WALL_TIME] = result["elapsed_s"]
+        self._log(run_id, metrics=final, step=int(result.get("epoch", 0)), tags={STATUS_TAG: status})
         if "metrics_json" in result:
             self.client.log_text(run_id, result["metrics_json"], "metrics.json")
         if "examples_json" in result:
