@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rmask_tune.cli import main
 from rmask_tune.law import Law, fit_law, fit_shared
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @dataclass

@@ -23,9 +23,8 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.methods import prepare_method
 from rmask_tune.methods.adapter_method import ADAPTER_NAME, side_environment_install
 from rmask_tune.models import tiny_model
+from paths import DATA, REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 CACHE = Path(os.environ.get("RMASK_CACHE_DIR") or Path.home() / ".cache" / "rmask-tune")
 UNREACHABLE = re.compile(r"NewConnectionError|Network is unreachable|Temporary failure in name resolution|timed out")
 
@@ -56,10 +55,11 @@ def run_with(path_first: Path, *args: str, timeout: int = 600) -> subprocess.Com
     """Run python with ``path_first`` in front of the project's environment."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(path_first), os.environ.get("PYTHONPATH")]))}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+@pytest.mark.needs_data
+@pytest.mark.slow
 def test_adapters_train_save_and_reload_under_the_side_environment(side_env, tmp_path):
     models = ("tiny-llama", "tiny-opt", "tiny-bert")  # built-in support, the plugin interface (OPT), a classifier
     done = run_with(side_env, "tests/adapterhub_checks.py", str(DATA), str(tmp_path), *models)

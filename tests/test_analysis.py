@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +15,9 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law, load_law
 from rmask_tune.masking import load_adapter, masked_layers
 from rmask_tune.trainer import prepare_trial, run_trial
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 
 SETTINGS = ProbeSettings(batches=1, batch_size=2, iters=6, data_dir=str(DATA))  # a cheap probe for the CLI tests
 TINY = {"model": "tiny-llama", "task": "SST-2", "data_dir": str(DATA), "batch_size": 2}
@@ -36,6 +35,7 @@ def small_mask():
     return trial, MaskedHessian(trial.model, trial.loss, batches)
 
 
+@pytest.mark.slow
 def test_lanczos_matches_the_dense_finite_difference_hessian(small_mask):
     _, hessian = small_mask
     assert 8 <= hessian.dim <= 30
@@ -74,6 +74,7 @@ def test_solvers_find_the_top_of_definite_and_indefinite_spectra(solver):
         assert result.converged and result.eigenvalue == pytest.approx(top, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_sparser_mask_has_a_flatter_landscape_on_the_same_batches():
     settings = ProbeSettings(batches=1, batch_size=2, iters=15, tol=1e-2, data_dir=str(DATA))
     dense_mask = probe_ratio("tiny-llama", "SST-2", 1e-3, settings)
@@ -109,6 +110,7 @@ def test_distance_is_the_norm_of_the_trained_values_and_grows_with_lr(runs):
     assert rows[3e-2].distance > 5 * rows[1e-3].distance > 0
 
 
+@pytest.mark.slow
 def test_cli_landscape_after_training_and_distance(runs, tmp_path, capsys):
     root, dirs = runs
     out = tmp_path / "landscape"

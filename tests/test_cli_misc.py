@@ -8,14 +8,13 @@ import subprocess
 import sys
 from importlib.metadata import version
 from io import StringIO
-from pathlib import Path
 
 import pytest
 
 from rmask_tune.cli import build_parser, main
+from paths import DATA, REPO
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEMO = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+DEMO = REPO / "search_spaces" / "demo.yaml"
 
 
 def test_version_is_the_installed_package_version(capsys):
@@ -46,8 +45,9 @@ def test_sweep_summary_prints_the_report_and_ui_commands_of_that_sweep(tmp_path)
     assert build_parser().parse_args(shlex.split(ui)).target == str(source)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+@pytest.mark.needs_data
 @pytest.mark.parametrize("quiet", [False, True])
+@pytest.mark.slow
 def test_train_shows_its_epochs_progress_unless_quiet(quiet):
     command = [
         sys.executable, "-m", "rmask_tune.cli", "train", "--model", "tiny-llama", "--task", "SST-2", "--ratio", "1e-3",

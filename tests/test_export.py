@@ -25,9 +25,9 @@ from rmask_tune.sweep.runner import set_environment
 from rmask_tune.tasks import get_task
 from rmask_tune.tasks.results import EXAMPLES_FILE, ExampleLog
 from rmask_tune.trainer import run_trial
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 SMALL = dict(data_dir=str(DATA), epochs=2, batch_size=4, train_examples=8, dev_examples=6, test_examples=11, quiet=True)
 
 
@@ -51,6 +51,7 @@ def run_cli(argv: list[str]) -> str:
     ],
     ids=lambda s: s["task"],
 )
+@pytest.mark.slow
 def test_recorded_per_example_results_recompute_the_reported_metrics(settings, tmp_path):
     result = run_trial({"model": "tiny-llama", **SMALL, **settings}, output_dir=tmp_path)
     log = ExampleLog.from_dict(json.loads((tmp_path / EXAMPLES_FILE).read_text()))
@@ -124,6 +125,7 @@ def test_a_part_sent_later_merges_into_the_whole():
     assert first == log and first.complete
 
 
+@pytest.mark.slow
 def test_a_trial_stopped_after_its_first_epoch_keeps_that_epochs_results_in_mlflow(tmp_path):
     """What a sweep's driver does with the epochs' reports of a trial ASHA stops before it finishes."""
     from mlflow import MlflowClient
@@ -227,6 +229,7 @@ def artifact_log(client, run_id: str, folder: Path) -> ExampleLog:
     return ExampleLog.from_dict(json.loads(Path(client.download_artifacts(run_id, EXAMPLES_FILE, folder)).read_text()))
 
 
+@pytest.mark.slow
 def test_every_trial_run_holds_its_per_example_results(sweep, tmp_path):
     client, runs = sweep_runs(sweep)
     assert len(runs) == 4

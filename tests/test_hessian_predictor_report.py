@@ -19,6 +19,7 @@ from rmask_tune.analysis.probes import PROBES_FILE, load_probes, save_probes
 from rmask_tune.cli import main
 from rmask_tune.law import Law, load_law
 from rmask_tune.report import build_report
+from paths import DATA
 
 # True optima on grid points: SST-2 1e-2/1e-3/1e-4 at 10^-2.5/-1.5/-0.5, RTE half a decade lower, CB a decade.
 TRUTH = NoisyLaw(ratios={1e-2: True, 1e-3: True, 1e-4: True}, offsets={"SST-2": 0.0, "RTE": -0.5, "CB": -1.0},
@@ -70,6 +71,7 @@ def calibrated(store, uncalibrated, tmp_path_factory):
     return build_report(str(store), out=uncalibrated, overwrite=True, bootstrap=100, probes=probes)
 
 
+@pytest.mark.slow
 def test_without_probes_the_section_says_how_to_make_them(uncalibrated):
     law = load_law(uncalibrated / "law.json")
     assert law.probe_calibration is None and law.data["validation"]["hessian_predictor"] is None
@@ -160,6 +162,7 @@ def test_probes_of_one_task_give_in_sample_errors(calibrated, tmp_path):
     assert "Leave-one-task-out is not possible: the probes at the law's optima cover one (model, task) only." in readme
 
 
+@pytest.mark.slow
 def test_two_model_families_give_c_per_model_and_within_model_errors(store, tmp_path, capsys):
     """A second family whose probe reads 1000x less curvature at the same optima (as an encoder with a fresh head
     does against a causal LM): c held out across families misses by decades, c from the same model's other
@@ -210,7 +213,6 @@ def test_bad_probes_files_are_refused(store, tmp_path, capsys, content, message)
     assert not (tmp_path / "out").exists()
 
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_calibrate_writes_and_merges_probes_json(tmp_path):
@@ -237,6 +239,7 @@ def test_calibrate_writes_and_merges_probes_json(tmp_path):
     assert entry["probe"] == settings.record() and "points_without_probe" not in entry  # law.json's entry as before
 
 
+@pytest.mark.slow
 def test_calibrate_excluded_probes_cells_outside_the_law_without_fitting_c_on_them(tmp_path, capsys):
     """--excluded probes the law's excluded cells too: they land in probes.json (for the report to score the
     predictor on them) but c stays fitted on the optima alone; with only excluded cells chosen, law.json is

@@ -4,7 +4,6 @@ over repeated probes: tiny-llama (SmolLM2 tokenizer), real SST-2."""
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +18,9 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law, load_law
 from rmask_tune.masking import masked_layers
 from rmask_tune.trainer import prepare_trial
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 
 TOLERANCE = 0.02  # relative error of an fd HVP (and of lambda_max) that counts as agreeing with the exact one
 CHECK = ProbeSettings(batches=1, batch_size=2, iters=8, data_dir=str(DATA))
@@ -42,6 +41,7 @@ def scale_masked_weights(trial, factor: float) -> None:
 
 
 @pytest.mark.parametrize("density", [0.01, 0.1, 0.5])
+@pytest.mark.slow
 def test_local_step_agrees_with_exact_hvps_at_every_mask_size(density):
     trial, batches = masked_trial(density)
     result = compare_hvps(trial.model, trial.loss, batches, CHECK, vectors=2)
@@ -57,6 +57,7 @@ def test_local_step_agrees_with_exact_hvps_at_every_mask_size(density):
     assert top["fd_loss_change"] < 1e-2  # local: the quadratic term along the step is a small loss change
 
 
+@pytest.mark.slow
 def test_relative_step_fails_where_the_local_step_holds():
     """At half of q/v the old step (fd_step * (1 + ||W0||)) leaves the local region along the sharpest direction,
     and with the weights scaled up it grows with them; the curvature step stays within tolerance on both."""
@@ -70,6 +71,7 @@ def test_relative_step_fails_where_the_local_step_holds():
     assert scaled["relative_step"] > 2 * plain["relative_step"]
 
 
+@pytest.mark.slow
 def test_curvature_step_keeps_the_second_order_loss_change_fixed_per_direction():
     trial, batches = masked_trial(0.1)
     hessian = MaskedHessian(trial.model, trial.loss, batches, fd_loss_change=1e-3)
@@ -92,6 +94,7 @@ def test_curvature_step_keeps_the_second_order_loss_change_fixed_per_direction()
         MaskedHessian(trial.model, trial.loss, batches, fd_loss_change=0.0)
 
 
+@pytest.mark.slow
 def test_probe_results_record_the_hvp_and_the_steps():
     settings = ProbeSettings(batches=1, batch_size=2, iters=4, data_dir=str(DATA))
     local = probe_ratio("tiny-llama", "SST-2", 1e-4, settings)
@@ -129,6 +132,7 @@ def law_path(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_calibration_reports_the_spread_over_repeated_probes(law_path, capsys):
     argv = ["analyze", "calibrate", "--law", str(law_path), "--repeats", "3", "--batches", "1", "--batch-size", "2",
             "--iters", "3", "--data-dir", str(DATA)]  # fmt: skip
@@ -155,6 +159,7 @@ def test_calibration_reports_the_spread_over_repeated_probes(law_path, capsys):
         calibrate_law(law_path, settings, repeats=0)
 
 
+@pytest.mark.slow
 def test_calibration_and_recommend_probe_the_loss_each_cell_trained_on(tmp_path, capsys):
     """A law point's loss settings (here the classification objective over SST-2's two candidates, not the LM
     objective over the vocabulary) decide the loss whose Hessian the probe measures, in calibration and in
@@ -219,6 +224,7 @@ def test_constant_for_a_new_model_carries_the_spread_between_models():
     assert single.log10_sd == 0.3 and "calibrated on a only" in single.warning
 
 
+@pytest.mark.slow
 def test_cli_hvp_check_writes_a_table_and_json(tmp_path, capsys):
     out = tmp_path / "check"
     argv = ["analyze", "hvp-check", "--model", "tiny-llama", "--task", "SST-2", "--ratios", "1e-5", "--vectors", "1",

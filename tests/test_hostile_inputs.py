@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hostile import DATA, cli, real_export, snapshot, sweep_yaml, valid_law
+from hostile import cli, real_export, snapshot, sweep_yaml, valid_law
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 EXAMPLES = int(os.environ.get("RMASK_HOSTILE_EXAMPLES", 80))  # per file kind; each draws its entry point too
 CASES: Counter = Counter()
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -143,6 +143,7 @@ def broken_law(draw, law: dict):
 
 @PROPERTY
 @given(data=st.data())
+@pytest.mark.slow
 def test_random_malformed_laws(workspace, law_doc, data):
     text = data.draw(broken_law(law_doc))
     bad = workspace / "input" / "law.json"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-from test_sweep_ray import DATA, local_ray, mlflow_runs, run_cli, sweep_file  # noqa: F401 (local_ray: a fixture)
+from test_sweep_ray import local_ray, mlflow_runs, run_cli, sweep_file  # noqa: F401 (local_ray: a fixture)
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.law_search import CellId, LawSearch, SearchPrior, SearchSettings
+from paths import REPO
 
 GRID = [float(f"{10 ** (-4 + 0.5 * k):.3g}") for k in range(9)]  # 1e-4 ... 1, half-decade steps
 
@@ -108,11 +108,12 @@ def law_sweep(local_ray, tmp_path_factory):
         max_concurrent_trials: 2
         """
     path = sweep_file(tmp, "law", body)
-    law = Path(__file__).resolve().parents[1] / "reports" / "law-across-tasks" / "law.json"
+    law = REPO / "reports" / "law-across-tasks" / "law.json"
     out = run_cli(["sweep", str(path), "--prior", str(law)])
     return tmp, path, law, out
 
 
+@pytest.mark.slow
 def test_law_sweep_runs_a_subset_of_the_grid_with_one_mlflow_run_per_trial(law_sweep):
     tmp, path, _, out = law_sweep
     client, trials, parent = mlflow_runs(tmp / "law", "law")
@@ -159,7 +160,7 @@ def test_recommend_outside_the_law_prints_the_law_search_to_run(tmp_path, capsys
     from rmask_tune.cli import main
     from rmask_tune.sweep import load_space
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     law = root / "reports" / "law-across-tasks" / "law.json"
     assert main(["recommend", "--law", str(law), "--model", "minilm-l6", "--task", "CB", "--ratio", "1e-4"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -35,6 +35,7 @@ def _law_data(folder: Path) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_intervals_signal_test_and_shared_exponent_on_a_noisy_store(report):
     law = load_law(report / "law.json")
     points = {p["ratio"]: p for p in law.data["points"]}
@@ -59,6 +60,7 @@ def test_the_report_regenerates_from_its_export_alone(report, tmp_path):
     assert _law_data(report) == _law_data(again)
 
 
+@pytest.mark.slow
 def test_sittings_in_separate_stores_combine_into_the_same_report(report, tmp_path):
     """Cells run in two sittings (two stores, as on two machines): one's export plus the other's store with
     --also give the report of the whole sweep, and the combined export regenerates it."""

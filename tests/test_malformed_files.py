@@ -10,11 +10,10 @@ import math
 from pathlib import Path
 
 import pytest
-from hostile import DATA, PROBE_CALIBRATION, cli, real_export, snapshot, sweep_yaml, valid_law
+from hostile import PROBE_CALIBRATION, cli, real_export, snapshot, sweep_yaml, valid_law
 
 from rmask_tune.law import load_law
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 
 
 def _set(doc: dict, path: tuple, value) -> dict:
@@ -137,8 +136,9 @@ def _readers(bad: Path, good: Path, folder: Path, spec: Path) -> dict[str, list]
     }
 
 
-@needs_data
+@pytest.mark.needs_data
 @pytest.mark.parametrize("case, path, value, words", EXPORT_CASES, ids=[c[0] for c in EXPORT_CASES])
+@pytest.mark.slow
 def test_a_malformed_export_is_one_line_in_every_command_that_reads_it(export, tmp_path, case, path, value, words):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(_set(_export_doc(export), path, value)))
@@ -190,7 +190,7 @@ STATE_CASES = [
 ]
 
 
-@needs_data
+@pytest.mark.needs_data
 @pytest.mark.parametrize("case, text", STATE_CASES, ids=[c[0] for c in STATE_CASES])
 def test_resume_with_a_damaged_sweep_json_is_one_line(tmp_path, case, text):
     spec = tmp_path / "s.yaml"

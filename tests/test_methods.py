@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ import torch
 from rmask_tune.errors import RmaskError
 from rmask_tune.methods import METHODS, prepare_method
 from rmask_tune.models import tiny_model
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def random_ids(model):
@@ -217,7 +216,7 @@ def test_adalora_without_the_regularizer_has_no_extra_loss():
     assert setup.extra_loss is None
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+@pytest.mark.needs_data
 def test_trial_loss_adds_and_records_the_methods_extra_loss():
     from rmask_tune.trainer import prepare_trial, train_trial
 

@@ -135,6 +135,7 @@ def smollm2_folder(monkeypatch, session_cache):
     return session_cache / "models" / "smollm2-135m"
 
 
+@pytest.mark.slow
 def test_smollm2_converts_to_a_float32_folder_that_predicts_english(smollm2_folder):
     model = load_model("smollm2-135m")
     tokenizer = load_tokenizer("smollm2-135m")

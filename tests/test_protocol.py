@@ -21,10 +21,9 @@ from rmask_tune.models import load_model, load_tokenizer
 from rmask_tune.sweep import load_space
 from rmask_tune.trainer import TrialConfig, prepare_trial
 from rmask_tune.trainer.causal import CausalChoice, CausalLM, ChoiceItem
+from paths import DATA, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 PAPER_FILES = ["opt125m", "opt1.3b", "opt13b", "llama2-7b"]
 
 
@@ -62,6 +61,7 @@ ITEMS = [
 
 
 @pytest.mark.parametrize("scoring", ["mean", "sum"])
+@pytest.mark.slow
 def test_classification_loss_is_cross_entropy_over_the_candidates_scores(tiny_llama, scoring):
     model, lm = tiny_llama
     choice = CausalChoice(lm, "classification", scoring)
@@ -94,6 +94,7 @@ def test_mean_scoring_changes_the_prediction_when_candidate_lengths_differ(tiny_
         assert CausalChoice(lm, "lm", "sum").predict(model, [item, item], batch_size=2) == [0, 0]
 
 
+@pytest.mark.slow
 def test_a_trial_trains_copa_as_classification_over_mean_scores():
     config = TrialConfig(
         model="tiny-llama", task="COPA", method="random_masking", ratio=1e-2, objective="classification",
@@ -145,6 +146,7 @@ def test_paper_files_carry_the_papers_protocol(name):
 
 
 @pytest.mark.parametrize("name", PAPER_FILES)
+@pytest.mark.slow
 def test_every_paper_file_passes_dry_run_through_the_cli(name):
     run = subprocess.run(
         [sys.executable, "-m", "rmask_tune.cli", "sweep", str(REPO / "search_spaces" / f"{name}.yaml"), "--dry-run"],
@@ -228,6 +230,7 @@ def test_bad_task_settings_are_one_line_errors_naming_file_and_line(tmp_path, ca
     assert words in err, err
 
 
+@pytest.mark.slow
 def test_task_settings_reach_the_trials_and_their_mlflow_runs(tmp_path):
     """A real sweep (local Ray, MLflow sqlite): CB trains with its own batch, accumulation, dev size and scoring."""
     from rmask_tune.sweep.runner import set_environment

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile import DATA, cli, real_export, snapshot, sweep_yaml, valid_law
+from hostile import cli, real_export, snapshot, sweep_yaml, valid_law
 from test_sweep_ray import local_ray, marked_env  # noqa: F401 - fixtures: a local Ray, a marked environment
+from paths import DATA
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 CLI = [sys.executable, "-m", "rmask_tune.cli"]
 
 
@@ -67,7 +67,7 @@ def test_a_nan_law_gives_no_lr_and_no_invalid_json(law):
     assert done.out == ""
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_lr_from_a_nan_law_leaves_the_sweep_folder_startable(law, tmp_path):
     """Failure 3: the sweep stopped, --resume failed the same way, and a fresh start was refused."""
     data = json.loads(law.read_text())
@@ -85,6 +85,7 @@ def test_lr_from_a_nan_law_leaves_the_sweep_folder_startable(law, tmp_path):
 # ---------------------------------------------------------------- failure 1: a mixed store
 
 
+@pytest.mark.slow
 def test_a_report_over_a_store_mixing_two_sweeps_names_the_mix(tmp_path, monkeypatch):
     """Two sweeps with other dev set sizes in one experiment (as rmask-tune wrote them before the store had an
     owner: the check is switched off to write the second) crashed report with IndexError."""
@@ -144,6 +145,7 @@ def test_the_store_has_one_owner_join_needs_the_same_settings(tmp_path):
 # ---------------------------------------------------------------- failure 4: report --overwrite
 
 
+@pytest.mark.slow
 def test_report_overwrite_replaces_the_folder_as_a_whole(export, tmp_path):
     out = tmp_path / "report"
     assert cli(["report", export, "--out", out, "--bootstrap", "20"]).code == 0
@@ -164,7 +166,7 @@ def test_report_overwrite_replaces_the_folder_as_a_whole(export, tmp_path):
 # ---------------------------------------------------------------- failures 8, 9: train
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_train_refuses_an_unwritable_output_before_training(tmp_path):
     """/proc is read-only even for root: the trial used to train, then fail writing (the work lost)."""
     argv = ["train", "--model", "tiny-llama", "--task", "SST-2", "--ratio", "1e-2", "--data-dir", DATA, "--epochs", "1",
@@ -176,7 +178,8 @@ def test_train_refuses_an_unwritable_output_before_training(tmp_path):
     assert done.one_line_error and "is not a folder" in done.err, done.err
 
 
-@needs_data
+@pytest.mark.needs_data
+@pytest.mark.slow
 def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path):
     command = CLI + ["train", "--model", "tiny-llama", "--task", "SST-2", "--ratio", "1e-2", "--data-dir", str(DATA),
                      "--epochs", "200",
@@ -196,7 +199,8 @@ def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@needs_data
+@pytest.mark.needs_data
+@pytest.mark.slow
 def test_train_warns_when_a_split_is_smaller_than_asked(tmp_path):
     done = cli(["train", "--model", "tiny-llama", "--task", "CB", "--method", "none", "--data-dir", DATA,
                 "--dev-examples", "8", "--eval-examples", "500", "--quiet"])
@@ -216,7 +220,8 @@ def _frozen_sweep(tmp_path: Path, name: str, storage: Path, extra: str = "", dat
     return spec
 
 
-@needs_data
+@pytest.mark.needs_data
+@pytest.mark.slow
 def test_a_sweep_whose_trial_errored_exits_1_and_says_so(local_ray, tmp_path):
     empty = tmp_path / "no-data"
     empty.mkdir()
@@ -231,7 +236,8 @@ def test_a_sweep_whose_trial_errored_exits_1_and_says_so(local_ray, tmp_path):
     assert again.code == 0 and "sweep incomplete: 1 errored of 1 trial(s)" in again.out
 
 
-@needs_data
+@pytest.mark.needs_data
+@pytest.mark.slow
 def test_a_second_sweep_into_an_experiment_is_refused_unless_it_joins_with_the_same_settings(local_ray, tmp_path):
     first = tmp_path / "first"
     done = cli(["sweep", _frozen_sweep(tmp_path, "shared", first)])
@@ -251,7 +257,8 @@ def test_a_second_sweep_into_an_experiment_is_refused_unless_it_joins_with_the_s
     assert "1 re-run trial(s) of an identical configuration" in (tmp_path / "report" / "README.md").read_text()
 
 
-@needs_data
+@pytest.mark.needs_data
+@pytest.mark.slow
 def test_a_killed_driver_takes_its_ray_processes_down(tmp_path, marked_env):
     """Failure 9: after a SIGKILL of the sweep's driver, Ray processes it started stayed alive."""
     from rmask_tune.sweep.reaper import _processes, descendants

@@ -17,6 +17,7 @@ import pytest
 from rmask_tune.cli import main
 from rmask_tune.law import load_law
 from rmask_tune.report import build_report, load_summary
+from paths import DATA
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -140,6 +141,7 @@ def expected_cell(trials, model, task, method, ratio):
     return best, np.mean(tests), np.std(tests, ddof=1)
 
 
+@pytest.mark.slow
 def test_table_cells_are_test_metrics_at_the_best_dev_lr(store):
     uri, _, trials = store
     summary = load_summary(EXPERIMENT, uri, bootstrap=50)
@@ -173,6 +175,7 @@ def test_diverged_trials_without_dev_count_as_the_worst_point(store):
     assert {t.status for t in stopped} == {"stopped"} and all(t.test is None and t.epochs == 1 for t in stopped)
 
 
+@pytest.mark.slow
 def test_fitted_law_recovers_the_known_exponent(report, store):
     law = load_law(report / "law.json")
     assert set(law.models) == {"m-small", "m-big"}
@@ -262,6 +265,7 @@ def test_readme_tables_law_and_compute(report, store):
     assert "1 trial(s) have no wall time yet" in readme
 
 
+@pytest.mark.slow
 def test_versus_compares_a_narrow_sweep_with_the_full_grid(store, tmp_path):
     _, folder, trials = store
     # A "law-guided" sweep of m-small / SST-2: three LRs a quarter-decade apart around the true optimum, one seed.
@@ -329,6 +333,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     assert saturated.mean() > 0.001  # coloured plot lines and markers actually drawn (tables are grey)
 
 
+@pytest.mark.slow
 def test_report_cli_refuses_to_overwrite_without_the_flag(store, tmp_path, capsys):
     uri, folder, _ = store
     out = tmp_path / "r"
@@ -364,6 +369,7 @@ def test_report_cli_errors_are_one_line(store, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_recommend_end_to_end(report, store, capsys):
     law_path = str(report / "law.json")
     # a known (model, task): its own offset, an interval from the fit and the scatter around it
@@ -441,9 +447,10 @@ storage_path: {storage}
 """
 
 
+@pytest.mark.slow
 def test_report_of_a_real_small_sweep(tmp_path):
     """`rmask-tune sweep` on a tiny model and real SST-2, then `rmask-tune report` on its YAML."""
-    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    data = DATA
     if not (data / "glue").is_dir():
         pytest.skip(f"the shared data folder {data} is missing")
     spec = tmp_path / "sweep.yaml"
@@ -483,9 +490,10 @@ def test_report_of_a_real_small_sweep(tmp_path):
     assert (tmp_path / "report" / "index.html").read_text().count("data:image/png;base64,") >= 2
 
 
+@pytest.mark.slow
 def test_recommend_probe_uses_the_calibrated_constant(report, tmp_path, capsys):
     """--probe: lr = c / lambda_max, lambda_max from the Hessian probe on a tiny model and real SST-2."""
-    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    data = DATA
     if not (data / "glue").is_dir():
         pytest.skip(f"the shared data folder {data} is missing")
     law_path = tmp_path / "law.json"

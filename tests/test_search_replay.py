@@ -72,6 +72,7 @@ def rows(export):
     return {row.task: row for row in found}, points
 
 
+@pytest.mark.slow
 def test_the_law_searcher_finds_every_optimum_with_a_fifth_of_the_grid(rows):
     by_task, points = rows
     for task in ("T1", "T2"):
@@ -122,6 +123,7 @@ def test_a_search_may_propose_only_the_grids_lrs(rows):
         cell.answer(cell.grid[2] * 1.5, 0)
 
 
+@pytest.mark.slow
 def test_bench_search_prints_every_searcher_side_by_side(export, capsys):
     assert main(["bench", "search", str(export), "--repeats", "2", "--json"]) == 0
     objects = json.loads(capsys.readouterr().out)

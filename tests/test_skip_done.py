@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweep_ray import DATA, local_ray, mlflow_runs, run_cli, sweep_file  # noqa: F401 (local_ray: a fixture)
+from test_sweep_ray import local_ray, mlflow_runs, run_cli, sweep_file  # noqa: F401 (local_ray: a fixture)
 
 from rmask_tune.cli import main
 from rmask_tune.report import load_summary
@@ -68,6 +68,7 @@ def first_sitting(local_ray, tmp_path_factory) -> Path:
     return export
 
 
+@pytest.mark.slow
 def test_second_sitting_runs_only_the_trials_the_first_did_not_end(first_sitting, tmp_path):
     full = grid_file(tmp_path, FULL_LRS)
     out = run_cli(["sweep", str(full), "--skip-done", str(first_sitting)])

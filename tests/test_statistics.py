@@ -39,6 +39,7 @@ def simulate_cell(curve, rng, seeds=(0, 1, 2), n=200, epochs=2, grid=GRID):
     return records
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_covers_the_true_optimum():
     rng = np.random.default_rng(0)
     truth = -2.2  # between grid points

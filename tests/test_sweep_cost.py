@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from rmask_tune.cli import main
 from rmask_tune.sweep import load_space
 from rmask_tune.sweep.cost import FULL_FT_FACTOR, MODEL_COSTS, STEP_FLOOR_S, TRAIN_SPLIT_SIZES, sweep_cost
+from paths import REPO
 
-SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES = REPO / "search_spaces"
 
 SMALL = """\
 name: small-cost

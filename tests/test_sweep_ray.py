@@ -22,9 +22,9 @@ import pytest
 
 from rmask_tune.cli import main
 from rmask_tune.sweep.runner import set_environment
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 CLI = [sys.executable, "-m", "rmask_tune.cli"]
 
 
@@ -135,6 +135,7 @@ def run_cli(argv: list[str]) -> str:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_grid_sweep_logs_one_run_per_trial_under_one_parent(grid_sweep):
     storage, out = grid_sweep
     client, trials, parent = mlflow_runs(storage, "grid")
@@ -171,6 +172,7 @@ def test_grid_sweep_logs_one_run_per_trial_under_one_parent(grid_sweep):
     assert f"Tune folder: {storage / 'tune'}" in out and f"MLflow store: sqlite:///{storage / 'mlflow.db'}" in out
 
 
+@pytest.mark.slow
 def test_ui_serves_the_sweeps_store(grid_sweep, marked_env):
     storage, _ = grid_sweep
     port = free_port()
@@ -193,6 +195,7 @@ def test_ui_serves_the_sweeps_store(grid_sweep, marked_env):
         ui.kill()
 
 
+@pytest.mark.slow
 def test_optuna_sweep_samples_learning_rates_in_the_methods_range(local_ray, tmp_path):
     path = sweep_file(
         tmp_path,
@@ -215,6 +218,7 @@ def test_optuna_sweep_samples_learning_rates_in_the_methods_range(local_ray, tmp
     assert all(r.data.tags["rmask.status"] == "finished" and "test_metric" in r.data.metrics for r in trials)
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_or_duplicating(local_ray, tmp_path, marked_env):
     path = sweep_file(
         tmp_path,
@@ -256,6 +260,7 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(local_ray, tmp_pa
     assert parent.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_marks_the_cut_trial_and_resume_runs_it_again(local_ray, tmp_path, marked_env):
     path = sweep_file(
         tmp_path,
@@ -348,6 +353,7 @@ def cluster_nodes(address: str, env: dict) -> list[bool]:
     return json.loads(lines[-1][len("NODES ") :])
 
 
+@pytest.mark.slow
 def test_autoscaling_cluster_adds_workers_for_a_sweep(tmp_path, marked_env):
     """What ray.cluster_utils.AutoscalingCluster does, on its own port and temp dir: its start() runs
     `ray stop --force` (every Ray on the machine) and its config template is not in the Ray 2.60 wheel."""
@@ -390,6 +396,7 @@ def test_autoscaling_cluster_adds_workers_for_a_sweep(tmp_path, marked_env):
     assert len(trials) == 3
 
 
+@pytest.mark.slow
 def test_crashing_trial_is_retried_then_logged_as_errored(local_ray, tmp_path):
     path = sweep_file(
         tmp_path,

@@ -15,10 +15,9 @@ import torch
 from rmask_tune.cli import main
 from rmask_tune.errors import RmaskError
 from rmask_tune.sweep import load_space
+from paths import DATA, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 PAPER_RATIOS = [0.1, 0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001, 0.00005, 0.00001]
 TASKS = ["SST-2", "RTE", "CB", "BoolQ", "WSC", "WiC", "MultiRC", "COPA", "ReCoRD", "SQuAD", "DROP"]
 
@@ -219,6 +218,7 @@ def test_lr_points_one_trains_each_pairs_own_recommendation(tmp_path, capsys):
     assert "give --lr-from LAW_JSON too" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_model_cache_gives_trials_the_same_model_and_rng_as_a_fresh_load():
     from rmask_tune.models import load_model
     from rmask_tune.sweep.model_cache import ModelCache
@@ -398,6 +398,7 @@ def test_summary_of_a_sitting_where_no_trial_ended(tmp_path):
     assert f"0 trial(s) cut short and {space.num_trials()} not started" in text and "--resume" in text
 
 
+@pytest.mark.slow
 def test_a_reused_worker_gives_back_what_the_last_trial_freed():
     """Freed small-object heap stays resident until trimmed: release_memory (run before every trial) returns it."""
     from rmask_tune.sweep.trainable import _rss_bytes, release_memory

@@ -14,9 +14,8 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.tasks import TASKS, ChoiceExample, GenerationExample, ImageExample, get_task
 from rmask_tune.tasks import metrics, sources, templates
 from rmask_tune.tasks.data import read_jsonl
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 
 
 def whole_test_split(task: str) -> dict[str, object]:
@@ -87,7 +86,7 @@ BASEBALL = (
 )
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_sst2_prompt():
     ex = whole_test_split("SST-2")["dev-0"]
     assert ex == ChoiceExample(
@@ -99,7 +98,7 @@ def test_sst2_prompt():
     )
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_sst2_train_rows_with_stray_carriage_returns_parse():
     train = get_task("SST-2").load_splits(DATA, train_examples=67349, dev_examples=0, test_examples=0).train
     by_uid = {ex.uid: ex for ex in train}
@@ -108,7 +107,7 @@ def test_sst2_train_rows_with_stray_carriage_returns_parse():
     assert by_uid["train-0"].label == 0
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_rte_prompt():
     ex = whole_test_split("RTE")["val-0"]
     premise = (
@@ -122,7 +121,7 @@ def test_rte_prompt():
     assert whole_test_split("RTE")["val-1"].label == 0  # entailment = Yes
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_cb_prompt():
     ex = whole_test_split("CB")["val-0"]
     assert ex.context == (
@@ -135,7 +134,7 @@ def test_cb_prompt():
     assert whole_test_split("CB")["val-1"].label == 2  # neutral
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_boolq_prompt():
     ex = whole_test_split("BoolQ")["val-0"]
     assert ex.context.startswith("Ethanol fuel -- All biomass goes through at least some of these steps")
@@ -148,7 +147,7 @@ def test_boolq_prompt():
     assert ex.text_pair[0] == "does ethanol take more energy make that produces"
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_wsc_prompt():
     ex = whole_test_split("WSC")["val-0"]
     assert ex.context == (
@@ -161,7 +160,7 @@ def test_wsc_prompt():
     assert whole_test_split("WSC")["val-1"].label == 1
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_wic_prompt():
     ex = whole_test_split("WiC")["val-0"]
     assert ex.context == (
@@ -176,7 +175,7 @@ def test_wic_prompt():
     )
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_multirc_prompt_one_decision_per_answer():
     test = whole_test_split("MultiRC")
     question = "Would the mass of a baseball affect how much force you have to use to pick it up?"
@@ -190,7 +189,7 @@ def test_multirc_prompt_one_decision_per_answer():
     assert len(test) == 4848  # every answer row of val.jsonl
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_copa_prompt():
     test = whole_test_split("COPA")
     ex = test["val-0"]
@@ -203,7 +202,7 @@ def test_copa_prompt():
     assert test["val-5"].candidates == (" I turned his offer down.", " he persuaded me to buy the product.")
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_record_prompt_substitutes_entities_into_the_query():
     ex = whole_test_split("ReCoRD")["val-12705-19617"]
     assert ex.context.startswith("Islamabad, Pakistan (CNN) -- The 24-year-old son of the late Benazir Bhutto")
@@ -221,7 +220,7 @@ def test_record_prompt_substitutes_entities_into_the_query():
     assert ex.is_correct(8) and not ex.is_correct(0)
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_squad_prompt():
     ex = whole_test_split("SQuAD")["dev-0"]
     assert isinstance(ex, GenerationExample)
@@ -233,7 +232,7 @@ def test_squad_prompt():
     assert ex.answers == ("July, August, and September",)
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_hub_shaped_rows_render_like_the_local_files():
     """The hub converters (rows as `datasets` yields them) give the examples the jsonl files give."""
     passages = read_jsonl(DATA / "superglue" / "MultiRC" / "val.jsonl")[:3]
@@ -270,7 +269,7 @@ def test_hub_shaped_rows_render_like_the_local_files():
 # ---------------------------------------------------------------- sampling
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_sampling_sizes_seed_determinism_and_disjointness():
     rte = get_task("RTE")
     a = rte.load_splits(DATA, seed=0)
@@ -289,7 +288,7 @@ def test_sampling_sizes_seed_determinism_and_disjointness():
     assert (len(small.train), len(small.dev), len(small.test)) == (16, 8, 32)
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_smaller_train_split_is_shared_whole_between_train_and_dev():
     cb = get_task("CB").load_splits(DATA, seed=0)
     assert cb.meta["sizes"] == {"train": 166, "dev": 84, "test": 56}
@@ -300,7 +299,7 @@ def test_smaller_train_split_is_shared_whole_between_train_and_dev():
     )
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_boolq_offline_carves_train_dev_test_from_val():
     boolq = get_task("BoolQ").load_splits(DATA, seed=0)
     train, dev, test = set(uids(boolq.train)), set(uids(boolq.dev)), set(uids(boolq.test))
@@ -311,7 +310,7 @@ def test_boolq_offline_carves_train_dev_test_from_val():
     assert boolq.meta["available"] == {"val": 3270}
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_multirc_samples_whole_questions():
     task = get_task("MultiRC")
     splits = task.load_splits(DATA, train_examples=100, dev_examples=50, test_examples=60, seed=0)
@@ -405,7 +404,7 @@ def test_without_data_dir_or_datasets_asks_for_data_dir(monkeypatch):
         get_task("RTE").load_splits(None)
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_tasks_work_without_datasets_installed():
     code = (
         "import sys; sys.modules['datasets'] = None\n"
@@ -420,7 +419,7 @@ def test_tasks_work_without_datasets_installed():
 # ---------------------------------------------------------------- CIFAR-10
 
 
-@needs_data
+@pytest.mark.needs_data
 def test_cifar10_npz():
     task = get_task("CIFAR-10")
     splits = task.load_splits(DATA, seed=0)

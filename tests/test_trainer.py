@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +17,9 @@ from rmask_tune.models import load_model, load_tokenizer
 from rmask_tune.trainer import TrialConfig, prepare_trial, run_trial, train_trial
 from rmask_tune.trainer.causal import CausalChoice, CausalGeneration, CausalLM, ChoiceItem, GenerationItem
 from rmask_tune.trainer.loop import DivergenceMonitor
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 SMALL = dict(data_dir=str(DATA), epochs=2, batch_size=4, train_examples=8, dev_examples=4, test_examples=4, quiet=True)
 
 
@@ -43,6 +42,7 @@ def reference_logprob(model, context, continuation):
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt", "tiny-gpt2"])
+@pytest.mark.slow
 def test_scores_in_a_padded_batch_equal_unpadded_full_logit_scores(name, tokenizer):
     model, lm = causal_lm(name, tokenizer)
     contexts = [tuple(range(10, 40)), (7, 8), tuple(range(300, 312))]
@@ -91,6 +91,7 @@ def test_batched_greedy_generation_equals_one_at_a_time(tokenizer):
     assert together == alone and all(together)
 
 
+@pytest.mark.slow
 def test_choice_run_trains_only_the_mask_and_keeps_the_best_epoch(tmp_path):
     config = TrialConfig(
         model="tiny-llama", task="SST-2", method="random_masking", ratio=1e-3, lr=5e-2, grad_accum=2, **SMALL
@@ -119,6 +120,7 @@ def test_choice_run_trains_only_the_mask_and_keeps_the_best_epoch(tmp_path):
     assert result["optimizer_steps"] == 2  # 2 epochs of 2 batches, accumulated in pairs
 
 
+@pytest.mark.slow
 def test_metrics_json_and_adapter_of_a_run(tmp_path):
     out = tmp_path / "run"
     result = run_trial(dict(model="tiny-llama", task="SST-2", ratio=1e-3, lr=5e-2, **SMALL), output_dir=out)
@@ -163,6 +165,7 @@ def test_existing_output_is_refused_and_overwrite_keeps_foreign_files(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["artifacts_note"] == "zero-shot: nothing was trained"
 
 
+@pytest.mark.slow
 def test_generation_run_on_squad():
     result = run_trial(
         dict(model="tiny-llama", task="SQuAD", ratio=1e-3, lr=1e-2, max_new_tokens=4, **{**SMALL, "epochs": 1})
@@ -171,6 +174,7 @@ def test_generation_run_on_squad():
     assert 0 <= result["test_metric"] <= 1 and result["epochs"][0]["train_loss"] > 0
 
 
+@pytest.mark.slow
 def test_encoder_run_trains_the_classification_head_next_to_the_mask(tmp_path):
     result = run_trial(dict(model="tiny-bert", task="RTE", ratio=1e-2, lr=1e-2, **SMALL), output_dir=tmp_path / "o")
     hidden = 256
@@ -189,6 +193,7 @@ def test_image_run_masks_the_mlp_layers():
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora"])
+@pytest.mark.slow
 def test_peft_methods_run_and_save_their_adapter(method, tmp_path):
     result = run_trial(dict(model="tiny-opt", task="SST-2", method=method, lr=1e-3, **SMALL), output_dir=tmp_path)
     assert result["artifacts"] == ["adapter"] and (tmp_path / "adapter" / "adapter_config.json").is_file()
@@ -209,6 +214,7 @@ def test_divergence_in_the_first_epoch_is_a_result_without_a_test_metric(tmp_pat
     assert saved["status"] == "diverged" and saved["artifacts"] == []
 
 
+@pytest.mark.slow
 def test_divergence_after_good_epochs_keeps_their_metrics_and_tests_the_best():
     # One step per epoch, and warmup: the learning rate is 0, then 5e5, then 1e6; the loss explodes in epoch 3.
     records = []
@@ -242,6 +248,7 @@ def test_config_rejects_unknown_keys_and_reads_numbers_from_strings():
         prepare_trial(dict(model="tiny-llama", task="SST-2", method="lora", ratio=1e-3, **SMALL))
 
 
+@pytest.mark.slow
 def test_cli_train_end_to_end(tmp_path):
     out = tmp_path / "run"
     command = [

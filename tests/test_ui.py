@@ -164,6 +164,7 @@ def _page_text(url: str, tmp_path: Path) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
 
 
+@pytest.mark.slow
 def test_the_printed_link_opens_the_trial_runs_with_their_columns(ui, store, tmp_path):
     _, port, links = ui
     _, tracker = store

@@ -4,7 +4,6 @@ image tower's MLPs, step-based training with a cosine schedule, the image datase
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +18,9 @@ from rmask_tune.tasks import get_task
 from rmask_tune.tasks.images import CIFAR10_CLASSES
 from rmask_tune.trainer import TrialConfig, prepare_trial, run_trial, train_trial
 from rmask_tune.trainer.classifiers import TEXT_SIDE, ImagePreprocessing
+from paths import DATA, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+pytestmark = pytest.mark.needs_data
 SMALL = dict(
     model="tiny-clip", task="CIFAR-10", data_dir=str(DATA), batch_size=8, train_examples=32, dev_examples=16,
     test_examples=16, quiet=True,
@@ -122,6 +120,7 @@ def expected_cosine_lr(lr: float, step: int, warmup: int, total: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
+@pytest.mark.slow
 def test_step_based_training_runs_max_steps_under_the_cosine_warmup_schedule():
     # 8 training examples in batches of 4 are 2 batches a pass: 6 steps cycle the (reshuffled) data 3 times.
     config = dict(SMALL, train_examples=8, batch_size=4, ratio=0.01, lr=1e-2, max_steps=6, epochs=6)
