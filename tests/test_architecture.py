@@ -52,7 +52,7 @@ GRAPH = {name: imported(name, path) for name, path in MODULES.items()}
 
 
 def unit(module: str) -> str:
-    """The layer unit of a module: ``rmask_tune.sweep.space`` -> ``sweep``; the package itself -> ``__init__``."""
+    """The layer unit of a module: ``rmask_tune.sweep.plan`` -> ``sweep``; the package itself -> ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
@@ -104,8 +104,8 @@ def test_the_checker_sees_an_upward_import_and_a_cycle(tmp_path):
     """The rules are not vacuous: a function-level import from masking up to sweep is read as an import of
     a higher layer, and two modules that import each other through a third are a cycle."""
     module = tmp_path / "module.py"
-    module.write_text("def f():\n    from rmask_tune.sweep import space\n")
-    assert imported("rmask_tune.masking.layer", module) == {"rmask_tune.sweep.space"}
-    assert LEVEL[unit("rmask_tune.masking.layer")] < LEVEL[unit("rmask_tune.sweep.space")]
+    module.write_text("def f():\n    from rmask_tune.sweep import plan\n")
+    assert imported("rmask_tune.masking.layer", module) == {"rmask_tune.sweep.plan"}
+    assert LEVEL[unit("rmask_tune.masking.layer")] < LEVEL[unit("rmask_tune.sweep.plan")]
     assert cycle_from({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle_from({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}}) is None

@@ -59,7 +59,7 @@ def _law_search(space, prior: str | None) -> None:
     """``--prior``: a law search from ``prior`` (the file's search must be grid or law; its grids are the space).
     A law search's prior is read now: a missing or malformed law.json is an error before Ray starts."""
     from rmask_tune.law import load_law
-    from rmask_tune.sweep.space import LawGuidedSearch, OptunaSearch
+    from rmask_tune.sweep.schema import LawGuidedSearch, OptunaSearch
 
     if prior is not None:
         if isinstance(space.file.search, OptunaSearch):
@@ -92,7 +92,7 @@ def _law(path: str, space):
 
 def _print_plan(space) -> None:
     """What the sweep would run: its trial count, each task's own settings and each cell's learning rates."""
-    from rmask_tune.sweep.space import cell_key
+    from rmask_tune.sweep.plan import cell_key
 
     most = "at most " if space.file.search.type == "law" else ""  # the law searcher runs what it needs
     print(f"{space.name}: {most}{space.num_trials()} trials ({space.file.search.type} search, {space.file.scheduler.type} scheduler, "
@@ -116,7 +116,7 @@ def _print_plan(space) -> None:
 def _print_cost(space) -> None:
     """The sweep's size and its GPU-hours at the per-step costs stated in rmask_tune/sweep/cost.py."""
     from rmask_tune.sweep.cost import MODEL_COSTS, REFERENCE_BATCH, REFERENCE_TOKENS, sweep_cost
-    from rmask_tune.sweep.space import AshaScheduler
+    from rmask_tune.sweep.schema import AshaScheduler
 
     cost = sweep_cost(space)
     priced = [m for m in space.file.models if m in MODEL_COSTS]

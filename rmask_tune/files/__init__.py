@@ -1,5 +1,5 @@
 """The files rmask-tune reads back, one schema each (law.json, sweep exports, sweep.json; the sweep file's own
-lives in ``rmask_tune.sweep.space``), and how they are written (``atomic``).
+lives in ``rmask_tune.sweep.schema``), and how they are written (``atomic``).
 
 ``validated`` turns the first problem pydantic finds into one line that names the file and the field. The
 number types reject NaN and infinities (JSON as Python writes it allows them) and text where a number belongs.

@@ -6,6 +6,7 @@ when a sweep runs, so validating a file needs neither.
 """
 
 from rmask_tune.sweep.runner import run_sweep
-from rmask_tune.sweep.space import SweepSpace, load_space
+from rmask_tune.sweep.plan import SweepSpace
+from rmask_tune.sweep.validate import load_space
 
 __all__ = ["SweepSpace", "load_space", "run_sweep"]

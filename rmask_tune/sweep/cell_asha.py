@@ -3,7 +3,7 @@
 Ray's ASHA ranks every trial of a sweep against every other one. In a sweep over tasks and mask ratios
 that compares an RTE accuracy with an SST-2 accuracy, and stops a sparse mask's best LR because a
 denser mask scored higher: neither says anything about which LR is worse. Here each cell (model x task
-x method x ratio, see :func:`rmask_tune.sweep.space.cell_key`) gets its own bracket, so ASHA only ever
+x method x ratio, see :func:`rmask_tune.sweep.plan.cell_key`) gets its own bracket, so ASHA only ever
 asks "is this LR worse than the other LRs tried for the same question?".
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
 
-from rmask_tune.sweep.space import cell_key
+from rmask_tune.sweep.plan import cell_key
 
 
 class _TolerantBracket(_Bracket):

@@ -116,7 +116,8 @@ def trial_seconds(config: TrialConfig, cost: ModelCost) -> float:
 
 def sweep_cost(space) -> SweepCost:
     """Trials, optimizer steps and GPU-hours of a SweepSpace; models without a cost are named, not priced."""
-    from rmask_tune.sweep.space import OptunaSearch, trial_point
+    from rmask_tune.sweep.plan import trial_point
+    from rmask_tune.sweep.schema import OptunaSearch
 
     if isinstance(space.file.search, OptunaSearch):  # the cost does not depend on the sampled LR
         points = [trial_point(cell, None, seed) for _, cell, seed in space.optuna_schedule()]

@@ -18,7 +18,8 @@ from dataclasses import MISSING, fields
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.runstore.reader import TERMINAL, comparable, configuration_key, load_records, resolve_source, trial_of
-from rmask_tune.sweep.space import OptunaSearch, SweepSpace
+from rmask_tune.sweep.plan import SweepSpace
+from rmask_tune.sweep.schema import OptunaSearch
 
 
 def done_trials(space: SweepSpace, sources: list[str]) -> list[tuple[dict, float | None]]:

@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 
 from rmask_tune.law import load_law
 from rmask_tune.law_search import CellId, LawSearch, SearchPrior, SearchSettings
-from rmask_tune.sweep.space import METRIC, MODE, Cell, SweepSpace, trial_point
+from rmask_tune.sweep.plan import METRIC, MODE, Cell, SweepSpace, trial_point
 
 
 def law_prior(path: str | None) -> SearchPrior | None:

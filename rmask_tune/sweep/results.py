@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from rmask_tune.sweep.space import SweepSpace
+from rmask_tune.sweep.plan import SweepSpace
 
 
 def trial_status(result: dict | None, errored: bool) -> str:

@@ -28,7 +28,7 @@ from rmask_tune.files.atomic import write_atomic
 from rmask_tune.files.sweep_state import STATE_FORMAT, SweepStateFile
 from rmask_tune.sweep.reaper import Reaper
 from rmask_tune.sweep.results import SweepOutcome, print_summary, summary_rows, timing
-from rmask_tune.sweep.space import SweepSpace
+from rmask_tune.sweep.plan import SweepSpace
 
 # The embedded local Ray: Tune keeps only small configs and results in the object store.
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
@@ -244,7 +244,7 @@ def _tuner(space: SweepSpace, tracker, state: SweepState, resume: bool):
 
     from rmask_tune.sweep.callbacks import MlflowCallback, ProgressCallback
     from rmask_tune.sweep.search import trial_dirname, tune_scheduler, tune_search
-    from rmask_tune.sweep.space import METRIC, MODE
+    from rmask_tune.sweep.plan import METRIC, MODE
     from rmask_tune.sweep.trainable import run_tune_trial
 
     resources = space.file.resources

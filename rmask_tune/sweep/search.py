@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rmask_tune.sweep.space import AshaScheduler, LawGuidedSearch, OptunaSearch, SweepSpace, trial_point
+from rmask_tune.sweep.plan import SweepSpace, trial_point
+
+from rmask_tune.sweep.schema import AshaScheduler, LawGuidedSearch, OptunaSearch
 
 METRIC, MODE = "dev_metric", "max"
 
