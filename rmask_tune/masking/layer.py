@@ -57,8 +57,8 @@ _plain_autograd = False
 
 @contextlib.contextmanager
 def plain_autograd():
-    """Within the block masked layers differentiate through ordinary torch ops instead of their sparse
-    autograd Function: slower and dense, but twice differentiable (exact Hessian-vector products)."""
+    """Within the block masked layers differentiate through ordinary torch ops on the dense path instead of
+    their autograd Function: slower, but twice differentiable (exact Hessian-vector products)."""
     global _plain_autograd
     saved, _plain_autograd = _plain_autograd, True
     try:
@@ -239,7 +239,9 @@ class RandomMaskingLinear(nn.Module):
         x = x.to(dtype)
         sparse = self.uses_sparse_path(x.numel() // x.shape[-1], dtype)
         with torch.autocast(x.device.type, enabled=False), _stage("rmask.forward"):
-            if _plain_autograd or not torch.is_grad_enabled():
+            if _plain_autograd:
+                return dense_linear(x, self.rmask_values, bias, self, dtype)
+            if not torch.is_grad_enabled():
                 return (sparse_linear if sparse else dense_linear)(x, self.rmask_values, bias, self, dtype)
             return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype, sparse)
 
