@@ -1,10 +1,16 @@
-"""Training-step benchmark: every method side by side in one run, as ratios to the frozen floor."""
+"""Training-step benchmark: every method side by side in one run, as ratios to the frozen floor.
+
+Methods are interleaved round by round (each round times one step of every method back to back, in an
+order that rotates from round to round), so machine noise hits all alike; each ratio is taken within a
+round and summarised over the rounds by its median and quartiles.
+"""
 
 from __future__ import annotations
 
 import copy
 import statistics
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -16,15 +22,22 @@ from rmask_tune.methods import prepare_method
 from rmask_tune.precision import POLICIES, PrecisionPolicy, resolve_precision
 
 RM_RATIOS = (1e-2, 1e-3, 1e-4, 1e-5)
+BENCH_METHODS = ("floor", "random_masking", "structured_masking", "lora", "shira", "full", "dense_mask")
 
 
-def bench_cases(ratio_for_structured: float = 1e-2) -> list[tuple[str, dict]]:
-    """(method, options) pairs benchmarked against the frozen floor."""
+def bench_cases(
+    ratios: tuple[float, ...] = RM_RATIOS, paths: tuple[str, ...] = ("auto",), methods: tuple[str, ...] = BENCH_METHODS
+) -> list[tuple[str, dict]]:
+    """(method, options) pairs benchmarked against the frozen floor (always first): Random Masking at
+    each of ``ratios`` on each of ``paths``, then the other ``methods``."""
+    unknown = sorted(set(methods) - set(BENCH_METHODS))
+    if unknown:
+        raise RmaskError(f"unknown bench method '{unknown[0]}'; choose from {', '.join(BENCH_METHODS)}")
     cases = [("floor", {})]
-    cases += [("random_masking", {"ratio": r}) for r in RM_RATIOS]
-    cases += [("structured_masking", {"ratio": ratio_for_structured}), ("lora", {}), ("shira", {}), ("full", {})]
-    cases += [("dense_mask", {"ratio": 1e-3})]
-    return cases
+    if "random_masking" in methods:
+        cases += [("random_masking", {"ratio": r, "path": p}) for r in ratios for p in paths]
+    others = {"structured_masking": {"ratio": 1e-2}, "lora": {}, "shira": {}, "full": {}, "dense_mask": {"ratio": 1e-3}}
+    return cases + [(m, options) for m, options in others.items() if m in methods]
 
 
 def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
@@ -154,60 +167,162 @@ class _Case:
         self.times.append(time.perf_counter() - start)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Median and quartiles of a per-round ratio."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        if len(values) < 2:
+            return cls(values[0], values[0], values[0])
+        low, median, high = statistics.quantiles(values, n=4, method="inclusive")
+        return cls(median, low, high)
+
+
+@dataclass
+class BenchRow:
+    """One method's step: median time over the rounds, per-round ratios to the floor (and to LoRA when it
+    ran), trainable state and peak memory."""
+
+    method: str
+    ratio: float | None
+    path: str | None
+    trainable_params: int
+    step_time_s: float
+    vs_floor: float
+    vs_floor_spread: Spread
+    vs_lora: Spread | None
+    trainable_state_bytes: int
+    peak_mem_bytes: int
+
+
+@dataclass
+class SkippedCase:
+    """A method that refused the model, with its reason."""
+
+    method: str
+    ratio: float | None
+    skipped: str
+
+
+@dataclass
+class BenchResult:
+    """The interleaved benchmark of one model."""
+
+    rounds: int
+    rows: list[BenchRow]
+    skipped: list[SkippedCase]
+    profiles: list  # StageProfile (rmask_tune.bench_profile) of each Random Masking case, when asked for
+
+    def row(self, method: str, ratio: float | None = None, path: str | None = None) -> BenchRow:
+        """The row of ``method`` (at ``ratio`` and ``path`` for masking methods)."""
+        for r in self.rows:
+            if r.method == method and r.ratio == ratio and (path is None or r.path == path):
+                return r
+        raise KeyError((method, ratio, path))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _round_ratios(case: _Case, reference: _Case) -> list[float]:
+    return [t / r for t, r in zip(case.times, reference.times)]
+
+
+def make_cases(
+    base: nn.Module, cases: list[tuple[str, dict]], batch: dict, policy: PrecisionPolicy
+) -> tuple[list[_Case], list[SkippedCase]]:
+    """Each (method, options) set up on its own copy of ``base``; a method that refuses the model is skipped."""
+    made, skipped = [], []
+    for method, options in cases:
+        try:
+            made.append(_Case(method, options, base, batch, policy))
+        except RmaskError as error:
+            skipped.append(SkippedCase(method, options.get("ratio"), str(error)))
+    return made, skipped
+
+
 def run_bench(
-    base: nn.Module, batch_size: int = 8, seq_len: int = 64, rounds: int = 5, steps: int = 3, precision: str = "fp32"
-) -> list[dict]:
-    """Time one training step per method, interleaving methods in rounds so machine noise hits all alike.
+    base: nn.Module,
+    batch_size: int = 8,
+    seq_len: int = 64,
+    rounds: int = 15,
+    precision: str = "fp32",
+    cases: list[tuple[str, dict]] | None = None,
+    profile_steps: int = 0,
+) -> BenchResult:
+    """Time one training step (forward, backward, AdamW step) per method, interleaved round by round.
 
     ``base`` is a model with a loss: a causal LM, a sequence classifier or an image classifier (see
-    ``bench_batch``); ``seq_len`` is unused for image models. Each method's copy is cast by the
-    ``precision`` policy and steps under its autocast. A method that refuses the model gets a
-    row with the reason under ``skipped`` instead of measurements.
+    ``bench_batch``); ``seq_len`` is unused for image models. ``cases`` defaults to ``bench_cases()``.
+    Each method's copy is cast by the ``precision`` policy and steps under its autocast. Every round
+    steps each method once, starting one method later than the round before; ``vs_floor`` and
+    ``vs_lora`` are the per-round ratios' median and quartiles. ``profile_steps`` > 0 also profiles that
+    many steps of each Random Masking case by stage (``rmask_tune.bench_profile``).
     """
+    if rounds < 1:
+        raise RmaskError(f"rounds must be at least 1, got {rounds}")
     batch = bench_batch(base, batch_size, seq_len)
     policy = resolve_precision(precision, next(base.parameters()).device.type)
-    cases, skipped = [], []
-    for method, options in bench_cases():
-        try:
-            cases.append(_Case(method, options, base, batch, policy))
-        except RmaskError as error:
-            skipped.append({"method": method, "ratio": options.get("ratio"), "skipped": str(error)})
+    made, skipped = make_cases(base, cases or bench_cases(), batch, policy)
     peak = {}
-    for case in cases:  # warm-up (also creates optimizer state), then one step measured for memory
+    for case in made:  # warm-up (also creates optimizer state), then one step measured for memory
         case.step()
         peak[case] = case.measure_memory()
         case.times.clear()
-    for _ in range(rounds):
-        for case in cases:
-            for _ in range(steps):
-                case.step()
-    floor = statistics.median(cases[0].times)
+    for r in range(rounds):
+        for i in range(len(made)):
+            made[(i + r) % len(made)].step()
+    floor = made[0]
+    lora = next((case for case in made if case.method == "lora"), None)
     rows = []
-    for case in cases:
-        t = statistics.median(case.times)
-        rows.append({
-            "method": case.method,
-            "ratio": case.options.get("ratio"),
-            "trainable_params": case.trainable,
-            "step_time_s": t,
-            "trainable_state_bytes": _state_bytes(case.model, case.optimizer),
-            "peak_mem_bytes": peak[case],
-            "vs_floor": t / floor,
-        })
-    return rows + skipped
+    for case in made:
+        vs_floor = Spread.of(_round_ratios(case, floor))
+        rows.append(BenchRow(
+            method=case.method,
+            ratio=case.options.get("ratio"),
+            path=case.options.get("path"),
+            trainable_params=case.trainable,
+            step_time_s=statistics.median(case.times),
+            vs_floor=vs_floor.median,
+            vs_floor_spread=vs_floor,
+            vs_lora=Spread.of(_round_ratios(case, lora)) if lora else None,
+            trainable_state_bytes=_state_bytes(case.model, case.optimizer),
+            peak_mem_bytes=peak[case],
+        ))
+    profiles = []
+    if profile_steps > 0:
+        from rmask_tune.bench_profile import profile_case
+
+        profiles = [profile_case(case, profile_steps) for case in made if case.method == "random_masking"]
+    return BenchResult(rounds, rows, skipped, profiles)
 
 
-def format_table(rows: list[dict]) -> str:
-    """A plain-text table of benchmark rows."""
-    lines = [f"{'method':<20}{'ratio':>10}{'trainable':>12}{'step ms':>10}{'x floor':>9}{'state MiB':>11}"
-             f"{'peak MiB':>10}"]
-    for r in rows:
-        ratio = f"{r['ratio']:.0e}" if r["ratio"] else "-"
-        if "skipped" in r:
-            lines.append(f"{r['method']:<20}{ratio:>10}  skipped: {r['skipped']}")
-            continue
+def _spread_text(spread: Spread | None) -> str:
+    return "-" if spread is None else f"{spread.median:.3f} ({spread.low:.3f}-{spread.high:.3f})"
+
+
+def format_table(result: BenchResult) -> str:
+    """A plain-text table of the benchmark: ratios as median (quartiles) over the rounds."""
+    lines = [f"{result.rounds} interleaved rounds; ratios: median (quartiles) over the rounds",
+             f"{'method':<20}{'ratio':>7}{'path':>7}{'trainable':>11}{'step ms':>9}{'x floor':>22}"
+             f"{'x LoRA':>22}{'state MiB':>10}{'peak MiB':>9}"]  # fmt: skip
+    for r in result.rows:
+        ratio = f"{r.ratio:.0e}" if r.ratio else "-"
         lines.append(
-            f"{r['method']:<20}{ratio:>10}{r['trainable_params']:>12}{r['step_time_s'] * 1e3:>10.1f}"
-            f"{r['vs_floor']:>9.2f}{r['trainable_state_bytes'] / 2**20:>11.2f}{r['peak_mem_bytes'] / 2**20:>10.1f}"
+            f"{r.method:<20}{ratio:>7}{r.path or '-':>7}{r.trainable_params:>11}{r.step_time_s * 1e3:>9.1f}"
+            f"{_spread_text(r.vs_floor_spread):>22}{_spread_text(r.vs_lora):>22}"
+            f"{r.trainable_state_bytes / 2**20:>10.2f}{r.peak_mem_bytes / 2**20:>9.1f}"
         )
+    for s in result.skipped:
+        ratio = f"{s.ratio:.0e}" if s.ratio else "-"
+        lines.append(f"{s.method:<20}{ratio:>7}  skipped: {s.skipped}")
+    if result.profiles:
+        from rmask_tune.bench_profile import format_profiles
+
+        lines += ["", format_profiles(result.profiles)]
     return "\n".join(lines)

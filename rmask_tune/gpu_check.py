@@ -1,5 +1,8 @@
 """The GPU check: the step benchmark and one short real trial per method under mixed precision, one table.
 
+The benchmark times Random Masking on each path (dense, sparse and the cost model's auto choice), so a
+GPU shows where its own crossover lies (see docs/speed.md).
+
 Needs only torch, transformers, accelerate and peft (no ray, mlflow or datasets), so it runs on a bare
 GPU machine. Default: SmolLM2-135M in bf16 on CUDA, SST-2 from ``--data-dir``. ``--small`` is the CPU
 configuration CI runs (tiny-llama, a few examples). On a machine without SmolLM2's weights, pass
@@ -16,10 +19,14 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from rmask_tune.errors import RmaskError
+
+if TYPE_CHECKING:
+    from rmask_tune.bench import BenchResult
 
 # (method, options) of the short trials: every method of the benchmark that trains, and the frozen model.
 TRIAL_CASES = (
@@ -34,7 +41,7 @@ TRIAL_CASES = (
 TRIAL_LR = {"random_masking": {1e-2: 3e-3, 1e-3: 3e-2, 1e-4: 1e-1, 1e-5: 1.0}, "structured_masking": 3e-3,
             "lora": 1e-3, "shira": 1e-3, "full": 3e-5, "none": 1e-3}  # fmt: skip
 SIZES = {
-    "full": dict(model="smollm2-135m", batch_size=8, seq_len=128, rounds=5, train=256, dev=100, test=200, epochs=1),
+    "full": dict(model="smollm2-135m", batch_size=8, seq_len=128, rounds=15, train=256, dev=100, test=200, epochs=1),
     "small": dict(model="tiny-llama", batch_size=4, seq_len=32, rounds=2, train=16, dev=8, test=8, epochs=1),
 }
 
@@ -74,22 +81,30 @@ def run_trials(model: str, device: str, precision: str, data_dir: str | None, si
     return rows
 
 
-def format_check(bench: list[dict], trials: list[dict]) -> str:
-    """One table: the benchmark's columns, then each method's trial (status, dev and test accuracy)."""
+def check_cases() -> list[tuple[str, dict]]:
+    """The benchmark's cases, Random Masking on each path."""
+    from rmask_tune.bench import bench_cases
+
+    return bench_cases(paths=("dense", "sparse", "auto"))
+
+
+def format_check(bench: BenchResult, trials: list[dict]) -> str:
+    """One table: the benchmark's columns, then each method's trial (status, dev and test accuracy); a
+    Random Masking trial runs the auto path and is shown on that row."""
     by_case = {(t["method"], t["ratio"]): t for t in trials}
     by_case[("floor", None)] = by_case.pop(("none", None), {})
-    head = (f"{'method':<20}{'ratio':>8}{'trainable':>11}{'step ms':>9}{'x floor':>8}{'state MiB':>10}{'peak MiB':>9}"
-            f"  {'trial':<9}{'dev':>6}{'test':>6}{'step ms':>9}")  # fmt: skip
+    head = (f"{'method':<20}{'ratio':>8}{'path':>7}{'trainable':>11}{'step ms':>9}{'x floor':>8}{'x LoRA':>8}"
+            f"{'state MiB':>10}{'peak MiB':>9}  {'trial':<9}{'dev':>6}{'test':>6}{'step ms':>9}")  # fmt: skip
     lines = [head]
-    for row in bench:
-        ratio = f"{row['ratio']:.0e}" if row.get("ratio") else "-"
-        if "skipped" in row:
-            lines.append(f"{row['method']:<20}{ratio:>8}  skipped: {row['skipped']}")
-            continue
-        text = (f"{row['method']:<20}{ratio:>8}{row['trainable_params']:>11}{row['step_time_s'] * 1e3:>9.1f}"
-                f"{row['vs_floor']:>8.2f}{row['trainable_state_bytes'] / 2**20:>10.2f}"
-                f"{row['peak_mem_bytes'] / 2**20:>9.1f}")  # fmt: skip
-        trial = by_case.get((row["method"], row.get("ratio")))
+    for skip in bench.skipped:
+        lines.append(f"{skip.method:<20}{f'{skip.ratio:.0e}' if skip.ratio else '-':>8}  skipped: {skip.skipped}")
+    for row in bench.rows:
+        ratio = f"{row.ratio:.0e}" if row.ratio else "-"
+        vs_lora = f"{row.vs_lora.median:>8.2f}" if row.vs_lora else f"{'-':>8}"
+        text = (f"{row.method:<20}{ratio:>8}{row.path or '-':>7}{row.trainable_params:>11}{row.step_time_s * 1e3:>9.1f}"
+                f"{row.vs_floor:>8.2f}{vs_lora}{row.trainable_state_bytes / 2**20:>10.2f}"
+                f"{row.peak_mem_bytes / 2**20:>9.1f}")  # fmt: skip
+        trial = by_case.get((row.method, row.ratio)) if row.path in (None, "auto") else None
         if trial and "error" in trial:
             text += f"  error: {trial['error'][:120]}"
         elif trial:
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
               f" precision {args.precision}, torch {torch.__version__}", file=sys.stderr)  # fmt: skip
         base = load_model(model_name, device=device)
         bench = run_bench(base, batch_size=size["batch_size"], seq_len=size["seq_len"], rounds=size["rounds"],
-                          precision=args.precision)  # fmt: skip
+                          precision=args.precision, cases=check_cases())  # fmt: skip
         del base
         trials = run_trials(model_name, args.device, args.precision, args.data_dir, size)
     except RmaskError as error:
@@ -128,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_check(bench, trials))
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"model": model_name, "device": args.device, "precision": args.precision, "bench": bench,
-                       "trials": trials}, out, indent=1)  # fmt: skip
+            json.dump({"model": model_name, "device": args.device, "precision": args.precision,
+                       "bench": bench.to_dict(), "trials": trials}, out, indent=1)  # fmt: skip
     failed = [t for t in trials if "error" in t or t["status"] != "finished"]
     return 1 if failed else 0
 

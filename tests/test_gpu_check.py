@@ -20,9 +20,12 @@ def test_gpu_check_runs_on_cpu_in_bf16_and_every_method_trains(tmp_path, capsys,
     table = capsys.readouterr().out.splitlines()
     report = json.loads(out.read_text())
     assert report["precision"] == "bf16"
-    methods = [row["method"] for row in report["bench"]]
-    assert methods == ["floor"] + ["random_masking"] * 4 + ["structured_masking", "lora", "shira", "full", "dense_mask"]
-    assert all(row["step_time_s"] > 0 and row["peak_mem_bytes"] > 0 for row in report["bench"])
+    rows = report["bench"]["rows"]
+    methods = [row["method"] for row in rows]
+    assert methods == ["floor"] + ["random_masking"] * 12 + ["structured_masking", "lora", "shira", "full", "dense_mask"]
+    paths = [(row["ratio"], row["path"]) for row in rows if row["method"] == "random_masking"]
+    assert paths == [(r, p) for r in (1e-2, 1e-3, 1e-4, 1e-5) for p in ("dense", "sparse", "auto")]  # each path timed
+    assert all(row["step_time_s"] > 0 and row["peak_mem_bytes"] > 0 for row in rows)
     assert len(report["trials"]) == len(TRIAL_CASES)
     assert all(trial["status"] == "finished" for trial in report["trials"]), report["trials"]
-    assert len(table) == 1 + len(report["bench"]) and sum("finished" in line for line in table) == len(TRIAL_CASES)
+    assert len(table) == 1 + len(rows) and sum("finished" in line for line in table) == len(TRIAL_CASES)

@@ -44,13 +44,17 @@ def test_count_on_real_minilm():
         assert all(t.endswith(("query", "value")) for t in info.targets)
 
 
+PATHS = pytest.mark.parametrize("path", ["dense", "sparse"])
+
+
+@PATHS
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(name):
+def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(name, path):
     from rmask_tune.masking.layer import effective_weight
 
     model = tiny_model(name)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    apply_random_masking(model, ratio=1e-3, seed=3)
+    apply_random_masking(model, ratio=1e-3, seed=3, path=path)
     batch = lm_batch(model)
     with torch.no_grad():
         reference = tiny_model(name)(**batch).logits
@@ -77,13 +81,14 @@ def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(n
         assert layer.rmask_values.abs().sum() > 0
 
 
+@PATHS
 @pytest.mark.parametrize("structure", ["random", "head"])
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-gpt2"])
 @pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # gather, sampled CSR and dense kernels
-def test_value_gradients_equal_a_dense_masked_reference(name, density, structure):
+def test_value_gradients_equal_a_dense_masked_reference(name, density, structure, path):
     model = tiny_model(name)
     reference = tiny_model(name)
-    apply_random_masking(model, density=density, seed=5, structure=structure)
+    apply_random_masking(model, density=density, seed=5, structure=structure, path=path)
     batch = lm_batch(model, batch=8, seq=32)  # 256 rows: the 5% case takes the sampled CSR path
     model(**batch).loss.backward()
     ref_params = dict(reference.named_parameters())
@@ -286,12 +291,15 @@ def test_bad_requests_are_clear_errors(kwargs, message):
         apply_random_masking(tiny_model("tiny-llama"), **kwargs)
 
 
+@PATHS
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-def test_merge_gives_a_plain_model_that_saves_and_reloads(name, tmp_path):
+def test_merge_gives_a_plain_model_that_saves_and_reloads(name, tmp_path, path):
+    """The dense path computes with the merged weight itself (bit-identical outputs); the sparse path adds
+    ``x delta^T`` to ``x W0^T``, equal up to fp32 rounding."""
     import transformers
 
     model = tiny_model(name)
-    apply_random_masking(model, ratio=1e-3, targets="all-linear")
+    apply_random_masking(model, ratio=1e-3, targets="all-linear", path=path)
     with torch.no_grad():
         for layer in masked_layers(model).values():
             layer.rmask_values.add_(0.5)
@@ -302,7 +310,10 @@ def test_merge_gives_a_plain_model_that_saves_and_reloads(name, tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     with torch.no_grad():
-        assert torch.equal(reloaded(**batch).logits, trained)
+        merged = reloaded(**batch).logits
+    if path == "dense":
+        assert torch.equal(merged, trained)
+    torch.testing.assert_close(merged, trained, rtol=1e-5, atol=1e-5)
     restored = tiny_model(name)
     apply_random_masking(restored, ratio=1e-3)
     remove_random_masking(restored, merge=False)
@@ -339,6 +350,24 @@ def test_adapter_round_trip_size_and_mismatch_refusal(name, structure, tmp_path)
         load_adapter(tiny_model(name, seed=1), path)
     with pytest.raises(RmaskError, match="different base model"):
         load_adapter(tiny_model("tiny-opt"), path)
+
+
+def test_auto_path_follows_the_cost_model_and_the_choice_is_recorded():
+    from rmask_tune.masking.layer import SPARSE_CROSSOVER
+
+    model = tiny_model("tiny-llama")
+    info = apply_random_masking(model, ratio=1e-4, seed=0)
+    assert info.path == "auto" and info.to_dict()["path"] == "auto"  # recorded with the method's metrics
+    layer = next(iter(masked_layers(model).values()))
+    few, many = int(0.5 * SPARSE_CROSSOVER / layer.rmask_density), int(2 * SPARSE_CROSSOVER / layer.rmask_density) + 1
+    assert layer.uses_sparse_path(few, torch.float32) and not layer.uses_sparse_path(many, torch.float32)
+    # a cast to the compute dtype copies the weight anyway: adding the delta to that copy is nearly free
+    assert not layer.uses_sparse_path(few, torch.bfloat16)
+    forced = tiny_model("tiny-llama")
+    apply_random_masking(forced, ratio=1e-4, seed=0, path="dense")
+    assert not any(l.uses_sparse_path(1, torch.float32) for l in masked_layers(forced).values())
+    with pytest.raises(RmaskError, match="unknown path 'fast'"):
+        apply_random_masking(tiny_model("tiny-llama"), ratio=1e-4, path="fast")
 
 
 def test_bf16_model_trains_fp32_values_on_cpu():

@@ -30,6 +30,7 @@ OPTIMIZERS = {
     "adamw-8bit": lambda params: bnb.optim.AdamW8bit(params, lr=1e-2),
 }
 CASES = [("tiny-llama", opt) for opt in OPTIMIZERS] + [("tiny-gpt2", "adamw-fused")]  # gpt2: Conv1D, fused c_attn
+PATHS = pytest.mark.parametrize("path", ["dense", "sparse"])  # how the layers apply the delta; both hold all of this
 
 
 def lm_batch(model, batch=2, seq=16, seed=0):
@@ -38,9 +39,10 @@ def lm_batch(model, batch=2, seq=16, seed=0):
     return {"input_ids": ids, "labels": ids}
 
 
-def masked_model(name):
+def masked_model(name, path):
     model = tiny_model(name)
-    apply_random_masking(model, ratio=1e-2, seed=0)
+    apply_random_masking(model, ratio=1e-2, seed=0, path=path)
+    assert {layer.rmask_path for layer in masked_layers(model).values()} == {path}
     return model
 
 
@@ -90,9 +92,10 @@ def assert_moved(model, start, before, batch):
     assert (logits(model, batch) - before).abs().max() > 1e-3, "the logits did not change"
 
 
+@PATHS
 @pytest.mark.parametrize(("name", "optimizer"), CASES)
-def test_every_optimizer_changes_the_outputs_and_matches_a_dense_reference(name, optimizer):
-    model = masked_model(name)
+def test_every_optimizer_changes_the_outputs_and_matches_a_dense_reference(name, optimizer, path):
+    model = masked_model(name, path)
     batch = lm_batch(model)
     start, before = values_of(model), logits(model, batch)  # a forward first: a cached weight would go stale
     params = [p for p in model.parameters() if p.requires_grad]
@@ -130,9 +133,10 @@ def _load_state_dict(model):
     assert all(torch.equal(model.get_parameter(k), v) for k, v in changed.items())
 
 
+@PATHS
 @pytest.mark.parametrize("edit", [_add_data, _copy, _load_state_dict], ids=["data-add", "copy", "load-state-dict"])
-def test_direct_edits_of_the_values_change_the_outputs(edit):
-    model = masked_model("tiny-llama")
+def test_direct_edits_of_the_values_change_the_outputs(edit, path):
+    model = masked_model("tiny-llama", path)
     batch = lm_batch(model)
     start, before = values_of(model), logits(model, batch)
     model.train()
@@ -160,8 +164,9 @@ def train_with_trainer(model, tmp_path, **overrides):
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
 
-def test_trainer_fused_adamw_bf16_trains_and_evaluates_like_the_dense_reference(tmp_path):
-    model = masked_model("tiny-llama")
+@PATHS
+def test_trainer_fused_adamw_bf16_trains_and_evaluates_like_the_dense_reference(tmp_path, path):
+    model = masked_model("tiny-llama", path)
     batch = lm_batch(model)
     start, before = values_of(model), logits(model, batch)
     model = train_with_trainer(model, tmp_path)
@@ -170,10 +175,11 @@ def test_trainer_fused_adamw_bf16_trains_and_evaluates_like_the_dense_reference(
     assert_matches_dense_reference("tiny-llama", model, batch)
 
 
-def test_trainer_gradient_checkpointing_trains_the_same_values(tmp_path):
+@PATHS
+def test_trainer_gradient_checkpointing_trains_the_same_values(tmp_path, path):
     trained = {}
     for checkpointing in (False, True):
-        model = masked_model("tiny-llama")
+        model = masked_model("tiny-llama", path)
         model.config.use_cache = False
         batch = lm_batch(model)
         start, before = values_of(model), logits(model, batch)

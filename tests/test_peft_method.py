@@ -103,9 +103,13 @@ def test_minilm_counts_masks_and_its_new_head(capsys):
     assert trainable_line(capsys, model) == masked + sum(p.numel() for p in head.parameters())
 
 
+PATHS = pytest.mark.parametrize("path", ["dense", "sparse"])
+
+
+@PATHS
 @pytest.mark.parametrize("name", MODELS)
-def test_save_pretrained_then_from_pretrained_gives_the_same_outputs(name, tmp_path):
-    model = get_peft_model(base_model(name), rmask_config(name))
+def test_save_pretrained_then_from_pretrained_gives_the_same_outputs(name, tmp_path, path):
+    model = get_peft_model(base_model(name), rmask_config(name, path=path))
     perturb(model)
     inputs = batch(model)
     expected = outputs(model, inputs)
@@ -114,6 +118,7 @@ def test_save_pretrained_then_from_pretrained_gives_the_same_outputs(name, tmp_p
     assert isinstance(PeftConfig.from_pretrained(str(tmp_path)), RandomMaskingConfig)
 
     loaded = PeftModel.from_pretrained(base_model(name), str(tmp_path))
+    assert {layer.rmask_path for layer in masked_layers(loaded).values()} == {path}
     assert torch.equal(outputs(loaded, inputs), expected)
     for param in loaded.parameters():
         assert not param.requires_grad  # loaded for inference unless is_trainable=True
@@ -147,9 +152,10 @@ def test_a_different_base_or_mask_is_refused(name, tmp_path):
         PeftModel.from_pretrained(base_model(name), str(tmp_path))
 
 
+@PATHS
 @pytest.mark.parametrize("name", MODELS)
-def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs(name):
-    model = get_peft_model(base_model(name), rmask_config(name))
+def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs(name, path):
+    model = get_peft_model(base_model(name), rmask_config(name, path=path))
     perturb(model)
     inputs = batch(model)
     expected = outputs(model, inputs)
@@ -160,8 +166,9 @@ def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs(name):
     torch.testing.assert_close(outputs(merged, inputs), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_merge_adapter_unmerge_and_disable_are_exact():
-    model = get_peft_model(base_model("tiny-llama"), rmask_config("tiny-llama"))
+@PATHS
+def test_merge_adapter_unmerge_and_disable_are_exact(path):
+    model = get_peft_model(base_model("tiny-llama"), rmask_config("tiny-llama", path=path))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     plain = outputs(model, batch(model))
     perturb(model)
@@ -201,15 +208,16 @@ def test_hf_trainer_with_fused_adamw_trains_the_values_only(name, tmp_path):
     assert all(torch.equal(params[n], p) for n, p in frozen.items())
 
 
+@PATHS
 @pytest.mark.parametrize("use_reentrant", [False, True])
-def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
+def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, path):
     def value_grads(model):
         model.train()
         model.zero_grad()
         model(**batch(model)).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if n.endswith("rmask_values")}
 
-    model = get_peft_model(base_model("tiny-llama"), rmask_config("tiny-llama"))
+    model = get_peft_model(base_model("tiny-llama"), rmask_config("tiny-llama", path=path))
     plain = value_grads(model)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     if use_reentrant:

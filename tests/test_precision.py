@@ -54,13 +54,14 @@ def autocast(dtype):
     return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
 
 
+@pytest.mark.parametrize("path", ["dense", "sparse"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 @pytest.mark.parametrize("structure", ["random", "columns"])
 @pytest.mark.parametrize(("weights", "compute"), STORAGE_AND_AUTOCAST)
-def test_masked_layer_agrees_with_a_dense_fp32_reference(name, structure, weights, compute):
+def test_masked_layer_agrees_with_a_dense_fp32_reference(name, structure, weights, compute, path):
     """Before the wrapper layer, backward under autocast crashed: bf16 gradient times an fp32 weight."""
     model = tiny_model(name, dtype=HALF[weights])
-    apply_random_masking(model, ratio=1e-2, seed=1, structure=structure)
+    apply_random_masking(model, ratio=1e-2, seed=1, structure=structure, path=path)
     with torch.no_grad():  # deltas of a trained size, so that they matter in the comparison
         for layer in masked_layers(model).values():
             layer.rmask_values.normal_(0, 0.05, generator=torch.Generator().manual_seed(2))
@@ -81,11 +82,12 @@ def test_masked_layer_agrees_with_a_dense_fp32_reference(name, structure, weight
         assert relative_error(layer.rmask_values.grad, dense) < 10 * tolerance, layer_name
 
 
+@pytest.mark.parametrize("path", ["dense", "sparse"])
 @pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # gather, sampled CSR and dense value-gradient kernels
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16])
-def test_every_value_gradient_kernel_under_autocast(density, compute):
+def test_every_value_gradient_kernel_under_autocast(density, compute, path):
     model = tiny_model("tiny-opt")
-    apply_random_masking(model, density=density, seed=5)
+    apply_random_masking(model, density=density, seed=5, path=path)
     reference = dense_reference("tiny-opt", model)
     batch = lm_batch(model.config.vocab_size, batch=8, seq=32)  # 256 rows: 5% takes the sampled CSR path
     with torch.autocast("cpu", dtype=compute):
@@ -95,6 +97,8 @@ def test_every_value_gradient_kernel_under_autocast(density, compute):
     for layer_name, layer in masked_layers(model).items():
         dense = reference.get_submodule(layer_name).weight.grad.reshape(-1)[layer.rmask_flat]
         assert relative_error(layer.rmask_values.grad, dense) < 10 * TOLERANCE[compute], layer_name
+    with torch.no_grad(), torch.autocast("cpu", dtype=compute):  # the no-grad (evaluation) call takes the path too
+        assert relative_error(model(**batch).logits, reference(**batch).logits) < TOLERANCE[compute]
 
 
 def test_half_precision_forward_keeps_small_deltas_in_the_master_values():

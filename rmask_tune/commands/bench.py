@@ -1,4 +1,4 @@
-"""``rmask-tune bench``: time one training step per method against the frozen floor."""
+"""``rmask-tune bench``: time one training step per method against the frozen floor, interleaved."""
 
 from __future__ import annotations
 
@@ -6,20 +6,59 @@ import argparse
 import json
 import sys
 
+from rmask_tune.errors import RmaskError
+
 HEAD_CHOICES = ("auto", "causal-lm", "sequence-classification", "image-classification")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def _run(args: argparse.Namespace) -> None:
-    from rmask_tune.bench import format_table, run_bench
+    from rmask_tune.bench import BENCH_METHODS, RM_RATIOS, bench_cases, format_table, run_bench
+    from rmask_tune.bench_profile import format_crossover, layer_crossover
+    from rmask_tune.masking.layer import PATHS
     from rmask_tune.models import default_head, load_model
 
+    bad_path = [p for p in args.paths if p not in PATHS]
+    if bad_path:
+        raise RmaskError(f"unknown path '{bad_path[0]}'; choose from {', '.join(PATHS)}")
+    ratios = args.ratios or RM_RATIOS
+    cases = bench_cases(ratios, args.paths, args.methods or BENCH_METHODS)
     head = default_head(args.model) if args.head == "auto" else args.head
     if head == "zero-shot-image":  # CLIP: time its image tower under a linear head (the zero-shot head is frozen)
         head = "image-classification"
     model = load_model(args.model, head=head)
-    print(f"bench: {args.model} as {type(model).__name__} ({head} head)", file=sys.stderr)
-    rows = run_bench(model, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds, precision=args.precision)
-    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    print(f"bench: {args.model} as {type(model).__name__} ({head} head), {len(cases)} cases x {args.rounds} rounds",
+          file=sys.stderr)  # fmt: skip
+    result = run_bench(model, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds,
+                       precision=args.precision, cases=cases, profile_steps=args.profile_steps if args.profile else 0)
+    crossover = None
+    if args.profile:
+        from rmask_tune.masking import apply_random_masking, masked_layers
+
+        apply_random_masking(model, ratio=max(ratios))
+        shape = max((layer.rmask_shape for layer in masked_layers(model).values()), key=lambda s: s[0] * s[1])
+        rows = args.batch_size * args.seq_len
+        crossover = (shape, rows, layer_crossover(shape, rows, (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)))
+    if args.json:
+        out = result.to_dict()
+        if crossover:
+            out["crossover"] = {"shape": crossover[0], "rows": crossover[1],
+                                "points": [vars(p) for p in crossover[2]]}  # fmt: skip
+        print(json.dumps(out, indent=1))
+    else:
+        print(format_table(result))
+        if crossover:
+            print("\n" + format_crossover(*crossover))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,10 +73,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--batch-size", type=int, default=8)
     bench.add_argument("--seq-len", type=int, default=64)
-    bench.add_argument("--rounds", type=int, default=5)
+    bench.add_argument("--rounds", type=int, default=15, help="interleaved rounds (each steps every method once)")
     bench.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                        help="precision policy of every method's copy (rmask_tune/precision.py)")
-    bench.add_argument("--json", action="store_true", help="print rows as JSON")
+    bench.add_argument("--methods", type=_names, default=None,
+                       help="comma-separated subset of: floor, random_masking, structured_masking, lora, shira, "
+                            "full, dense_mask (default: all)")  # fmt: skip
+    bench.add_argument("--ratios", type=_floats, default=None, help="Random Masking ratios (default 1e-2,1e-3,1e-4,1e-5)")
+    bench.add_argument("--paths", type=_names, default=("auto",),
+                       help="Random Masking paths to time, comma-separated: auto, dense, sparse (default auto)")
+    bench.add_argument("--profile", action="store_true",
+                       help="also profile each Random Masking case by stage, and time one layer's dense and sparse "
+                            "paths over a density grid (the crossover of the auto path's cost model)")  # fmt: skip
+    bench.add_argument("--profile-steps", type=int, default=3, help="steps profiled per Random Masking case")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_run)
     register_search(bench.add_subparsers(dest="bench_command", metavar="search"))
 

@@ -2,8 +2,15 @@
 
 The wrapped ``base_layer`` (``nn.Linear``, or HF's ``Conv1D`` whose weight is stored (in, out)) is
 never written to: it keeps ``W0``. The trainable state is ``rmask_values``, one fp32 master value per
-masked entry. Every forward builds the effective weight ``W0 + delta`` from the values in the compute
-dtype (the autocast dtype when autocast is on, else the base weight's) and runs one matmul with it, so:
+masked entry. Every call applies ``W0 + delta`` in the compute dtype (the autocast dtype when autocast
+is on, else the base weight's) along one of two paths (``rmask_path``; ``auto`` picks per call by
+``sparse_is_cheaper``):
+
+- ``dense``: build the effective weight ``W0 + delta`` (one copy of the weight) and run one matmul;
+- ``sparse``: ``y = x W0^T + x delta^T`` and ``grad_x = grad_y W0 + grad_y delta``, the delta applied
+  from the indices (a gather, a product and a scatter over rows x masked entries), never a dense copy.
+
+On both paths:
 
 - any optimizer trains it (fused or foreach AdamW, SGD, Adafactor, 8-bit optimizers) and so do direct
   edits of the values (``.data``, ``copy_``, ``load_state_dict``): nothing is cached between calls;
@@ -25,7 +32,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.profiler import record_function
 
+from rmask_tune.errors import RmaskError
 from rmask_tune.masking.backends import spops_sampled_product
 from rmask_tune.masking.targets import is_conv1d, out_in_shape
 
@@ -35,20 +44,32 @@ DENSE_GRAD_DENSITY = 0.1
 GATHER_MAX_WORK = 1 << 18
 # Compute dtypes the sampled product runs in directly; others go through fp32.
 _SDDMM_DTYPES = (torch.float32, torch.float64)
+PATHS = ("auto", "dense", "sparse")
+# The cost model of ``auto``: the dense path copies the weight (out x in elements) when no cast to the
+# compute dtype is needed anyway, the sparse path gathers, multiplies and scatters rows x k elements; a
+# gathered element costs about 1 / SPARSE_CROSSOVER copied ones, so sparse is cheaper when
+# rows x density < SPARSE_CROSSOVER. Measured on CPU in fp32 (docs/speed.md: ``rmask-tune bench --profile``
+# prints the per-layer crossover, ``python -m rmask_tune.gpu_check`` times both paths on a GPU).
+SPARSE_CROSSOVER = 0.05
 
 _plain_autograd = False
 
 
 @contextlib.contextmanager
 def plain_autograd():
-    """Within the block masked layers differentiate through ordinary torch ops instead of their sparse
-    autograd Function: slower and dense, but twice differentiable (exact Hessian-vector products)."""
+    """Within the block masked layers differentiate through ordinary torch ops on the dense path instead of
+    their autograd Function: slower, but twice differentiable (exact Hessian-vector products)."""
     global _plain_autograd
     saved, _plain_autograd = _plain_autograd, True
     try:
         yield
     finally:
         _plain_autograd = saved
+
+
+def _stage(name: str):
+    """A profiler label for one stage of a masked layer; free when no profiler is recording."""
+    return record_function(name) if torch.autograd.profiler._is_profiler_enabled else contextlib.nullcontext()
 
 
 def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: RandomMaskingLinear) -> torch.Tensor:
@@ -89,7 +110,36 @@ def effective_weight(layer: RandomMaskingLinear, values: torch.Tensor, dtype: to
     """
     w0 = layer.base_layer.weight.detach()
     merged = (w0.reshape(-1)[layer.rmask_flat].float() + values).to(dtype)
-    return w0.to(dtype).reshape(-1).index_put((layer.rmask_flat,), merged).view_as(w0)
+    weight = w0.to(dtype, copy=True).reshape(-1)  # the one copy, also when the cast makes one anyway
+    return weight.index_put_((layer.rmask_flat,), merged).view_as(w0)
+
+
+def sparse_is_cheaper(layer: RandomMaskingLinear, rows: int, dtype: torch.dtype) -> bool:
+    """The ``auto`` path's cost model: sparse when the dense path would copy the weight only to add the
+    delta (no cast to ``dtype`` needed) and ``rows x density`` is under ``SPARSE_CROSSOVER``."""
+    return layer.weight.dtype == dtype and rows * layer.rmask_density < SPARSE_CROSSOVER
+
+
+def add_sparse_product(out: torch.Tensor, source: torch.Tensor, values: torch.Tensor, take: torch.Tensor,
+                       put: torch.Tensor) -> torch.Tensor:
+    """``out[..., put] += source[..., take] * values`` (repeated ``put`` entries add up), in place."""
+    return out.index_add_(-1, put, source.index_select(-1, take) * values.to(out.dtype))
+
+
+def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """``x W0^T + b + x delta^T`` with the delta applied from the indices; ordinary (differentiable) torch ops."""
+    y = _linear(x, layer.base_layer.weight.detach().to(dtype), bias, layer.rmask_transposed)
+    with _stage("rmask.delta"):
+        return add_sparse_product(y, x, values, layer.rmask_cols, layer.rmask_rows)
+
+
+def dense_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """One matmul with the effective weight ``W0 + delta``."""
+    with _stage("rmask.delta"):
+        weight = effective_weight(layer, values, dtype)
+    return _linear(x, weight, bias, layer.rmask_transposed)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> torch.Tensor:
@@ -97,14 +147,26 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tr
     return F.linear(x, weight.t() if transposed else weight, bias)
 
 
+def _input_gradient(grad_out: torch.Tensor, values: torch.Tensor, layer: RandomMaskingLinear, sparse: bool):
+    """``grad_out (W0 + delta)`` as stored in (out, in) terms, on the path the forward took."""
+    if sparse:
+        w0 = layer.base_layer.weight.detach().to(grad_out.dtype)
+        grad_x = grad_out @ (w0.t() if layer.rmask_transposed else w0)
+        with _stage("rmask.delta"):
+            return add_sparse_product(grad_x, grad_out, values, layer.rmask_rows, layer.rmask_cols)
+    with _stage("rmask.delta"):
+        weight = effective_weight(layer, values, grad_out.dtype)
+    return grad_out @ (weight.t() if layer.rmask_transposed else weight)
+
+
 class _MaskedLinearFunction(torch.autograd.Function):
-    """One matmul with the effective weight; backward recomputes it and samples the value gradient."""
+    """The layer on either path; backward takes the same path and samples the value gradient."""
 
     @staticmethod
-    def forward(ctx, x, values, bias, layer, dtype):
-        ctx.layer, ctx.dtype = layer, dtype
+    def forward(ctx, x, values, bias, layer, dtype, sparse):
+        ctx.layer, ctx.sparse = layer, sparse
         ctx.save_for_backward(x, values)
-        return _linear(x, effective_weight(layer, values, dtype), bias, layer.rmask_transposed)
+        return (sparse_linear if sparse else dense_linear)(x, values, bias, layer, dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -112,27 +174,34 @@ class _MaskedLinearFunction(torch.autograd.Function):
         layer = ctx.layer
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
-            weight = effective_weight(layer, values, grad_out.dtype)
-            grad_x = grad_out @ (weight.t() if layer.rmask_transposed else weight)
+            with _stage("rmask.input_grad"):
+                grad_x = _input_gradient(grad_out, values, layer, ctx.sparse)
         if ctx.needs_input_grad[1]:
-            grad_values = value_gradient(grad_out, x, layer)
+            with _stage("rmask.value_grad"):
+                grad_values = value_gradient(grad_out, x, layer)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).float().sum(0).to(grad_out.dtype)
-        return grad_x, grad_values, grad_bias, None, None
+        return grad_x, grad_values, grad_bias, None, None, None
 
 
 class RandomMaskingLinear(nn.Module):
     """A frozen linear-like ``base_layer`` plus trainable fp32 deltas (starting at zero) at ``flat``.
 
     ``flat`` holds sorted row-major indices into the (out, in) matrix; ``density`` is their share of it;
-    ``backend`` (``torch`` or ``spops``) computes the sampled value gradient. ``rmask_info`` is the
+    ``backend`` (``torch`` or ``spops``) computes the sampled value gradient; ``path`` (``auto``,
+    ``dense`` or ``sparse``, see the module docstring) applies the delta. ``rmask_info`` is the
     ``MaskingInfo`` that ``apply_random_masking`` made the layer with (how to rebuild the masks).
     """
 
     rmask_info = None
 
-    def __init__(self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch"):
+    def __init__(
+        self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch", path: str = "auto"
+    ):
         super().__init__()
+        if path not in PATHS:
+            raise RmaskError(f"unknown path '{path}'; choose one of {', '.join(PATHS)}")
+        self.rmask_path = path
         self.base_layer = base_layer
         base_layer.weight.requires_grad_(False)
         rows_n, cols_n = out_in_shape(base_layer)
@@ -160,15 +229,21 @@ class RandomMaskingLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
+    def uses_sparse_path(self, rows: int, dtype: torch.dtype) -> bool:
+        """Whether a call on ``rows`` input rows computing in ``dtype`` takes the sparse path."""
+        return self.rmask_path == "sparse" or (self.rmask_path == "auto" and sparse_is_cheaper(self, rows, dtype))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x, self.weight)
         bias = self.bias.to(dtype) if self.bias is not None else None
         x = x.to(dtype)
-        device = x.device.type
-        with torch.autocast(device, enabled=False):
-            if _plain_autograd or not torch.is_grad_enabled():
-                return _linear(x, effective_weight(self, self.rmask_values, dtype), bias, self.rmask_transposed)
-            return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype)
+        sparse = self.uses_sparse_path(x.numel() // x.shape[-1], dtype)
+        with torch.autocast(x.device.type, enabled=False), _stage("rmask.forward"):
+            if _plain_autograd:
+                return dense_linear(x, self.rmask_values, bias, self, dtype)
+            if not torch.is_grad_enabled():
+                return (sparse_linear if sparse else dense_linear)(x, self.rmask_values, bias, self, dtype)
+            return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype, sparse)
 
     @torch.no_grad()
     def fold_delta(self) -> torch.Tensor:
@@ -190,7 +265,8 @@ class RandomMaskingLinear(nn.Module):
         return self.base_layer
 
     def extra_repr(self) -> str:
-        return f"trainable={self.rmask_values.numel()}, density={self.rmask_density:.3g}, backend={self.rmask_backend}"
+        return (f"trainable={self.rmask_values.numel()}, density={self.rmask_density:.3g}, "
+                f"backend={self.rmask_backend}, path={self.rmask_path}")
 
 
 def is_masked(module: nn.Module) -> bool:

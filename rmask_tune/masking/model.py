@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking.layer import RandomMaskingLinear, is_masked
+from rmask_tune.masking.layer import PATHS, RandomMaskingLinear, is_masked
 from rmask_tune.masking.backends import resolve_backend
 from rmask_tune.masking.budget import allocate_counts, check_ratio
 from rmask_tune.masking.sampling import SAMPLINGS, STRUCTURES, sample_flat_indices
@@ -32,6 +32,7 @@ class MaskingInfo:
     targets: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     backend: str = "torch"
+    path: str = "auto"
 
     def to_dict(self) -> dict:
         """A json-able copy."""
@@ -85,6 +86,7 @@ def apply_random_masking(
     structure: str = "random",
     sampling: str = "exact",
     backend: str = "torch",
+    path: str = "auto",
 ) -> MaskingInfo:
     """Freeze ``model`` and make a fixed random subset of the target matrices' entries trainable.
 
@@ -100,14 +102,16 @@ def apply_random_masking(
     Targets are ``nn.Linear`` or HF ``Conv1D`` layers; masks are drawn over their (out, in) matrices.
     ``backend`` computes the sparse value gradient: ``torch`` (default), ``spops`` (IST-DASLab's
     kernels, CUDA only, installed from source) or ``auto`` (spops where it can run, else torch).
+    ``path`` applies the delta: ``dense`` (build ``W0 + delta``), ``sparse`` (add ``x delta^T`` from the
+    indices) or ``auto`` (per layer and call, by the cost model in ``rmask_tune.masking.layer``).
     Every masked layer keeps the returned info as ``rmask_info``, so ``save_adapter`` needs nothing more.
     """
-    info, masks = plan_random_masking(model, ratio, density, targets, seed, structure, sampling, backend)
+    info, masks = plan_random_masking(model, ratio, density, targets, seed, structure, sampling, backend, path)
     for param in model.parameters():
         param.requires_grad_(False)
     linears = linear_modules(model)
     for name, (flat, p) in masks.items():
-        layer = RandomMaskingLinear(linears[name], flat, p, info.backend)
+        layer = RandomMaskingLinear(linears[name], flat, p, info.backend, info.path)
         layer.rmask_info = info
         model.set_submodule(name, layer)
     return info
@@ -122,11 +126,13 @@ def plan_random_masking(
     structure: str = "random",
     sampling: str = "exact",
     backend: str = "torch",
+    path: str = "auto",
 ) -> tuple[MaskingInfo, dict[str, tuple[torch.Tensor, float]]]:
     """What ``apply_random_masking`` does, without changing ``model``: the info and, for each target that
     gets entries, its sorted flat (row-major, (out, in)) indices and the density they were drawn at."""
     _check_choice(structure, STRUCTURES, "structure")
     _check_choice(sampling, SAMPLINGS, "sampling")
+    _check_choice(path, PATHS, "path")
     if sampling != "exact" and structure != "random":
         raise RmaskError(f"sampling '{sampling}' applies to structure 'random' only, not '{structure}'")
     if any(is_masked(m) for m in model.modules()):
@@ -160,6 +166,7 @@ def plan_random_masking(
         targets=names,
         counts=achieved,
         backend=backend,
+        path=path,
     )
     return info, masks
 

@@ -17,11 +17,14 @@ def _masking_setup(method: str, model: nn.Module, **settings) -> MethodSetup:
     return MethodSetup(method, model, info.trainable_params, info.total_params, info.to_dict())
 
 
-def random_masking(model: nn.Module, *, ratio=None, density=None, targets=None, seed=0, sampling="exact"):
-    """Random Masking: train a fixed random subset of the target weights' entries."""
+def random_masking(
+    model: nn.Module, *, ratio=None, density=None, targets=None, seed=0, sampling="exact", path="auto"
+):
+    """Random Masking: train a fixed random subset of the target weights' entries (``path``: see
+    ``apply_random_masking``)."""
     return _masking_setup(
         "random_masking", model, ratio=ratio, density=density, targets=targets, seed=seed, structure="random",
-        sampling=sampling,
+        sampling=sampling, path=path,
     )
 
 

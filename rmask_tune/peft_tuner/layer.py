@@ -23,8 +23,11 @@ class RandomMaskingLayer(RandomMaskingLinear, BaseTunerLayer):
 
     adapter_layer_names = ("rmask_values",)
 
-    def __init__(self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str, adapter_name: str):
-        super().__init__(base_layer, flat, density, backend)
+    def __init__(
+        self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str, adapter_name: str,
+        path: str = "auto",
+    ):
+        super().__init__(base_layer, flat, density, backend, path)
         self.adapter_name = adapter_name
         self._active_adapter = adapter_name
         self.merged_adapters = []

@@ -38,7 +38,7 @@ class RandomMaskingModel(BaseTuner):
         config = self.peft_config[adapter_name] = copy.copy(config)  # the user's config stays reusable
         info, masks = plan_random_masking(
             model, config.ratio, config.density, config.masked_modules or config.target_modules, config.seed,
-            config.structure, config.sampling, config.backend,
+            config.structure, config.sampling, config.backend, config.path,
         )
         saved = [n for n in masks if _under(n, config.modules_to_save)]
         if saved:
@@ -75,7 +75,7 @@ class RandomMaskingModel(BaseTuner):
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
         info, masks = self._planned
         flat, density = masks[current_key]
-        layer = RandomMaskingLayer(target, flat, density, info.backend, adapter_name)
+        layer = RandomMaskingLayer(target, flat, density, info.backend, adapter_name, info.path)
         layer.rmask_info = info
         self._replace_module(parent, target_name, layer, target)
 
