@@ -101,6 +101,7 @@ def test_methods_that_refuse_the_model_are_skipped_rows():
     assert "structured_masking    1e-02  skipped: ratio 0.01 asks for" in "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_cli_bench_picks_the_head_by_architecture_and_one_line_error():
     ok = subprocess.run(
         [sys.executable, "-m", "rmask_tune.cli", "bench", "--model", "tiny-bert", "--rounds", "2", "--seq-len", "8",

@@ -2,16 +2,16 @@
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from rmask_tune.gpu_check import TRIAL_CASES, main
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
+@pytest.mark.needs_data
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu_in_bf16_and_every_method_trains(tmp_path, capsys, monkeypatch):
     for absent in ("ray", "mlflow", "optuna", "datasets"):  # the GPU machine has none of them
         monkeypatch.setitem(sys.modules, absent, None)

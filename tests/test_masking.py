@@ -12,6 +12,7 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.masking import apply_random_masking, masked_layers, merge, remove_random_masking
 from rmask_tune.masking.targets import count_parameters
 from rmask_tune.models import load_model, tiny_model
+from paths import REPO
 
 RATIOS = [0.1, 0.05, 0.01, 0.005, 1e-3, 5e-4, 1e-4, 5e-5, 1e-5]
 
@@ -24,6 +25,7 @@ def lm_batch(model, batch=2, seq=12, seed=0):
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt", "tiny-gpt2", "tiny-bert", "tiny-vit"])
 @pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.slow
 def test_trainable_count_matches_the_request(name, ratio):
     model = tiny_model(name)
     total = count_parameters(model)
@@ -49,6 +51,7 @@ PATHS = pytest.mark.parametrize("path", ["dense", "sparse"])
 
 @PATHS
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+@pytest.mark.slow
 def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(name, path):
     from rmask_tune.masking.layer import effective_weight
 
@@ -85,6 +88,7 @@ def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(n
 @pytest.mark.parametrize("structure", ["random", "head"])
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-gpt2"])
 @pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # gather, sampled CSR and dense kernels
+@pytest.mark.slow
 def test_value_gradients_equal_a_dense_masked_reference(name, density, structure, path):
     model = tiny_model(name)
     reference = tiny_model(name)
@@ -245,15 +249,13 @@ def test_random_columns_layout_keeps_the_earlier_structured_masks():
 
 
 def test_structured_sweep_file_passes_dry_run_and_its_layout_reaches_the_trials(capsys, tmp_path):
-    from pathlib import Path
-
     from rmask_tune.cli import main
     from rmask_tune.methods import prepare_method
     from rmask_tune.sweep import load_space
     from rmask_tune.trainer.config import TrialConfig
     from rmask_tune.trainer.trial import method_settings
 
-    path = Path(__file__).resolve().parents[1] / "search_spaces" / "opt125m-structured.yaml"
+    path = REPO / "search_spaces" / "opt125m-structured.yaml"
     assert main(["sweep", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     space = load_space(path)

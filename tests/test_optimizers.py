@@ -94,6 +94,7 @@ def assert_moved(model, start, before, batch):
 
 @PATHS
 @pytest.mark.parametrize(("name", "optimizer"), CASES)
+@pytest.mark.slow
 def test_every_optimizer_changes_the_outputs_and_matches_a_dense_reference(name, optimizer, path):
     model = masked_model(name, path)
     batch = lm_batch(model)

@@ -190,6 +190,7 @@ def test_a_second_adapter_is_refused():
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
 def test_hf_trainer_with_fused_adamw_trains_the_values_only(name, tmp_path):
     from transformers import Trainer, TrainingArguments
 

@@ -16,8 +16,8 @@ from rmask_tune.masking import apply_random_masking, masked_layers
 from rmask_tune.models import load_model, load_tokenizer, tiny_model
 from rmask_tune.precision import POLICIES, resolve_precision
 from rmask_tune.trainer import TrialConfig, prepare_trial, train_trial
+from paths import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HALF = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Relative error (of the whole tensor) allowed against the fp32 reference, by compute dtype.
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
@@ -58,6 +58,7 @@ def autocast(dtype):
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 @pytest.mark.parametrize("structure", ["random", "columns"])
 @pytest.mark.parametrize(("weights", "compute"), STORAGE_AND_AUTOCAST)
+@pytest.mark.slow
 def test_masked_layer_agrees_with_a_dense_fp32_reference(name, structure, weights, compute, path):
     """Before the wrapper layer, backward under autocast crashed: bf16 gradient times an fp32 weight."""
     model = tiny_model(name, dtype=HALF[weights])
@@ -85,6 +86,7 @@ def test_masked_layer_agrees_with_a_dense_fp32_reference(name, structure, weight
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 @pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # gather, sampled CSR and dense value-gradient kernels
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16])
+@pytest.mark.slow
 def test_every_value_gradient_kernel_under_autocast(density, compute, path):
     model = tiny_model("tiny-opt")
     apply_random_masking(model, density=density, seed=5, path=path)
@@ -129,7 +131,6 @@ def test_precision_policies_say_what_they_store_compute_and_train_in():
     assert counts["float32"] == sum(p.numel() for n, p in model.named_parameters() if n in master)
 
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real task data not found at {DATA}")
 SMALL = dict(data_dir=str(DATA), epochs=2, batch_size=4, train_examples=8, dev_examples=4, test_examples=4, quiet=True)
 METHODS = {
     "random_masking": {"ratio": 1e-2, "lr": 1e-2},
@@ -147,9 +148,10 @@ def trained_state(trial) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().clone() for n, p in trial.model.named_parameters() if p.requires_grad}
 
 
-@needs_data
+@pytest.mark.needs_data
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])  # fp32 training of each method: test_trainer, test_methods
 @pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.slow
 def test_every_method_trains_under_every_precision_through_the_trainer(method, precision):
     trial = prepare_trial(
         TrialConfig(model="tiny-opt", task="SST-2", method=method, precision=precision, **METHODS[method], **SMALL)
@@ -180,9 +182,10 @@ def fp16_checkpoint(folder: Path) -> Path:
     return folder
 
 
-@needs_data
+@pytest.mark.needs_data
 @pytest.mark.parametrize("method", ["full", "bitfit"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.slow
 def test_fp16_checkpoint_trains_fp32_masters_so_small_updates_are_not_rounded_away(tmp_path, method, precision):
     """Loaded as stored, AdamW on fp16 weights rounded a 1e-6 update of ~0.02-sized weights to nothing."""
     folder = fp16_checkpoint(tmp_path / "opt-fp16")
@@ -198,7 +201,8 @@ def test_fp16_checkpoint_trains_fp32_masters_so_small_updates_are_not_rounded_aw
     assert moved > 0.9 * sum(t.numel() for t in before.values())
 
 
-@needs_data
+@pytest.mark.needs_data
+@pytest.mark.slow
 def test_train_cli_takes_precision_and_optimizer_and_records_them(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "rmask_tune.cli", "train", "--model", "tiny-llama", "--task", "SST-2",
