@@ -23,6 +23,8 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.files import validated
 from rmask_tune.files.atomic import write_atomic
 from rmask_tune.files.law import LAW_FORMAT, LAW_FORMATS, LawFile
+from rmask_tune.law_record import ExcludedCell, LawPoint, LawSource, ProbeCalibration, Validation
+
 CONFIDENCE = 0.95
 _Z = 1.959963984540054  # two-sided 95% normal quantile
 # Two-sided 95% Student-t quantiles by degrees of freedom (interpolated in 1/dof; the normal's beyond 120).
@@ -303,10 +305,17 @@ class Law:
     pooled: Fit | None
     models: dict[str, Fit]
     method: str = "random_masking"
-    data: dict = field(default_factory=dict)  # everything else law.json holds (points, excluded, source...)
-    probe_calibration: dict | None = None  # written by the Hessian-probe calibration (rmask_tune.analysis)
+    points: list[LawPoint] = field(default_factory=list)  # the optima the fits are made on
+    excluded: list[ExcludedCell] = field(default_factory=list)
+    validation: Validation | None = None
+    probe_calibration: ProbeCalibration | None = None  # the Hessian probe's constant (rmask_tune.analysis)
     tasks: dict[str, Fit] = field(default_factory=dict)
     shared: SharedFit | None = None
+    source: LawSource = field(default_factory=lambda: LawSource())
+
+    def point_json(self) -> list[dict]:
+        """The points as law.json holds them: what the fits, the validation and the searcher read."""
+        return [p.to_json() for p in self.points]
 
     def fit_for(self, model: str | None = None) -> Fit:
         """The single-line fit for ``model`` (its own), or the pooled fit when ``model`` is None."""
@@ -415,8 +424,13 @@ class Law:
             "pooled": self.pooled.to_dict() if self.pooled else None,
             "models": {m: f.to_dict() for m, f in sorted(self.models.items())},
             "tasks": {t: f.to_dict() for t, f in sorted(self.tasks.items())},
-            **self.data,
-            "probe_calibration": self.probe_calibration,
+            **self.source.head(),
+            "points": [p.to_json() for p in self.points],
+            "excluded": [e.to_json() for e in self.excluded],
+            **self.source.tail(),
+            **({} if self.validation is None else {"validation": self.validation.to_json()}),
+            **self.source.extra,
+            "probe_calibration": None if self.probe_calibration is None else self.probe_calibration.to_json(),
         }
 
     def save(self, path: str | Path) -> None:
@@ -467,15 +481,19 @@ def load_law(path: str | Path) -> Law:
     if not isinstance(d, dict) or d.get("format") not in LAW_FORMATS:
         raise RmaskError(f"{path} is not an rmask-tune law file (expected format {LAW_FORMAT!r})")
     validated(LawFile, d, path, "law file")
-    known = {"format", "law", "method", "confidence", "pooled", "models", "tasks", "probe_calibration", "shared"}
+    known = {"format", "law", "method", "confidence", "pooled", "models", "tasks", "probe_calibration", "shared",
+             "points", "excluded", "validation"}
     return Law(
         pooled=Fit.from_dict(d["pooled"]) if d.get("pooled") else None,
         models={m: Fit.from_dict(f) for m, f in d.get("models", {}).items()},
         method=d.get("method", "random_masking"),
-        data={k: v for k, v in d.items() if k not in known},
-        probe_calibration=d.get("probe_calibration"),
+        points=[LawPoint.from_json(p) for p in d.get("points", [])],
+        excluded=[ExcludedCell.from_json(e) for e in d.get("excluded", [])],
+        validation=Validation.from_json(d["validation"]) if d.get("validation") else None,
+        probe_calibration=ProbeCalibration.from_json(d["probe_calibration"]) if d.get("probe_calibration") else None,
         tasks={t: Fit.from_dict(f) for t, f in d.get("tasks", {}).items()},
         shared=SharedFit.from_dict(d["shared"]) if d.get("shared") else None,
+        source=LawSource.from_json({k: v for k, v in d.items() if k not in known}),
     )
 
 

@@ -12,7 +12,7 @@ from paths import REPO
 PACKAGE = REPO / "rmask_tune"
 LAYERS = (
     ("errors",),
-    ("precision", "models", "resampling", "law", "masking", "tasks", "files"),
+    ("precision", "models", "resampling", "law", "law_record", "masking", "tasks", "files"),
     ("peft_tuner", "methods", "law_search", "runstore"),
     ("trainer",),
     ("analysis", "validation"),

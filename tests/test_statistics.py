@@ -161,9 +161,9 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     tasks = leave_one_task_out(points, curves)
     assert len(tasks) == 10 and {r["task"] for r in tasks} == set(offsets)
     assert [r["ratio"] for r in tasks if not r["in_law"]] == [1e-5]
-    law_cells = summarize_validation(tasks)["law_cells"]
+    law_cells = summarize_validation(tasks).law_cells
     in_law = [r for r in tasks if r["in_law"]]
-    assert law_cells["cells"] == 9 and law_cells["mean_regret"] == pytest.approx(np.mean([r["regret"] for r in in_law]))
+    assert law_cells.cells == 9 and law_cells.mean_regret == pytest.approx(np.mean([r["regret"] for r in in_law]))
     # A task none of whose cells entered the law: still predicted as a new task, from the whole law.
     curves[("m", "WiC", 1e-3)] = ([10.0**e for e in np.arange(-3, 0.01, 0.5)], list(0.5 + rng.normal(0, 0.01, 7)))
     wic = [r for r in leave_one_task_out(points, curves) if r["task"] == "WiC"]
@@ -180,8 +180,8 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     ratios_out = leave_one_ratio_out(points, curves)
     assert len(ratios_out) == 9
     summary = summarize_validation(ratios_out)
-    assert summary["mean_error_steps"] < 0.6 and summary["max_regret"] < 2
-    assert summarize_validation(tasks)["mean_regret"] > summary["mean_regret"]
+    assert summary.mean_error_steps < 0.6 and summary.max_regret < 2
+    assert summarize_validation(tasks).mean_regret > summary.mean_regret
     assert {r["from"] for r in tasks} == {WITHIN_MODEL} and summarize_by_source(tasks) == {}
     # A second model with one task in the law: its cells are predicted from the first model's tasks, and
     # the summary keeps that cross-family prediction apart from the within-model ones.
@@ -195,6 +195,6 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     assert {r["model"] for r in across} == {"m2"} and len(across) == 3
     assert all(r["error_steps"] > 1.2 for r in across)  # m2's offset is 1 decade above m's tasks' mean
     split = summarize_by_source(tasks)
-    assert split["leave_one_task_out_within_model"]["cells"] == 9
-    assert split["leave_one_task_out_across_models"]["mean_error_steps"] == pytest.approx(
+    assert split["leave_one_task_out_within_model"].cells == 9
+    assert split["leave_one_task_out_across_models"].mean_error_steps == pytest.approx(
         np.mean([r["error_steps"] for r in across]))

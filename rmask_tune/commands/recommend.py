@@ -71,7 +71,7 @@ def _probe_loss(args: argparse.Namespace, law) -> tuple[dict, str]:
     from rmask_tune.errors import RmaskError
 
     if args.loss_settings is None:
-        return probe_loss_settings(law.data.get("points", []), args.model, args.task)
+        return probe_loss_settings(law.point_json(), args.model, args.task)
     try:
         settings = json.loads(args.loss_settings)
     except ValueError as exc:
@@ -98,11 +98,11 @@ def _from_probe(args: argparse.Namespace, law, ratio: float) -> dict:
     constant = constant_for(calibration, args.model)
     loss, loss_basis = _probe_loss(args, law)
     lr, lam = predict_lr(args.model, args.task, ratio, constant.c, loss_settings=loss,
-                         **calibration.get("probe", {}), data_dir=args.data_dir, device=args.device)
+                         **(calibration.probe or {}), data_dir=args.data_dir, device=args.device)
     spread = 10 ** (1.96 * constant.log10_sd)
     return {"lr": lr, "interval": [lr / spread, lr * spread], "lambda_max": lam, "c": constant.c,
             "c_basis": constant.basis, "warning": constant.warning, "loss_settings": loss, "loss_basis": loss_basis,
-            "calibration_points": calibration.get("n"), "grid": log_grid(lr, args.points, args.decades)}
+            "calibration_points": calibration.n, "grid": log_grid(lr, args.points, args.decades)}
 
 
 LAW_SEARCH_TEMPLATE = "search_spaces/law-search.yaml"
