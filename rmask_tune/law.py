@@ -280,9 +280,9 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-@dataclass
-class Recommendation:
-    """A recommended LR for a ratio with its 95% interval, and what it rests on."""
+@dataclass(frozen=True)
+class LawEstimate:
+    """The law's LR for a ratio with its 95% interval (None ends: no interval), and what it rests on."""
 
     lr: float
     lo: float | None
@@ -290,10 +290,6 @@ class Recommendation:
     basis: str  # "pair", "new task", "anchor", "pooled law (unseen model)"
     detail: str
     warning: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"lr": self.lr, "interval": [self.lo, self.hi], "basis": self.basis, "detail": self.detail,
-                "warning": self.warning}
 
 
 @dataclass
@@ -347,12 +343,12 @@ class Law:
         return sorted({pair.split("/", 1)[0] for pair in self.shared.pairs}) if self.shared else sorted(self.models)
 
     def recommend(self, ratio: float, model: str | None = None, task: str | None = None,
-                  anchor: dict | None = None) -> Recommendation:
+                  anchor: LawPoint | None = None) -> LawEstimate:
         """The LR for ``ratio`` on (``model``, ``task``), with an interval that holds for that case.
 
         A known pair uses its own offset; a new task on a known model the model's pairs' mean offset plus
         their spread; a model the law has never seen needs ``anchor`` (an optimum measured on it:
-        ``{"ratio", "log10_lr", "se"}``), which sets its offset under the shared exponent; without one the
+        its ``ratio``, ``log10_lr`` and ``se``), which sets its offset under the shared exponent; without one the
         pooled pairs are used, with a warning.
         """
         ratio = check_ratio(ratio)
@@ -362,11 +358,11 @@ class Law:
         fit = self.shared
         pair = f"{model}/{task}"
         if anchor is not None:
-            dx = math.log10(ratio) - math.log10(anchor["ratio"])
-            centre = anchor["log10_lr"] + fit.b * dx
-            var = anchor["se"] ** 2 + dx**2 * fit.cov[-1][-1] + fit.tau**2
+            dx = math.log10(ratio) - math.log10(anchor.ratio)
+            centre = anchor.log10_lr + fit.b * dx
+            var = anchor.se**2 + dx**2 * fit.cov[-1][-1] + fit.tau**2
             half = t_quantile(fit.dof) * math.sqrt(var)
-            detail = (f"offset from an anchor optimum {10 ** anchor['log10_lr']:.3g} at ratio {anchor['ratio']:g}, "
+            detail = (f"offset from an anchor optimum {10 ** anchor.log10_lr:.3g} at ratio {anchor.ratio:g}, "
                       f"shared exponent {fit.b:.3f}")
             return _recommendation(centre, centre - half, centre + half, "anchor", detail)
         if pair in fit.pairs:
@@ -391,7 +387,7 @@ class Law:
                                warning)
 
     @staticmethod
-    def _borrowed_spread(fit: SharedFit, pair: str, ratio: float) -> Recommendation:
+    def _borrowed_spread(fit: SharedFit, pair: str, ratio: float) -> LawEstimate:
         """A new task on a model with one task in the law: that task's offset, with the spread between all pairs."""
         i = fit.pairs.index(pair)
         dx = math.log10(ratio) - fit.x0
@@ -449,8 +445,8 @@ class Law:
 
 
 def _recommendation(centre: float, lo: float | None, hi: float | None, basis: str, detail: str,
-                    warning: str | None = None) -> Recommendation:
-    return Recommendation(lr_of(centre), None if lo is None else lr_of(lo), None if hi is None else lr_of(hi),
+                    warning: str | None = None) -> LawEstimate:
+    return LawEstimate(lr_of(centre), None if lo is None else lr_of(lo), None if hi is None else lr_of(hi),
                           basis, detail, warning)
 
 

@@ -18,7 +18,7 @@ LAYERS = (
     ("analysis", "validation"),
     ("sweep",),
     ("report",),
-    ("bench", "gpu_check"),
+    ("bench", "gpu_check", "recommend"),
     ("commands",),
     ("cli", "__init__"),
 )

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rmask_tune.law import Law, fit_shared, load_law, offset_spread
+from rmask_tune.law_record import LawPoint
 from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, signal_test
 from rmask_tune.validation import (
     ACROSS_MODELS,
@@ -131,7 +132,7 @@ def test_a_new_task_interval_includes_the_spread_between_tasks():
     assert inside == 4
     unseen = law.recommend(3e-5, "other-model")
     assert unseen.warning and "--anchor" in unseen.warning
-    anchored = law.recommend(3e-5, "other-model", anchor={"ratio": 1e-3, "log10_lr": -1.0, "se": 0.1})
+    anchored = law.recommend(3e-5, "other-model", anchor=LawPoint(ratio=1e-3, log10_lr=-1.0, se=0.1))
     assert anchored.basis == "anchor" and anchored.warning is None
     assert math.log10(anchored.lr) == pytest.approx(-1.0 + fit_shared(points).b * math.log10(3e-5 / 1e-3))
 
