@@ -23,6 +23,8 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.files import validated
 from rmask_tune.files.atomic import write_atomic
 from rmask_tune.files.law import LAW_FORMAT, LAW_FORMATS, LawFile
+from rmask_tune.law_record import ExcludedCell, LawPoint, LawSource, ProbeCalibration, Validation
+
 CONFIDENCE = 0.95
 _Z = 1.959963984540054  # two-sided 95% normal quantile
 # Two-sided 95% Student-t quantiles by degrees of freedom (interpolated in 1/dof; the normal's beyond 120).
@@ -278,9 +280,9 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-@dataclass
-class Recommendation:
-    """A recommended LR for a ratio with its 95% interval, and what it rests on."""
+@dataclass(frozen=True)
+class LawEstimate:
+    """The law's LR for a ratio with its 95% interval (None ends: no interval), and what it rests on."""
 
     lr: float
     lo: float | None
@@ -288,10 +290,6 @@ class Recommendation:
     basis: str  # "pair", "new task", "anchor", "pooled law (unseen model)"
     detail: str
     warning: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"lr": self.lr, "interval": [self.lo, self.hi], "basis": self.basis, "detail": self.detail,
-                "warning": self.warning}
 
 
 @dataclass
@@ -303,10 +301,17 @@ class Law:
     pooled: Fit | None
     models: dict[str, Fit]
     method: str = "random_masking"
-    data: dict = field(default_factory=dict)  # everything else law.json holds (points, excluded, source...)
-    probe_calibration: dict | None = None  # written by the Hessian-probe calibration (rmask_tune.analysis)
+    points: list[LawPoint] = field(default_factory=list)  # the optima the fits are made on
+    excluded: list[ExcludedCell] = field(default_factory=list)
+    validation: Validation | None = None
+    probe_calibration: ProbeCalibration | None = None  # the Hessian probe's constant (rmask_tune.analysis)
     tasks: dict[str, Fit] = field(default_factory=dict)
     shared: SharedFit | None = None
+    source: LawSource = field(default_factory=lambda: LawSource())
+
+    def point_json(self) -> list[dict]:
+        """The points as law.json holds them: what the fits, the validation and the searcher read."""
+        return [p.to_json() for p in self.points]
 
     def fit_for(self, model: str | None = None) -> Fit:
         """The single-line fit for ``model`` (its own), or the pooled fit when ``model`` is None."""
@@ -338,12 +343,12 @@ class Law:
         return sorted({pair.split("/", 1)[0] for pair in self.shared.pairs}) if self.shared else sorted(self.models)
 
     def recommend(self, ratio: float, model: str | None = None, task: str | None = None,
-                  anchor: dict | None = None) -> Recommendation:
+                  anchor: LawPoint | None = None) -> LawEstimate:
         """The LR for ``ratio`` on (``model``, ``task``), with an interval that holds for that case.
 
         A known pair uses its own offset; a new task on a known model the model's pairs' mean offset plus
         their spread; a model the law has never seen needs ``anchor`` (an optimum measured on it:
-        ``{"ratio", "log10_lr", "se"}``), which sets its offset under the shared exponent; without one the
+        its ``ratio``, ``log10_lr`` and ``se``), which sets its offset under the shared exponent; without one the
         pooled pairs are used, with a warning.
         """
         ratio = check_ratio(ratio)
@@ -353,11 +358,11 @@ class Law:
         fit = self.shared
         pair = f"{model}/{task}"
         if anchor is not None:
-            dx = math.log10(ratio) - math.log10(anchor["ratio"])
-            centre = anchor["log10_lr"] + fit.b * dx
-            var = anchor["se"] ** 2 + dx**2 * fit.cov[-1][-1] + fit.tau**2
+            dx = math.log10(ratio) - math.log10(anchor.ratio)
+            centre = anchor.log10_lr + fit.b * dx
+            var = anchor.se**2 + dx**2 * fit.cov[-1][-1] + fit.tau**2
             half = t_quantile(fit.dof) * math.sqrt(var)
-            detail = (f"offset from an anchor optimum {10 ** anchor['log10_lr']:.3g} at ratio {anchor['ratio']:g}, "
+            detail = (f"offset from an anchor optimum {10 ** anchor.log10_lr:.3g} at ratio {anchor.ratio:g}, "
                       f"shared exponent {fit.b:.3f}")
             return _recommendation(centre, centre - half, centre + half, "anchor", detail)
         if pair in fit.pairs:
@@ -382,7 +387,7 @@ class Law:
                                warning)
 
     @staticmethod
-    def _borrowed_spread(fit: SharedFit, pair: str, ratio: float) -> Recommendation:
+    def _borrowed_spread(fit: SharedFit, pair: str, ratio: float) -> LawEstimate:
         """A new task on a model with one task in the law: that task's offset, with the spread between all pairs."""
         i = fit.pairs.index(pair)
         dx = math.log10(ratio) - fit.x0
@@ -415,8 +420,13 @@ class Law:
             "pooled": self.pooled.to_dict() if self.pooled else None,
             "models": {m: f.to_dict() for m, f in sorted(self.models.items())},
             "tasks": {t: f.to_dict() for t, f in sorted(self.tasks.items())},
-            **self.data,
-            "probe_calibration": self.probe_calibration,
+            **self.source.head(),
+            "points": [p.to_json() for p in self.points],
+            "excluded": [e.to_json() for e in self.excluded],
+            **self.source.tail(),
+            **({} if self.validation is None else {"validation": self.validation.to_json()}),
+            **self.source.extra,
+            "probe_calibration": None if self.probe_calibration is None else self.probe_calibration.to_json(),
         }
 
     def save(self, path: str | Path) -> None:
@@ -435,8 +445,8 @@ class Law:
 
 
 def _recommendation(centre: float, lo: float | None, hi: float | None, basis: str, detail: str,
-                    warning: str | None = None) -> Recommendation:
-    return Recommendation(lr_of(centre), None if lo is None else lr_of(lo), None if hi is None else lr_of(hi),
+                    warning: str | None = None) -> LawEstimate:
+    return LawEstimate(lr_of(centre), None if lo is None else lr_of(lo), None if hi is None else lr_of(hi),
                           basis, detail, warning)
 
 
@@ -467,15 +477,19 @@ def load_law(path: str | Path) -> Law:
     if not isinstance(d, dict) or d.get("format") not in LAW_FORMATS:
         raise RmaskError(f"{path} is not an rmask-tune law file (expected format {LAW_FORMAT!r})")
     validated(LawFile, d, path, "law file")
-    known = {"format", "law", "method", "confidence", "pooled", "models", "tasks", "probe_calibration", "shared"}
+    known = {"format", "law", "method", "confidence", "pooled", "models", "tasks", "probe_calibration", "shared",
+             "points", "excluded", "validation"}
     return Law(
         pooled=Fit.from_dict(d["pooled"]) if d.get("pooled") else None,
         models={m: Fit.from_dict(f) for m, f in d.get("models", {}).items()},
         method=d.get("method", "random_masking"),
-        data={k: v for k, v in d.items() if k not in known},
-        probe_calibration=d.get("probe_calibration"),
+        points=[LawPoint.from_json(p) for p in d.get("points", [])],
+        excluded=[ExcludedCell.from_json(e) for e in d.get("excluded", [])],
+        validation=Validation.from_json(d["validation"]) if d.get("validation") else None,
+        probe_calibration=ProbeCalibration.from_json(d["probe_calibration"]) if d.get("probe_calibration") else None,
         tasks={t: Fit.from_dict(f) for t, f in d.get("tasks", {}).items()},
         shared=SharedFit.from_dict(d["shared"]) if d.get("shared") else None,
+        source=LawSource.from_json({k: v for k, v in d.items() if k not in known}),
     )
 
 

@@ -78,7 +78,7 @@ class SearchPrior:
 
     @classmethod
     def from_law(cls, law: Law, note: str = "") -> SearchPrior:
-        return cls(list(law.data.get("points", [])), note)
+        return cls(law.point_json(), note)
 
     def pairs(self) -> set[str]:
         return {f"{p['model']}/{p['task']}" for p in self.points}

@@ -28,6 +28,7 @@ import numpy as np
 from rmask_tune.analysis.predict import calibrate
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import fit_shared, offset_spread
+from rmask_tune.law_record import HeldOutStats, ValidationSummary
 
 GRID_STEP = 0.5  # decades
 
@@ -133,16 +134,17 @@ def probe_leave_one_task_out(
     return rows, held_out
 
 
-def summarize_validation(rows: list[dict]) -> dict | None:
+def summarize_validation(rows: list[dict]) -> ValidationSummary | None:
     """Mean and worst error (grid steps) and regret (points) over the rows, and (``law_cells``) over the rows
     whose cell is one of the law's points."""
     summary = _summary(rows)
-    if summary is not None:
-        summary["law_cells"] = _summary([r for r in rows if r["in_law"]])
-    return summary
+    if summary is None:
+        return None
+    law_cells = _summary([r for r in rows if r["in_law"]])
+    return ValidationSummary(**summary, law_cells=None if law_cells is None else HeldOutStats(**law_cells))
 
 
-def summarize_by_source(rows: list[dict]) -> dict:
+def summarize_by_source(rows: list[dict]) -> dict[str, ValidationSummary | None]:
     """Leave-one-task-out summaries within a model and across models, when the rows hold both kinds."""
     within = [r for r in rows if r["from"] == WITHIN_MODEL]
     across = [r for r in rows if r["from"] == ACROSS_MODELS]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rmask_tune.cli import main
+from rmask_tune.law_record import LawPoint, ProbeCalibration
 from rmask_tune.law import Law, fit_law, fit_shared
 from paths import DATA
 
@@ -71,8 +72,8 @@ PROBE_CALIBRATION = {"c": 0.5, "n": 2, "c_by_model": {"m": 0.5}, "log10_sd": 0.1
 def valid_law() -> dict:
     """A law.json (format v2, shared fit over two pairs, a pooled line, a probe calibration) as a dict."""
     points = law_points()
-    law = Law(pooled=fit_law(points, bootstrap=50), models={}, data={"points": points},
-              probe_calibration=PROBE_CALIBRATION, shared=fit_shared(points))
+    law = Law(pooled=fit_law(points, bootstrap=50), models={}, points=[LawPoint.from_json(p) for p in points],
+              probe_calibration=ProbeCalibration.from_json(PROBE_CALIBRATION), shared=fit_shared(points))
     return json.loads(json.dumps(law.to_dict()))
 
 

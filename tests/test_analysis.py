@@ -12,6 +12,7 @@ from rmask_tune.analysis.landscape import ProbeSettings, probe_ratio, probe_tria
 from rmask_tune.analysis.predict import calibrate, prediction_errors, predict_lr
 from rmask_tune.cli import main
 from rmask_tune.errors import RmaskError
+from rmask_tune.law_record import LawPoint
 from rmask_tune.law import Law, load_law
 from rmask_tune.masking import load_adapter, masked_layers
 from rmask_tune.trainer import prepare_trial, run_trial
@@ -137,14 +138,14 @@ def test_calibration_round_trips_through_law_json_and_predict_lr(tmp_path, capsy
     assert calibrate([(2.0, 0.5), (8.0, 0.5)]) == pytest.approx(2.0)  # geometric mean of 1 and 4
     law_path = tmp_path / "law.json"
     point = {"model": "tiny-llama", "task": "SST-2", "ratio": 1e-5, "lr": 0.02, "log10_lr": math.log10(0.02), "se": 0.1}
-    Law(pooled=None, models={}, data={"points": [point], "excluded": []}).save(law_path)
+    Law(pooled=None, models={}, points=[LawPoint.from_json(point)]).save(law_path)
     argv = ["analyze", "calibrate", "--law", str(law_path), "--batches", "1", "--batch-size", "2", "--iters", "4",
             "--data-dir", str(DATA)]  # fmt: skip
     assert main(argv) == 0
     assert "probe_calibration" in capsys.readouterr().out
     law = load_law(law_path)
-    entry = law.probe_calibration
-    assert entry["n"] == 1 and law.data["points"] == [point]
+    entry = law.probe_calibration.to_json()
+    assert entry["n"] == 1 and law.point_json() == [point]
     lr, lam = predict_lr("tiny-llama", "SST-2", 1e-5, entry["c"], data_dir=str(DATA), **entry["probe"])
     assert lam == pytest.approx(entry["points"][0]["lambda_max"], rel=1e-9)  # the probe is deterministic
     assert lr == pytest.approx(0.02, rel=1e-9)

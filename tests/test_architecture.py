@@ -12,13 +12,13 @@ from paths import REPO
 PACKAGE = REPO / "rmask_tune"
 LAYERS = (
     ("errors",),
-    ("precision", "models", "resampling", "law", "masking", "tasks", "files"),
+    ("precision", "models", "resampling", "law", "law_record", "masking", "tasks", "files"),
     ("peft_tuner", "methods", "law_search", "runstore", "bench_profile"),
     ("trainer",),
     ("analysis", "validation"),
     ("sweep",),
     ("report",),
-    ("bench", "gpu_check"),
+    ("bench", "gpu_check", "recommend"),
     ("commands",),
     ("cli", "__init__"),
 )

@@ -253,7 +253,7 @@ def test_every_trial_run_holds_its_per_example_results(sweep, tmp_path):
 
 
 def test_report_regenerates_from_its_export_alone(sweep, tmp_path):
-    first = build_report(str(sweep), out=tmp_path / "from-store", bootstrap=50)
+    first = build_report(str(sweep), out=tmp_path / "from-store", bootstrap=50).folder
     export = first / EXPORT_FILE
     data = json.loads(gzip.decompress(export.read_bytes()))
     by_trial = {t["tags"]["rmask.trial_id"]: t for t in data["trials"]}

@@ -17,6 +17,7 @@ from rmask_tune.analysis.landscape import ProbeSettings
 from rmask_tune.analysis.predict import calibrate_law
 from rmask_tune.analysis.probes import PROBES_FILE, load_probes, save_probes
 from rmask_tune.cli import main
+from rmask_tune.law_record import ExcludedCell, LawPoint
 from rmask_tune.law import Law, load_law
 from rmask_tune.report import build_report
 from paths import DATA
@@ -62,19 +63,19 @@ def store():
 
 @pytest.fixture(scope="module")
 def uncalibrated(store, tmp_path_factory):
-    return build_report(str(store), out=tmp_path_factory.mktemp("report") / "noisy", bootstrap=100)
+    return build_report(str(store), out=tmp_path_factory.mktemp("report") / "noisy", bootstrap=100).folder
 
 
 @pytest.fixture(scope="module")
 def calibrated(store, uncalibrated, tmp_path_factory):
     probes = write_probes(tmp_path_factory.mktemp("probes") / PROBES_FILE, TRUTH.offsets)
-    return build_report(str(store), out=uncalibrated, overwrite=True, bootstrap=100, probes=probes)
+    return build_report(str(store), out=uncalibrated, overwrite=True, bootstrap=100, probes=probes).folder
 
 
 @pytest.mark.slow
 def test_without_probes_the_section_says_how_to_make_them(uncalibrated):
     law = load_law(uncalibrated / "law.json")
-    assert law.probe_calibration is None and law.data["validation"]["hessian_predictor"] is None
+    assert law.probe_calibration is None and law.validation.to_json()["hessian_predictor"] is None
     readme = (uncalibrated / "README.md").read_text()
     section = readme.split("## 3c. The a-priori Hessian predictor\n\n", 1)[1].split("\n\n", 1)[0]
     assert section.startswith("Not calibrated: `rmask-tune analyze calibrate --law law.json`")
@@ -83,20 +84,20 @@ def test_without_probes_the_section_says_how_to_make_them(uncalibrated):
 
 def test_calibration_and_leave_one_task_out_hit_the_constructed_lrs(calibrated):
     law = load_law(calibrated / "law.json")
-    points = law.data["points"]
+    points = law.point_json()
     assert {(p["task"], p["ratio"]) for p in points} == {(t, r) for t in TRUTH.offsets for r in TRUTH.ratios}
     for p in points:  # the optima sit on their grid points, within a fifth of a grid step
         assert math.log10(p["lr"]) == pytest.approx(TRUTH.log_lr(p["task"], p["ratio"]), abs=0.1)
     probed = [p for p in points if (p["task"], p["ratio"]) != UNPROBED]
     lambdas = {(t, r): true_lambda(t, r) for t in TRUTH.offsets for r in TRUTH.ratios}
 
-    entry = law.probe_calibration
+    entry = law.probe_calibration.to_json()
     assert entry["n"] == 8 and entry["points_without_probe"] == 1 and entry["probes_with_other_settings"] == 1
     assert entry["probe"] == SETTINGS.record() and entry["repeats"] == 2
     assert entry["c"] == pytest.approx(geometric_c(probed, lambdas), rel=1e-9)
     assert math.log10(entry["c"] / C_TRUE) == pytest.approx(3 / 8, abs=0.03)  # 3 of 8 optima a decade off
 
-    predictor = law.data["validation"]["hessian_predictor"]
+    predictor = law.validation.to_json()["hessian_predictor"]
     assert predictor["held_out"] and predictor["probes"] == 9
     rows = predictor["rows"]
     assert [(r["task"], r["ratio"]) for r in rows] == sorted((t, r) for t, r in lambdas if (t, r) != UNPROBED)
@@ -115,7 +116,7 @@ def test_calibration_and_leave_one_task_out_hit_the_constructed_lrs(calibrated):
     sst2 = [r for r in rows if r["task"] == "SST-2"]
     assert [r["error_steps"] for r in sst2] == pytest.approx([2.0] * 3, abs=0.15)  # the off task: two steps low
     assert min(r["regret"] for r in sst2) > max(r["regret"] for r in rows if r["task"] != "SST-2")
-    overall = law.data["validation"]["summary"]["hessian_predictor"]
+    overall = law.validation.to_json()["summary"]["hessian_predictor"]
     assert overall["cells"] == 8 and overall["max_error_steps"] == max(r["error_steps"] for r in rows)
 
     readme = (calibrated / "README.md").read_text()
@@ -124,7 +125,7 @@ def test_calibration_and_leave_one_task_out_hit_the_constructed_lrs(calibrated):
     assert f"c = {entry['c']:.4g}, the geometric mean of lr* · lambda_max over the 8 optima below" in section
     assert "left out: 1 optimum(s) without a probe, 1 probe(s) with other settings" in section
     assert "of all models (the predictor is meant for models no sweep has seen" in section
-    lot = law.data["validation"]["summary"]["leave_one_task_out"]
+    lot = law.validation.to_json()["summary"]["leave_one_task_out"]
     assert (f"Hessian predictor: 8 cell(s); error mean {overall['mean_error_steps']:.2f}, worst "
             f"{overall['max_error_steps']:.2f} grid steps" in section)
     assert f"the law's leave-one-task-out (3b): {lot['cells']} cell(s); error mean {lot['mean_error_steps']:.2f}" in section
@@ -140,9 +141,9 @@ def test_an_overwrite_rerun_keeps_the_probes_and_the_calibration(store, calibrat
     after = load_law(calibrated / "law.json")
     assert (calibrated / PROBES_FILE).read_bytes() == probes
     assert after.probe_calibration == before.probe_calibration
-    assert after.data["validation"]["hessian_predictor"] == before.data["validation"]["hessian_predictor"]
-    s = after.data["validation"]["summary"]["hessian_predictor"]
-    assert (f"  Hessian predictor c / lambda_max (c {after.probe_calibration['c']:.3g}), leave-one-task-out: error "
+    assert after.validation.to_json()["hessian_predictor"] == before.validation.to_json()["hessian_predictor"]
+    s = after.validation.to_json()["summary"]["hessian_predictor"]
+    assert (f"  Hessian predictor c / lambda_max (c {after.probe_calibration.c:.3g}), leave-one-task-out: error "
             f"{s['mean_error_steps']:.2f} grid steps (worst {s['max_error_steps']:.2f}), regret {s['mean_regret']:.1f} "
             f"points (worst {s['max_regret']:.1f}) over 8 cell(s)") in capsys.readouterr().out
 
@@ -153,9 +154,9 @@ def test_probes_of_one_task_give_in_sample_errors(calibrated, tmp_path):
     write_probes(out / PROBES_FILE, ["SST-2"])  # a folder holding only its probes.json is a new report folder
     build_report(str(calibrated / "sweep-export.json.gz"), out=out, bootstrap=100)
     law = load_law(out / "law.json")
-    predictor = law.data["validation"]["hessian_predictor"]
-    assert not predictor["held_out"] and law.probe_calibration["points_without_probe"] == 6
-    assert math.log10(law.probe_calibration["c"] / (C_TRUE * 10)) == pytest.approx(0, abs=0.03)
+    predictor = law.validation.to_json()["hessian_predictor"]
+    assert not predictor["held_out"] and law.probe_calibration.to_json()["points_without_probe"] == 6
+    assert math.log10(law.probe_calibration.to_json()["c"] / (C_TRUE * 10)) == pytest.approx(0, abs=0.03)
     assert [r["task"] for r in predictor["rows"]] == ["SST-2"] * 3
     assert all(r["error_steps"] < 0.12 and r["from"] == "c in-sample" for r in predictor["rows"])
     readme = (out / "README.md").read_text()
@@ -179,10 +180,10 @@ def test_two_model_families_give_c_per_model_and_within_model_errors(store, tmp_
     finally:
         shutil.rmtree(second, ignore_errors=True)
     law = load_law(out / "law.json")
-    by_model = law.probe_calibration["c_by_model"]
+    by_model = law.probe_calibration.to_json()["c_by_model"]
     assert math.log10(by_model["m"] / C_TRUE) == pytest.approx(0, abs=0.1)
     assert math.log10(by_model["m2"] / (C_TRUE * 1e-3)) == pytest.approx(0, abs=0.1)
-    validation = law.data["validation"]
+    validation = law.validation.to_json()
     across, within = validation["hessian_predictor"]["rows"], validation["hessian_predictor"]["within_model_rows"]
     # m2's tasks predicted across families miss by about two decades (four grid steps) with c mostly of m's.
     assert min(r["error_steps"] for r in across if r["model"] == "m2") > 2
@@ -222,14 +223,14 @@ def test_calibrate_writes_and_merges_probes_json(tmp_path):
     points = [{"model": "tiny-llama", "task": "SST-2", "ratio": ratio, "lr": lr, "log10_lr": math.log10(lr), "se": 0.1}
               for ratio, lr in ((1e-5, 0.05), (1e-4, 0.01))]
     law_path = tmp_path / "law.json"
-    Law(pooled=None, models={}, data={"points": points, "excluded": []}).save(law_path)
+    Law(pooled=None, models={}, points=[LawPoint.from_json(p) for p in points]).save(law_path)
     stale = {"model": "tiny-llama", "task": "SST-2", "ratio": 1e-5, "lambda_max": 1.0, "lambda_max_repeats": [1.0],
              "step_range": None, "probe": settings.record()}
     other = {**stale, "probe": OTHER_SETTINGS.record()}
     elsewhere = {**stale, "task": "RTE"}
     save_probes(tmp_path / PROBES_FILE, [stale, other, elsewhere])
 
-    entry = calibrate_law(law_path, settings)
+    entry = calibrate_law(law_path, settings).to_json()
     kept = load_probes(tmp_path / PROBES_FILE)
     assert kept[:2] == [other, elsewhere] and len(kept) == 4
     for new, point in zip(kept[2:], entry["points"]):
@@ -247,7 +248,7 @@ def test_calibrate_excluded_probes_cells_outside_the_law_without_fitting_c_on_th
     point = {"model": "tiny-llama", "task": "SST-2", "ratio": 1e-4, "lr": 0.01, "log10_lr": -2.0, "se": 0.1}
     flat = {**point, "task": "COPA", "ratio": 1e-5, "lr": 0.3, "reason": "signal test failed"}
     law_path = tmp_path / "law.json"
-    Law(pooled=None, models={}, data={"points": [point], "excluded": [flat]}).save(law_path)
+    Law(pooled=None, models={}, points=[LawPoint.from_json(point)], excluded=[ExcludedCell.from_json(flat)]).save(law_path)
     probe_options = ["--batches", "1", "--batch-size", "2", "--iters", "3", "--data-dir", str(DATA)]
 
     assert main(["analyze", "calibrate", "--law", str(law_path), "--task", "COPA", *probe_options]) == 2
@@ -259,6 +260,6 @@ def test_calibrate_excluded_probes_cells_outside_the_law_without_fitting_c_on_th
 
     assert main(["analyze", "calibrate", "--law", str(law_path), "--excluded", *probe_options]) == 0
     probes = {(p["task"], p["ratio"]): p["lambda_max"] for p in load_probes(tmp_path / PROBES_FILE)}
-    calibration = load_law(law_path).probe_calibration
+    calibration = load_law(law_path).probe_calibration.to_json()
     assert set(probes) == {("COPA", 1e-5), ("SST-2", 1e-4)} and calibration["n"] == 1
     assert calibration["c"] == pytest.approx(0.01 * probes[("SST-2", 1e-4)])

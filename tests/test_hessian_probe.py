@@ -15,6 +15,7 @@ from rmask_tune.analysis.predict import calibrate, calibrate_law, constant_for
 from rmask_tune.analysis.probes import probe_loss_settings
 from rmask_tune.cli import main
 from rmask_tune.errors import RmaskError
+from rmask_tune.law_record import LawPoint, ProbeCalibration
 from rmask_tune.law import Law, load_law
 from rmask_tune.masking import masked_layers
 from rmask_tune.trainer import prepare_trial
@@ -128,7 +129,7 @@ def law_path(tmp_path):
         for ratio, lr in ((1e-5, 0.05), (1e-4, 0.01))
     ]  # fmt: skip
     path = tmp_path / "law.json"
-    Law(pooled=None, models={}, data={"points": points, "excluded": []}).save(path)
+    Law(pooled=None, models={}, points=[LawPoint.from_json(p) for p in points]).save(path)
     return path
 
 
@@ -138,7 +139,7 @@ def test_calibration_reports_the_spread_over_repeated_probes(law_path, capsys):
             "--iters", "3", "--data-dir", str(DATA)]  # fmt: skip
     assert main(argv) == 0
     assert "c over 3 repeated probes" in capsys.readouterr().out
-    entry = load_law(law_path).probe_calibration
+    entry = load_law(law_path).probe_calibration.to_json()
     assert entry["repeats"] == 3 and entry["probe"]["fd_step_mode"] == "curvature" and "repeat" not in entry["probe"]
     for point in entry["points"]:
         values = point["lambda_max_repeats"]
@@ -168,8 +169,8 @@ def test_calibration_and_recommend_probe_the_loss_each_cell_trained_on(tmp_path,
     point = {"model": "tiny-llama", "task": "SST-2", "ratio": 1e-4, "lr": 0.01, "log10_lr": -2.0, "se": 0.1,
              "loss_settings": loss}  # fmt: skip
     path = tmp_path / "law.json"
-    Law(pooled=None, models={}, data={"points": [point], "excluded": []}).save(path)
-    measured = calibrate_law(path, CHECK)["points"][0]["lambda_max"]
+    Law(pooled=None, models={}, points=[LawPoint.from_json(point)]).save(path)
+    measured = calibrate_law(path, CHECK).points[0]["lambda_max"]
     assert measured == probe_ratio("tiny-llama", "SST-2", 1e-4, CHECK, loss).lambda_max
     assert measured != pytest.approx(probe_ratio("tiny-llama", "SST-2", 1e-4, CHECK).lambda_max, rel=0.05)
     assert json.loads((tmp_path / "probes.json").read_text())["probes"][0]["loss_settings"] == loss
@@ -213,14 +214,14 @@ def test_constant_for_a_new_model_carries_the_spread_between_models():
               {"model": "b", "lr": 0.01, "lambda_max": 0.01}]  # fmt: skip
     c_a = math.sqrt(0.1 * 0.2)  # the geometric mean of a's lr* x lambda_max
     calibration = {"c": 0.05, "n": 3, "log10_sd": 0.3, "c_by_model": {"a": c_a, "b": 1e-4}, "points": points}
-    own = constant_for(calibration, "a")
+    own = constant_for(ProbeCalibration.from_json(calibration), "a")
     assert own.c == c_a and own.warning is None
     assert own.log10_sd == pytest.approx(math.log10(2) / math.sqrt(2))  # a's two points around a's own c
-    new = constant_for(calibration, "z")
+    new = constant_for(ProbeCalibration.from_json(calibration), "z")
     between = statistics.stdev([math.log10(c_a), -4.0])
     assert new.c == 0.05 and new.log10_sd == pytest.approx(math.hypot(0.3, between))
     assert "differs 1.41e+03x between its models (a, b)" in new.warning
-    single = constant_for({"c": 0.05, "n": 2, "log10_sd": 0.3, "c_by_model": {"a": 0.05}}, "z")
+    single = constant_for(ProbeCalibration.from_json({"c": 0.05, "n": 2, "log10_sd": 0.3, "c_by_model": {"a": 0.05}}), "z")
     assert single.log10_sd == 0.3 and "calibrated on a only" in single.warning
 
 

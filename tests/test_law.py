@@ -5,8 +5,10 @@ import math
 
 import numpy as np
 import pytest
+from paths import REPO
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.law_record import LawPoint
 from rmask_tune.law import Law, fit_law, load_law, narrow_grid
 from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, quadratic_vertex
 
@@ -98,7 +100,7 @@ def test_fit_needs_two_ratios():
 def law_file(tmp_path):
     pooled = fit_law(synthetic_points(), bootstrap=300)
     law = Law(pooled=pooled, models={"opt-125m": fit_law(synthetic_points(seed=2), bootstrap=300)},
-              data={"points": pooled.points, "excluded": []})
+              points=[LawPoint.from_json(p) for p in pooled.points])
     path = tmp_path / "law.json"
     law.save(path)
     return path
@@ -143,3 +145,15 @@ def test_law_errors_are_one_line_user_errors(law_file, tmp_path):
     (tmp_path / "other.json").write_text('{"a": 1}')
     with pytest.raises(RmaskError, match="not an rmask-tune law file"):
         load_law(tmp_path / "other.json")
+
+
+@pytest.mark.parametrize("committed", sorted((REPO / "reports").glob("*/law.json")), ids=lambda p: p.parent.name)
+def test_every_committed_law_json_loads_and_saves_back_the_same(committed, tmp_path):
+    """law.json's one reader and one writer keep every committed report's law as it is, key for key (a v1 file
+    comes back as v2: the same law, with no shared or per-task fits, which v1 did not have)."""
+    again = tmp_path / "law.json"
+    load_law(committed).save(again)
+    original = json.loads(committed.read_text())
+    if original["format"] == "rmask-tune law v1":
+        original = {"shared": None, "tasks": {}, **original, "format": "rmask-tune law v2"}
+    assert json.loads(again.read_text()) == original

@@ -23,7 +23,7 @@ def _store(ratios=None, frozen: bool = True) -> Path:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     folder = _store()
-    out = build_report(str(folder), out=tmp_path_factory.mktemp("report") / "noisy", bootstrap=300)
+    out = build_report(str(folder), out=tmp_path_factory.mktemp("report") / "noisy", bootstrap=300).folder
     yield out
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -38,7 +38,7 @@ def _law_data(folder: Path) -> dict:
 @pytest.mark.slow
 def test_intervals_signal_test_and_shared_exponent_on_a_noisy_store(report):
     law = load_law(report / "law.json")
-    points = {p["ratio"]: p for p in law.data["points"]}
+    points = {p["ratio"]: p for p in law.point_json()}
     assert set(points) == {1e-2, 1e-3, 1e-4}
     for ratio, p in points.items():
         assert p["resampled"] == "per-example" and p["signal"]["reference"] == "frozen model"
@@ -46,7 +46,7 @@ def test_intervals_signal_test_and_shared_exponent_on_a_noisy_store(report):
         low, high = p["interval"]
         assert low < 10 ** LAW.log_lr("SST-2", ratio) < high, ratio  # the bootstrap interval holds the true optimum
         assert high / low < 10  # and dev noise, not the grid alone, sets its width
-    (flat,) = law.data["excluded"]
+    (flat,) = [e.to_json() for e in law.excluded]
     assert flat["ratio"] == 1e-5 and flat["reason"].startswith("signal test failed")
     assert flat["signal"]["p_value"] >= 0.05 and flat["signal"]["reference"] == "frozen model"
     assert law.shared.b_ci[0] <= -0.8 <= law.shared.b_ci[1]
@@ -56,7 +56,7 @@ def test_intervals_signal_test_and_shared_exponent_on_a_noisy_store(report):
 
 
 def test_the_report_regenerates_from_its_export_alone(report, tmp_path):
-    again = build_report(str(report / "sweep-export.json.gz"), out=tmp_path / "again", bootstrap=300)
+    again = build_report(str(report / "sweep-export.json.gz"), out=tmp_path / "again", bootstrap=300).folder
     assert _law_data(report) == _law_data(again)
 
 
@@ -66,12 +66,12 @@ def test_sittings_in_separate_stores_combine_into_the_same_report(report, tmp_pa
     --also give the report of the whole sweep, and the combined export regenerates it."""
     first, second = _store(ratios=(1e-2, 1e-3)), _store(ratios=(1e-4, 1e-5), frozen=False)
     try:
-        part = build_report(str(first), out=tmp_path / "first", bootstrap=300)
+        part = build_report(str(first), out=tmp_path / "first", bootstrap=300).folder
         whole = build_report(str(part / "sweep-export.json.gz"), out=tmp_path / "whole", bootstrap=300,
-                             also=[str(second)])
+                             also=[str(second)]).folder
     finally:
         shutil.rmtree(first, ignore_errors=True)
         shutil.rmtree(second, ignore_errors=True)
     assert _law_data(whole) == _law_data(report)
-    again = build_report(str(whole / "sweep-export.json.gz"), out=tmp_path / "again", bootstrap=300)
+    again = build_report(str(whole / "sweep-export.json.gz"), out=tmp_path / "again", bootstrap=300).folder
     assert _law_data(again) == _law_data(report)

@@ -86,7 +86,7 @@ def test_the_valid_law_recommends_with_valid_json(law_doc, tmp_path):
     assert done.code == 0, done.err
     result = json.loads(done.out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
     assert math.isfinite(result["lr"]) and result["lr"] > 0 and result["basis"] == "pair"
-    assert load_law(law).probe_calibration["c"] == PROBE_CALIBRATION["c"]
+    assert load_law(law).probe_calibration.c == PROBE_CALIBRATION["c"]
 
 
 def test_a_law_that_overflows_is_refused_not_printed(law_doc, tmp_path):

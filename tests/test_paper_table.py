@@ -89,7 +89,7 @@ def test_cells_are_mean_and_std_over_seeds_at_the_best_dev_lr(store):
 
 
 def test_readme_and_html_show_the_paper_layout(store, tmp_path):
-    out = build_report(str(store), out=tmp_path / "report", bootstrap=10)
+    out = build_report(str(store), out=tmp_path / "report", bootstrap=10).folder
     readme = (out / "README.md").read_text()
     layout = readme[readme.index("## 1b. In the paper's layout"):]
     assert "| Method | Params | SST-2 | RTE | Avg |" in layout

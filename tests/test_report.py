@@ -125,7 +125,7 @@ def store(tmp_path_factory):
 def report(store, tmp_path_factory):
     uri, _, _ = store
     out = tmp_path_factory.mktemp("reports") / "synthetic"
-    return build_report(EXPERIMENT, uri, out, bootstrap=400)
+    return build_report(EXPERIMENT, uri, out, bootstrap=400).folder
 
 
 def expected_cell(trials, model, task, method, ratio):
@@ -186,8 +186,8 @@ def test_fitted_law_recovers_the_known_exponent(report, store):
     assert offsets["m-small/RTE"] - offsets["m-small/SST-2"] == pytest.approx(-0.2, abs=0.06)
     assert offsets["m-big/SST-2"] - offsets["m-small/SST-2"] == pytest.approx(-0.3, abs=0.06)
     # no per-example results in this store: every cell is resampled by the stated binomial approximation
-    assert {p["resampled"] for p in law.data["points"]} == {"binomial"}
-    assert {p["signal"]["reference"] for p in law.data["points"]} == {"smallest LR"}
+    assert {p["resampled"] for p in law.point_json()} == {"binomial"}
+    assert {p["signal"]["reference"] for p in law.point_json()} == {"smallest LR"}
     for model, fit in [*law.models.items(), ("pooled", law.pooled)]:
         assert fit.b_ci[0] <= -0.5 <= fit.b_ci[1], model
         assert fit.b == pytest.approx(-0.5, abs=0.06), model
@@ -206,7 +206,7 @@ def test_fitted_law_recovers_the_known_exponent(report, store):
     # m-big RTE at 0.1%: its optimum beats the smallest LR by 2.5 points on 500 dev examples, which the
     # binomial approximation (no pairing) cannot call significant: the signal test keeps it out, by name
     assert len(law.pooled.points) == 11
-    flat = [e for e in law.data["excluded"] if (e["model"], e["task"], e["ratio"]) == ("m-big", "RTE", 1e-3)]
+    flat = [e for e in [e.to_json() for e in law.excluded] if (e["model"], e["task"], e["ratio"]) == ("m-big", "RTE", 1e-3)]
     assert len(flat) == 1 and flat[0]["reason"].startswith("signal test failed") and "p = " in flat[0]["reason"]
     # every point is the true optimum (the quadratic is exact on a parabola) up to seed noise
     for p in law.pooled.points:
@@ -297,7 +297,7 @@ def test_versus_compares_a_narrow_sweep_with_the_full_grid(store, tmp_path):
     assert t["ours"]["trials"] == 9 and t["theirs"]["trials"] == 3 * len(GRID) * 2
     assert t["ours"]["hours"] == pytest.approx(9 * 30 / 3600)
     assert t["worst_gap"] == pytest.approx(min(c.gap for c in cells))
-    out = build_report(str(tmp_path / "guided"), out=tmp_path / "report", bootstrap=20, versus=str(folder))
+    out = build_report(str(tmp_path / "guided"), out=tmp_path / "report", bootstrap=20, versus=str(folder)).folder
     readme = (out / "README.md").read_text()
     assert f'## 6. Against "{EXPERIMENT}"' in readme
     assert f"this sweep used 9 trials, 27 trial-epochs and 0.075 device hours against {3 * len(GRID) * 2}" in readme

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rmask_tune.law import Law, fit_shared, load_law, offset_spread
+from rmask_tune.law_record import LawPoint
 from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, signal_test
 from rmask_tune.validation import (
     ACROSS_MODELS,
@@ -132,7 +133,7 @@ def test_a_new_task_interval_includes_the_spread_between_tasks():
     assert inside == 4
     unseen = law.recommend(3e-5, "other-model")
     assert unseen.warning and "--anchor" in unseen.warning
-    anchored = law.recommend(3e-5, "other-model", anchor={"ratio": 1e-3, "log10_lr": -1.0, "se": 0.1})
+    anchored = law.recommend(3e-5, "other-model", anchor=LawPoint(ratio=1e-3, log10_lr=-1.0, se=0.1))
     assert anchored.basis == "anchor" and anchored.warning is None
     assert math.log10(anchored.lr) == pytest.approx(-1.0 + fit_shared(points).b * math.log10(3e-5 / 1e-3))
 
@@ -162,9 +163,9 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     tasks = leave_one_task_out(points, curves)
     assert len(tasks) == 10 and {r["task"] for r in tasks} == set(offsets)
     assert [r["ratio"] for r in tasks if not r["in_law"]] == [1e-5]
-    law_cells = summarize_validation(tasks)["law_cells"]
+    law_cells = summarize_validation(tasks).law_cells
     in_law = [r for r in tasks if r["in_law"]]
-    assert law_cells["cells"] == 9 and law_cells["mean_regret"] == pytest.approx(np.mean([r["regret"] for r in in_law]))
+    assert law_cells.cells == 9 and law_cells.mean_regret == pytest.approx(np.mean([r["regret"] for r in in_law]))
     # A task none of whose cells entered the law: still predicted as a new task, from the whole law.
     curves[("m", "WiC", 1e-3)] = ([10.0**e for e in np.arange(-3, 0.01, 0.5)], list(0.5 + rng.normal(0, 0.01, 7)))
     wic = [r for r in leave_one_task_out(points, curves) if r["task"] == "WiC"]
@@ -181,8 +182,8 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     ratios_out = leave_one_ratio_out(points, curves)
     assert len(ratios_out) == 9
     summary = summarize_validation(ratios_out)
-    assert summary["mean_error_steps"] < 0.6 and summary["max_regret"] < 2
-    assert summarize_validation(tasks)["mean_regret"] > summary["mean_regret"]
+    assert summary.mean_error_steps < 0.6 and summary.max_regret < 2
+    assert summarize_validation(tasks).mean_regret > summary.mean_regret
     assert {r["from"] for r in tasks} == {WITHIN_MODEL} and summarize_by_source(tasks) == {}
     # A second model with one task in the law: its cells are predicted from the first model's tasks, and
     # the summary keeps that cross-family prediction apart from the within-model ones.
@@ -196,6 +197,6 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     assert {r["model"] for r in across} == {"m2"} and len(across) == 3
     assert all(r["error_steps"] > 1.2 for r in across)  # m2's offset is 1 decade above m's tasks' mean
     split = summarize_by_source(tasks)
-    assert split["leave_one_task_out_within_model"]["cells"] == 9
-    assert split["leave_one_task_out_across_models"]["mean_error_steps"] == pytest.approx(
+    assert split["leave_one_task_out_within_model"].cells == 9
+    assert split["leave_one_task_out_across_models"].mean_error_steps == pytest.approx(
         np.mean([r["error_steps"] for r in across]))

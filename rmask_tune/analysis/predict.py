@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from rmask_tune.analysis.probes import PROBES_FILE, add_probes, probe_entry
 from rmask_tune.errors import RmaskError
+from rmask_tune.law_record import ProbeCalibration
 
 if TYPE_CHECKING:
     from rmask_tune.analysis.landscape import ProbeSettings
@@ -65,21 +66,22 @@ class ProbeConstant:
     warning: str | None = None
 
 
-def constant_for(calibration: dict, model: str) -> ProbeConstant:
+def constant_for(calibration: ProbeCalibration, model: str) -> ProbeConstant:
     """``c`` for ``model`` from law.json's ``probe_calibration``.
 
     A model the calibration has probed gets its own ``c_by_model`` and the scatter of its own points around it.
     Another model gets the pooled ``c``; the scatter of the models' own constants is added to the interval
     (with one model calibrated there is none to measure, which the warning says).
     """
-    by_model = calibration.get("c_by_model") or {}
-    points = calibration.get("points") or []
+    by_model = calibration.c_by_model or {}
+    points = calibration.points or []
+    scatter = calibration.log10_sd or 0.0
     if model in by_model:
         c = by_model[model]
         own = [math.log10(p["lr"] * p["lambda_max"] / c) for p in points if p.get("model") == model]
-        sd = _sample_sd(own) if len(own) >= 2 else calibration.get("log10_sd", 0.0)
+        sd = _sample_sd(own) if len(own) >= 2 else scatter
         return ProbeConstant(c, sd, f"c of {model}'s own optima ({len(own)})")
-    c, sd = calibration["c"], calibration.get("log10_sd", 0.0)
+    c, sd = calibration.c, scatter
     if len(by_model) >= 2:
         logs = [math.log10(v) for v in by_model.values()]
         between = _sample_sd(logs)
@@ -106,7 +108,7 @@ def calibrate_law(
     repeats: int = 1,
     excluded: bool = False,
     progress=None,
-) -> dict | None:
+) -> ProbeCalibration | None:
     """Probe every optimum in law.json's ``points`` (optionally one model / task), fit ``c``, save it.
 
     Each point is probed ``repeats`` times (repeat r: other batches and another start vector, see
@@ -125,11 +127,12 @@ def calibrate_law(
         raise RmaskError(f"repeats must be at least 1, got {repeats}")
     law = load_law(law_path)
 
-    def chosen(key: str) -> list[dict]:
-        return [p for p in law.data.get(key, [])
-                if (model is None or p["model"] == model) and (task is None or p["task"] == task)]
+    def chosen(cells: list) -> list[dict]:
+        return [cell.to_json() for cell in cells
+                if (model is None or cell.model == model) and (task is None or cell.task == task)]
 
-    points, others = chosen("points"), chosen("excluded") if excluded else []
+    points = chosen(law.points)
+    others = chosen([cell.point for cell in law.excluded if cell.point is not None]) if excluded else []
     if not points and not others:
         what = "optimal-LR points or excluded cells" if excluded else "optimal-LR points"
         raise RmaskError(f"{law_path} has no {what}{_filter_text(model, task)} to calibrate against")
@@ -169,7 +172,7 @@ def calibration_pair(point: dict, lambda_repeats: list[float], step_range: list[
     }  # fmt: skip
 
 
-def calibration_entry(pairs: list[dict], probe: dict, source: str, **extra) -> dict:
+def calibration_entry(pairs: list[dict], probe: dict, source: str, **extra) -> ProbeCalibration:
     """law.json's ``probe_calibration`` from calibration pairs probed with the settings record ``probe``: ``c``,
     its spread over points and over probe repeats (the repeats every pair has), and each pair's errors."""
     repeats = min(len(p["lambda_max_repeats"]) for p in pairs)
@@ -177,22 +180,22 @@ def calibration_entry(pairs: list[dict], probe: dict, source: str, **extra) -> d
     c_repeats = [calibrate((p["lambda_max_repeats"][r], p["lr"]) for p in pairs) for r in range(repeats)]
     spread = _sample_sd([math.log10(p["lr"] * p["lambda_max"] / c) for p in pairs])  # how far points sit from c
     errors = prediction_errors(pairs, c)
-    return {
-        "c": c,
-        "n": len(pairs),
-        "c_by_model": {m: calibrate((p["lambda_max"], p["lr"]) for p in pairs if p["model"] == m)
-                       for m in sorted({p["model"] for p in pairs})},
-        "source": source,
+    return ProbeCalibration(
+        c=c,
+        n=len(pairs),
+        c_by_model={m: calibrate((p["lambda_max"], p["lr"]) for p in pairs if p["model"] == m)
+                    for m in sorted({p["model"] for p in pairs})},
+        source=source,
         **extra,
-        "log10_sd": spread,
-        "mean_abs_error_steps": _mean_abs(e["error_steps"] for e in errors),
-        "mean_abs_loo_error_steps": _mean_abs(e["loo_error_steps"] for e in errors),
-        "repeats": repeats,
-        "c_repeats": c_repeats,
+        log10_sd=spread,
+        mean_abs_error_steps=_mean_abs(e["error_steps"] for e in errors),
+        mean_abs_loo_error_steps=_mean_abs(e["loo_error_steps"] for e in errors),
+        repeats=repeats,
+        c_repeats=c_repeats,
         **_spread("c", c_repeats),
-        "probe": probe,
-        "points": [{**pair, **error} for pair, error in zip(pairs, errors)],
-    }
+        probe=probe,
+        points=[{**pair, **error} for pair, error in zip(pairs, errors)],
+    )
 
 
 def _geometric_mean(values: list[float], point: dict) -> float:

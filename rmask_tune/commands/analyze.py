@@ -93,27 +93,27 @@ def _calibrate(args: argparse.Namespace) -> None:
         print(f"probed only cells the law excluded: probes.json beside {args.law} updated, its c unchanged "
               "(`rmask-tune report` scores the predictor on them)")
     elif args.json:
-        print(json.dumps(entry, indent=1))
+        print(json.dumps(entry.to_json(), indent=1))
     else:
-        for point in entry["points"]:
+        for point in entry.points:
             loo = point["loo_error_steps"]
             print(
                 f"{point['model']} {point['task']} ratio {point['ratio']:.3g}: swept optimum {point['lr']:.3g}, "
                 f"predicted {point['predicted_lr']:.3g} ({point['error_steps']:+.2f} half-decade steps"
                 + ("" if loo is None else f"; {loo:+.2f} with c fitted on the other points") + ")"
             )
-        loo_mean = entry["mean_abs_loo_error_steps"]
+        loo_mean = entry.mean_abs_loo_error_steps
         print(
-            f"c = {entry['c']:.4g} from {entry['n']} point(s) (log10 spread {entry['log10_sd']:.2f}); "
-            f"mean |error| {entry['mean_abs_error_steps']:.2f} half-decade steps"
+            f"c = {entry.c:.4g} from {entry.n} point(s) (log10 spread {entry.log10_sd:.2f}); "
+            f"mean |error| {entry.mean_abs_error_steps:.2f} half-decade steps"
             + ("" if loo_mean is None else f", {loo_mean:.2f} leave-one-out")
             + f"; saved to {args.law} under probe_calibration (the probes to probes.json beside it, which "
             "`rmask-tune report` recalibrates from); predicted LR = c / lambda_max"
         )
-        if entry["repeats"] > 1:
-            low, high = entry["c_range"]
-            print(f"c over {entry['repeats']} repeated probes (other batches and start vectors): "
-                  f"sd {entry['c_sd']:.3g}, range {low:.4g} - {high:.4g}")  # fmt: skip
+        if entry.repeats > 1:
+            low, high = entry.c_range
+            print(f"c over {entry.repeats} repeated probes (other batches and start vectors): "
+                  f"sd {entry.c_sd:.3g}, range {low:.4g} - {high:.4g}")  # fmt: skip
 
 
 def _hvp_check(args: argparse.Namespace) -> None:

@@ -3,46 +3,49 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rmask_tune.law_record import HeldOutStats
 
 
 def _run(args: argparse.Namespace) -> None:
     from rmask_tune.report import build_report
-    from rmask_tune.law import load_law
 
-    out = build_report(args.source, args.tracking_uri, args.out, overwrite=args.overwrite,
+    report = build_report(args.source, args.tracking_uri, args.out, overwrite=args.overwrite,
                        bootstrap=args.bootstrap, seed=args.seed, versus=args.versus, export=not args.no_export,
                        also=args.also, probes=args.probes)
-    law = load_law(out / "law.json")
+    law, out = report.law, report.folder
     shared = law.shared
-    validation = law.data["validation"]
+    summaries = law.validation.summary if law.validation is not None else {}
     lines = []
     if shared is None:
         print("no law: no (model, task) has cells that pass the rules at two or more ratios")
     else:
         print(f"law: lr* = 10^offset[model/task] * ratio^{shared.b:.3f} (b 95% CI [{shared.b_ci[0]:.3f}, "
               f"{shared.b_ci[1]:.3f}]; {len(shared.points)} optima of {len(shared.pairs)} pair(s), "
-              f"{len(law.data.get('excluded', []))} cell(s) excluded)")
+              f"{len(law.excluded)} cell(s) excluded)")
         lines = [("leave_one_task_out", "leave-one-task-out"),
                  ("leave_one_task_out_within_model", "leave-one-task-out, from the same model's other tasks"),
                  ("leave_one_task_out_across_models", "leave-one-task-out, from other models"),
                  ("leave_one_ratio_out", "leave-one-ratio-out")]
-    if law.probe_calibration is not None:
-        held_out = "leave-one-task-out" if validation["hessian_predictor"]["held_out"] else "in-sample"
-        lines.append(("hessian_predictor", f"Hessian predictor c / lambda_max (c {law.probe_calibration['c']:.3g}), "
-                                           f"{held_out}"))
-    if law.probe_calibration is not None and len(law.probe_calibration.get("c_by_model") or {}) > 1:
+    calibration = law.probe_calibration
+    if calibration is not None:
+        held_out = "leave-one-task-out" if law.validation.hessian_predictor.held_out else "in-sample"
+        lines.append(("hessian_predictor", f"Hessian predictor c / lambda_max (c {calibration.c:.3g}), {held_out}"))
+    if calibration is not None and len(calibration.c_by_model or {}) > 1:
         lines.append(("hessian_predictor_within_model", "Hessian predictor, c from the same model's other tasks"))
     for key, name in lines:
-        summary = validation["summary"].get(key)
+        summary = summaries.get(key)
         if summary:
-            law_cells = summary.get("law_cells")
+            law_cells = summary.law_cells
             print(f"  {name}: {_errors(summary)}" + (f"; the law's cells: {_errors(law_cells)}" if law_cells else ""))
     print(f"report written to {out / 'index.html'}")
 
 
-def _errors(summary: dict) -> str:
-    return (f"error {summary['mean_error_steps']:.2f} grid steps (worst {summary['max_error_steps']:.2f}), regret "
-            f"{summary['mean_regret']:.1f} points (worst {summary['max_regret']:.1f}) over {summary['cells']} cell(s)")
+def _errors(summary: HeldOutStats) -> str:
+    return (f"error {summary.mean_error_steps:.2f} grid steps (worst {summary.max_error_steps:.2f}), regret "
+            f"{summary.mean_regret:.1f} points (worst {summary.max_regret:.1f}) over {summary.cells} cell(s)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,6 +10,7 @@ a-priori predictor ``lr = c / lambda_max`` is recalibrated from it against the n
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rmask_tune.analysis.predict import calibration_entry, calibration_pair
@@ -17,6 +18,7 @@ from rmask_tune.analysis.probes import PROBES_FILE, load_probes, match_probes, m
 from rmask_tune.errors import RmaskError
 from rmask_tune.files.atomic import check_writable, replace_folder
 from rmask_tune.law import Law
+from rmask_tune.law_record import HessianValidation
 from rmask_tune.runstore import reader
 from rmask_tune.runstore.export import EXPORT_FILE, encode_export
 from rmask_tune.runstore.reader import Trial, load_records, load_trials, trial_of
@@ -51,16 +53,15 @@ def load_summary(source: str, tracking_uri: str | None = None, *, bootstrap: int
 def law_of(summary: Summary) -> Law:
     """The summary's law, stamped with where and when it was fitted."""
     law = summary.law
-    law.data = {"experiment": summary.experiment, "tracking_uri": summary.tracking_uri,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **law.data}
+    law.source = replace(law.source, experiment=summary.experiment, tracking_uri=summary.tracking_uri,
+                         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     return law
 
 
 def _hessian_predictor(law: Law, probes: list[dict] | None, curves: dict[tuple, tuple[list, list]]) -> None:
     """Set the law's ``probe_calibration`` from ``probes`` (None: no probes.json) at its own optima and add the
     predictor's held-out validation on ``curves`` to its ``validation`` (``hessian_predictor``)."""
-    validation = law.data["validation"]
-    match = match_probes(probes or [], law.data["points"])
+    match = match_probes(probes or [], law.point_json())
     rows, within, held_out = [], [], False
     if match and match.at_points:
         pairs = [calibration_pair(point, probe["lambda_max_repeats"], probe["step_range"])
@@ -71,16 +72,26 @@ def _hessian_predictor(law: Law, probes: list[dict] | None, curves: dict[tuple, 
         )
         rows, held_out = probe_leave_one_task_out(pairs, match.probes, curves)
         within, _ = probe_leave_one_task_out(pairs, match.probes, curves, within_model=True)
-    validation["hessian_predictor"] = None if probes is None else {"probes": len(probes), "held_out": held_out,
-                                                                   "rows": rows, "within_model_rows": within}
-    validation["summary"]["hessian_predictor"] = summarize_validation(rows)
-    validation["summary"]["hessian_predictor_within_model"] = summarize_validation(within)
+    law.validation = replace(
+        law.validation,
+        hessian_predictor=None if probes is None else HessianValidation(len(probes), held_out, rows, within),
+        summary={**law.validation.summary, "hessian_predictor": summarize_validation(rows),
+                 "hessian_predictor_within_model": summarize_validation(within)},
+    )
+
+
+@dataclass(frozen=True)
+class Report:
+    """A written report: its folder and the law it wrote there as law.json."""
+
+    folder: Path
+    law: Law
 
 
 def build_report(source: str, tracking_uri: str | None = None, out: str | Path | None = None, *,
                  overwrite: bool = False, bootstrap: int = 1000, seed: int = 0, versus: str | None = None,
-                 export: bool = True, also: list[str] = (), probes: str | Path | None = None) -> Path:
-    """Write the report folder (default ``reports/<experiment>``) and return it. A folder that already
+                 export: bool = True, also: list[str] = (), probes: str | Path | None = None) -> Report:
+    """Write the report folder (default ``reports/<experiment>``) and return it with its law. A folder that already
     holds files is refused unless ``overwrite``, which replaces the report's own files as a whole (written
     beside it, then swapped in: no page, plot, law or export of the old report stays, while what the report
     does not write, such as probes.json, a FINDINGS.md or a folder of parts, is kept); everything is computed
@@ -128,7 +139,7 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     if exported is not None:
         files[EXPORT_FILE] = exported
     replace_folder(out, files, keep=lambda entry: not _written_by_report(entry.name))
-    return out
+    return Report(out, law)
 
 
 def _written_by_report(name: str) -> bool:

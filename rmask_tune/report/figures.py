@@ -101,22 +101,22 @@ def law(summary: Summary) -> bytes:
     and each pair's line of the shared fit, and a pooled panel with the single-line fit and its band when
     there are several models; excluded optima are drawn hollow."""
     law_ = summary.law
-    drawn = law_.data["points"] + [e for e in law_.data["excluded"] if "lr" in e]
-    models = sorted({p["model"] for p in drawn})
+    estimated = [e.point for e in law_.excluded if e.point is not None and e.point.lr is not None]
+    drawn = law_.points + estimated
+    models = sorted({p.model for p in drawn})
     panels = [(m, [m]) for m in models]
     if len(models) > 1 or not panels:
         panels.append(("pooled (all models and tasks)", models))
     fig, axes = _figure(len(panels), width=5.0, height=3.8)
-    tasks = sorted({p["task"] for p in drawn})
+    tasks = sorted({p.task for p in drawn})
     task_colour = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
     for ax, (title, members) in zip(axes, panels):
-        for p in (p for p in law_.data["points"] if p["model"] in members):
-            low, high = (p["interval"] if "interval" in p
-                         else (10 ** (p["log10_lr"] - p["se"]), 10 ** (p["log10_lr"] + p["se"])))
-            ax.errorbar(p["ratio"], p["lr"], yerr=[[p["lr"] - low], [high - p["lr"]]], fmt="o",
-                        color=task_colour[p["task"]], capsize=2)
-        for e in (e for e in law_.data["excluded"] if e["model"] in members and "lr" in e):
-            ax.plot(e["ratio"], e["lr"], "o", markerfacecolor="none", color=task_colour[e["task"]], markersize=8)
+        for p in (p for p in law_.points if p.model in members):
+            low, high = p.interval or (10 ** (p.log10_lr - p.se), 10 ** (p.log10_lr + p.se))
+            ax.errorbar(p.ratio, p.lr, yerr=[[p.lr - low], [high - p.lr]], fmt="o", color=task_colour[p.task],
+                        capsize=2)
+        for e in (e for e in estimated if e.model in members):
+            ax.plot(e.ratio, e.lr, "o", markerfacecolor="none", color=task_colour[e.task], markersize=8)
         shared = law_.shared
         if len(members) == 1 and shared is not None and any(p.startswith(members[0] + "/") for p in shared.pairs):
             mine = [p for p in shared.pairs if p.startswith(members[0] + "/")]
@@ -184,7 +184,7 @@ def figures(summary: Summary) -> dict[str, bytes]:
     """Every figure by file name."""
     out = {f"lr_sensitivity_{slug(m)}.png": lr_sensitivity(summary, m) for m in summary.models
            if any(c.model == m and c.dev for c in summary.curves.values())}
-    if summary.law.data["points"] or summary.law.data["excluded"]:
+    if summary.law.points or summary.law.excluded:
         out["law.png"] = law(summary)
     if any(r.average(summary.tasks)[0] is not None for r in summary.rows):
         out["params_vs_performance.png"] = params_vs_performance(summary)

@@ -8,6 +8,7 @@ import html
 from dataclasses import dataclass
 
 from rmask_tune.analysis.probes import PROBES_FILE
+from rmask_tune.law_record import ExcludedCell, HeldOutStats, LawPoint, Validation, ValidationSummary
 from rmask_tune.report.figures import SCALE
 from rmask_tune.report.paper_table import SeedStats, paper_tables, seed_stats
 from rmask_tune.report.summary import LAW_METHOD, Summary, fmt_lr, fmt_pct, row_label, slug
@@ -129,11 +130,11 @@ def _law(summary: Summary, names: set[str]) -> list:
     law = summary.law
     shared = law.shared
     blocks: list = [("h2", "3. Optimal learning rate vs sparsity")]
-    signal = law.data.get("signal_test", "")
+    signal = law.source.signal_test or ""
     blocks.append(("p", f"Which cells enter (fixed in advance, docs/statistics.md): an optimum interior to the LR grid, "
                         f"and a passed signal test ({signal}). Each cell's optimum is the vertex of a quadratic in "
                         f"log10 LR through the best mean-dev LR and its neighbours; its 95% interval comes from "
-                        f"{law.data['bootstrap']['samples']} bootstrap resamples of seeds and dev examples."))
+                        f"{law.source.bootstrap['samples']} bootstrap resamples of seeds and dev examples."))
     if shared is None:
         blocks.append(("p", "No law: no (model, task) has cells that pass the rules at two or more ratios."))
     else:
@@ -161,8 +162,8 @@ def _law(summary: Summary, names: set[str]) -> list:
     if "law.png" in names:
         caption = "Optimal LR vs trainable ratio: optima with their 95% bootstrap intervals and each pair's line"
         blocks.append(("figure", Figure("law.png", caption)))
-    rows = [_point_row(p, "yes") for p in law.data["points"]]
-    rows += [_point_row(e, f"no: {e['reason']}") for e in law.data["excluded"]]
+    rows = [_point_row(p, "yes") for p in law.points]
+    rows += [_point_row(e.point, f"no: {e.reason}") if e.point else _cell_row(e) for e in law.excluded]
     if rows:
         header = ["Model", "Task", "Ratio", "lr*", "95% interval", "Estimate", "Best grid LR", "Signal p",
                   "Resampled", "Fitted"]
@@ -170,17 +171,20 @@ def _law(summary: Summary, names: set[str]) -> list:
     return blocks + _validation(law) + _hessian_predictor(law)
 
 
-def _point_row(p: dict, fitted: str) -> list[str]:
-    interval = p.get("interval")
-    signal = p.get("signal")
-    return [p["model"], p["task"], f"{p['ratio']:.3g}", fmt_lr(p.get("lr")),
-            f"{fmt_lr(interval[0])} – {fmt_lr(interval[1])}" if interval else "—", p.get("estimate", "—"),
-            fmt_lr(p.get("best_grid_lr")), f"{signal['p_value']:.3f}" if signal else "—", p.get("resampled", "—"),
-            fitted]
+def _point_row(p: LawPoint, fitted: str) -> list[str]:
+    interval, signal = p.interval, p.signal
+    return [p.model, p.task, f"{p.ratio:.3g}", fmt_lr(p.lr),
+            f"{fmt_lr(interval[0])} – {fmt_lr(interval[1])}" if interval else "—", p.estimate or "—",
+            fmt_lr(p.best_grid_lr), f"{signal['p_value']:.3f}" if signal else "—", p.resampled or "—", fitted]
+
+
+def _cell_row(e: ExcludedCell) -> list[str]:
+    """An excluded cell without an estimate."""
+    return [e.model, e.task, f"{e.ratio:.3g}", "—", "—", "—", "—", "—", "—", f"no: {e.reason}"]
 
 
 def _validation(law) -> list:
-    validation = law.data.get("validation", {})
+    validation = law.validation or Validation([], [], {})
     blocks: list = [("h2", "3b. Validation: how far the law's LR lands on cells it did not see"),
                     ("p", "Leave-one-task-out: each (model, task) is hidden, the law refitted, and its cells predicted as "
                           "a new task: the mean offset of the model's other tasks, or, for a model with no other task in "
@@ -193,13 +197,13 @@ def _validation(law) -> list:
                           "whether the cell passed the rules of section 3 (on a cell without signal the best grid LR, "
                           "and so the error, is noise), and each summary also gives the mean over those cells.")]
     for key, title in (("leave_one_task_out", "Leave-one-task-out"), ("leave_one_ratio_out", "Leave-one-ratio-out")):
-        rows = validation.get(key) or []
-        overall = (validation.get("summary") or {}).get(key)
+        rows = getattr(validation, key)
+        overall = validation.summary.get(key)
         if not rows:
             blocks.append(("p", f"{title}: not possible here (it needs the law refitted without the held-out cells)."))
             continue
         blocks.append(("p", f"{title}: {_held_out_summary(overall)}."))
-        summary = validation.get("summary") or {}
+        summary = validation.summary
         for split, name in _LOTO_SPLITS if key == "leave_one_task_out" else ():
             if summary.get(split):
                 blocks.append(("p", f"{title}, {name}: {_held_out_summary(summary[split])}."))
@@ -220,22 +224,22 @@ def _held_out_cells(row: dict) -> list[str]:
             f"{row['error_steps']:.2f}", f"{row['regret']:.1f}", "yes" if row.get("in_law") else "no"]
 
 
-def _held_out_summary(overall: dict) -> str:
-    law_cells = overall.get("law_cells")
-    return (f"{overall['cells']} cell(s); {_mean_and_worst(overall)}"
-            + (f" (the {law_cells['cells']} in the law: {_mean_and_worst(law_cells)})" if law_cells else ""))
+def _held_out_summary(overall: ValidationSummary) -> str:
+    law_cells = overall.law_cells
+    return (f"{overall.cells} cell(s); {_mean_and_worst(overall)}"
+            + (f" (the {law_cells.cells} in the law: {_mean_and_worst(law_cells)})" if law_cells else ""))
 
 
-def _mean_and_worst(summary: dict) -> str:
-    return (f"error mean {summary['mean_error_steps']:.2f}, worst "
-            f"{summary['max_error_steps']:.2f} grid steps; regret mean {summary['mean_regret']:.1f}, worst "
-            f"{summary['max_regret']:.1f} points")
+def _mean_and_worst(summary: HeldOutStats) -> str:
+    return (f"error mean {summary.mean_error_steps:.2f}, worst "
+            f"{summary.max_error_steps:.2f} grid steps; regret mean {summary.mean_regret:.1f}, worst "
+            f"{summary.max_regret:.1f} points")
 
 
 def _hessian_predictor(law) -> list:
     """Section 3c: lr = c / lambda_max, calibrated from the report folder's probes.json, on held-out tasks."""
-    validation = law.data.get("validation", {})
-    predictor = validation.get("hessian_predictor")
+    validation = law.validation or Validation([], [], {})
+    predictor = validation.hessian_predictor
     calibration = law.probe_calibration
     blocks: list = [("h2", "3c. The a-priori Hessian predictor")]
     if predictor is None:
@@ -243,26 +247,26 @@ def _hessian_predictor(law) -> list:
                                "law.json probes the top Hessian eigenvalue at its optima into probes.json beside it, "
                                "from which a re-run report (same --out) builds this section.")]
     if calibration is None:
-        return blocks + [("p", f"None of the {predictor['probes']} probe(s) in {PROBES_FILE} is at one of the law's "
+        return blocks + [("p", f"None of the {predictor.probes} probe(s) in {PROBES_FILE} is at one of the law's "
                                f"optima: nothing to calibrate c on (`rmask-tune analyze calibrate --law law.json` "
                                "probes them).")]
-    left_out = [f"{n} {what}" for n, what in ((calibration["points_without_probe"], "optimum(s) without a probe"),
-                                              (calibration["probes_with_other_settings"], "probe(s) with other settings"))
+    left_out = [f"{n} {what}" for n, what in ((calibration.points_without_probe, "optimum(s) without a probe"),
+                                              (calibration.probes_with_other_settings, "probe(s) with other settings"))
                 if n]
-    settings = ", ".join(f"{k} {v}" for k, v in calibration["probe"].items())
+    settings = ", ".join(f"{k} {v}" for k, v in calibration.probe.items())
     blocks += [
         ("p", f"lr = c / lambda_max, lambda_max the top eigenvalue of the training loss's Hessian over the trainable "
               f"values at initialization ({PROBES_FILE} beside this report; probe: {settings}). "
-              f"c = {calibration['c']:.4g}, the geometric mean of lr* · lambda_max over the {calibration['n']} "
-              f"optima below (their log10 spread {calibration['log10_sd']:.2f} decades"
+              f"c = {calibration.c:.4g}, the geometric mean of lr* · lambda_max over the {calibration.n} "
+              f"optima below (their log10 spread {calibration.log10_sd:.2f} decades"
               + (f"; left out: {', '.join(left_out)}" if left_out else "")
               + "). law.json's probe_calibration holds it for `rmask-tune recommend --probe`."),
         ("table", Table(["Model", "Task", "Ratio", "lr*", "lambda_max", "lr* · lambda_max"],
                         [[p["model"], p["task"], f"{p['ratio']:.3g}", fmt_lr(p["lr"]), f"{p['lambda_max']:.4g}",
-                          f"{p['lr'] * p['lambda_max']:.3g}"] for p in calibration["points"]])),
+                          f"{p['lr'] * p['lambda_max']:.3g}"] for p in calibration.points])),
     ]
-    rows, overall = predictor["rows"], validation["summary"]["hessian_predictor"]
-    if predictor["held_out"]:
+    rows, overall = predictor.rows, validation.summary["hessian_predictor"]
+    if predictor.held_out:
         how = ("Leave-one-task-out: each (model, task) is hidden, c refitted on the optima of every other (model, "
                "task), of all models (the predictor is meant for models no sweep has seen, so unlike the law's it "
                "also learns from other models), and the pair's probed cells predicted as c / lambda_max; error and "
@@ -273,15 +277,14 @@ def _hessian_predictor(law) -> list:
                "as in 3b.")
     if not rows:
         return blocks + [("p", f"{how} No probed cell has a measured curve of two or more LRs.")]
-    law_overall = (validation.get("summary") or {}).get("leave_one_task_out")
+    law_overall = validation.summary.get("leave_one_task_out")
     versus = (f"the law's leave-one-task-out (3b): {_held_out_summary(law_overall)}" if law_overall
               else "the law has no leave-one-task-out here")
     blocks += [("p", f"{how} Hessian predictor: {_held_out_summary(overall)}; {versus}."), _predictor_table(rows)]
-    by_model = calibration.get("c_by_model") or {}
+    by_model = calibration.c_by_model or {}
     if len(by_model) < 2:
         return blocks
-    within, within_overall = predictor.get("within_model_rows") or [], validation["summary"].get(
-        "hessian_predictor_within_model")
+    within, within_overall = predictor.within_model_rows, validation.summary.get("hessian_predictor_within_model")
     per_model = ", ".join(f"{model} {c:.4g}" for model, c in by_model.items())
     blocks.append(("p", f"c fitted on each model's optima alone: {per_model}. With c from the same model's other "
                         "tasks only (what a model family already swept on other tasks gives; not the a-priori case): "

@@ -147,7 +147,7 @@ def load_rows(path: str) -> tuple[list[Row], list[dict]]:
             rows[(cid.model, cid.task, cid.method)].append(cell)
     out = [Row(path, m, t, meth, sorted(cs, key=lambda c: -(c.id.ratio or 0)), built.get(CellId(m, t, NO_LR, None)))
            for (m, t, meth), cs in sorted(rows.items(), key=lambda kv: (kv[0][2] != LAW_METHOD, kv[0]))]
-    return out, list(summary.law.data["points"])
+    return out, summary.law.point_json()
 
 
 def _replay_cell(cid: CellId, trials: list[Trial]) -> ReplayCell:

@@ -13,6 +13,7 @@ import numpy as np
 from rmask_tune.analysis.probes import loss_settings
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Fit, Law, fit_law, fit_shared
+from rmask_tune.law_record import ExcludedCell, LawPoint, LawSource, Validation
 from rmask_tune.runstore.reader import TERMINAL, Trial, check_has_trials, check_one_sweep
 from rmask_tune.resampling import (
     SIGNAL_LEVEL, DevRecord, OptimumEstimate, SignalTest, bootstrap_cell, optimum_with_interval, signal_test,
@@ -201,35 +202,41 @@ def _loss_settings(curve: Curve) -> dict:
     return loss_settings(records[0].params) if records else {}
 
 
+def _point(c: Curve) -> LawPoint:
+    """A cell's optimum as a law point."""
+    o = c.optimum
+    return LawPoint(
+        model=c.model, task=c.task, ratio=c.ratio, lr=o.lr, log10_lr=o.log10_lr, se=o.se,
+        interval=(10 ** o.interval[0], 10 ** o.interval[1]), estimate=o.kind, best_grid_lr=o.best_grid_lr,
+        edge_share=o.edge_fraction, resampled=o.source, seeds=max(len(v) for v in c.dev.values()),
+        grid=tuple(sorted(lr for lr in c.dev if lr is not None)), signal=c.signal.to_dict() if c.signal else None,
+        loss_settings=_loss_settings(c),
+    )
+
+
 def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> Law:
     """The cells that pass the rules of docs/statistics.md, the fits over them, and their validation."""
-    points, excluded = [], []
+    typed: list[LawPoint] = []
+    excluded: list[ExcludedCell] = []
     for c in curves:
         if c.method != LAW_METHOD or c.ratio is None:
             continue
         if c.optimum is None:
-            excluded.append({"model": c.model, "task": c.task, "ratio": c.ratio,
-                             "reason": "fewer than two learning rates with a result"})
+            excluded.append(ExcludedCell(c.model, c.task, c.ratio, "fewer than two learning rates with a result"))
             continue
-        o = c.optimum
-        point = {
-            "model": c.model, "task": c.task, "ratio": c.ratio, "lr": o.lr, "log10_lr": o.log10_lr, "se": o.se,
-            "interval": [10 ** o.interval[0], 10 ** o.interval[1]], "estimate": o.kind,
-            "best_grid_lr": o.best_grid_lr, "edge_share": o.edge_fraction, "resampled": o.source,
-            "seeds": max(len(v) for v in c.dev.values()), "grid": sorted(lr for lr in c.dev if lr is not None),
-            "signal": c.signal.to_dict() if c.signal else None, "loss_settings": _loss_settings(c),
-        }
-        if o.at_edge:
-            side = "upper" if o.kind == "edge-high" else "lower"
-            excluded.append({**point, "reason": f"best LR at the grid's {side} edge"})
+        point = _point(c)
+        if c.optimum.at_edge:
+            side = "upper" if c.optimum.kind == "edge-high" else "lower"
+            excluded.append(ExcludedCell(c.model, c.task, c.ratio, f"best LR at the grid's {side} edge", point))
         elif c.signal is not None and not c.signal.passed:
-            excluded.append({**point, "reason": f"signal test failed: best LR beats the {c.signal.reference} by "
-                                                f"{c.signal.difference * 100:+.1f} points, p = {c.signal.p_value:.3f} "
-                                                f">= {c.signal.level}"})
+            reason = (f"signal test failed: best LR beats the {c.signal.reference} by "
+                      f"{c.signal.difference * 100:+.1f} points, p = {c.signal.p_value:.3f} >= {c.signal.level}")
+            excluded.append(ExcludedCell(c.model, c.task, c.ratio, reason, point))
         else:
-            points.append(point)
+            typed.append(point)
+    points = [p.to_json() for p in typed]  # what the fits and the validation read
     fits: dict[str, Fit] = {}
-    for model in sorted({p["model"] for p in points} | {e["model"] for e in excluded}):
+    for model in sorted({p.model for p in typed} | {e.model for e in excluded}):
         mine = [p for p in points if p["model"] == model]
         try:
             fits[model] = fit_law(mine, bootstrap=bootstrap, seed=seed)
@@ -252,18 +259,19 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
         notes.append("no law: no (model, task) has cells that pass the rules at two or more ratios")
     measured = law_curves(curves)
     tasks_out, ratios_out = leave_one_task_out(points, measured), leave_one_ratio_out(points, measured)
-    data = {
-        "points": points, "excluded": excluded, "bootstrap": {"samples": bootstrap, "seed": seed},
-        "estimator": "quadratic in log10(lr) through the best mean-dev LR and its neighbours (mean over seeds); "
-                     "interval: percentile bootstrap over seeds and dev examples, paired across LRs; "
-                     "se adds the grid spacing / sqrt(12)",
-        "signal_test": f"max-type paired bootstrap test that some LR beats the frozen model (else the smallest LR) "
-                       f"on dev, one-sided, level {SIGNAL_LEVEL} (docs/statistics.md)",
-        "validation": {"leave_one_task_out": tasks_out, "leave_one_ratio_out": ratios_out,
-                       "summary": {"leave_one_task_out": summarize_validation(tasks_out), **summarize_by_source(tasks_out),
-                                   "leave_one_ratio_out": summarize_validation(ratios_out)}},
-    }
-    return Law(pooled=pooled, models=fits, method=LAW_METHOD, data=data, tasks=by_task, shared=shared)
+    source = LawSource(
+        bootstrap={"samples": bootstrap, "seed": seed},
+        estimator="quadratic in log10(lr) through the best mean-dev LR and its neighbours (mean over seeds); "
+                  "interval: percentile bootstrap over seeds and dev examples, paired across LRs; "
+                  "se adds the grid spacing / sqrt(12)",
+        signal_test=f"max-type paired bootstrap test that some LR beats the frozen model (else the smallest LR) "
+                    f"on dev, one-sided, level {SIGNAL_LEVEL} (docs/statistics.md)",
+    )
+    validation = Validation(tasks_out, ratios_out, {"leave_one_task_out": summarize_validation(tasks_out),
+                                                    **summarize_by_source(tasks_out),
+                                                    "leave_one_ratio_out": summarize_validation(ratios_out)})
+    return Law(pooled=pooled, models=fits, method=LAW_METHOD, points=typed, excluded=excluded,
+               validation=validation, tasks=by_task, shared=shared, source=source)
 
 
 def _rows(curves: list[Curve], trials: list[Trial]) -> list[Row]:
