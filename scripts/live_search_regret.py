@@ -20,10 +20,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from rmask_tune.law_search import CellId
-from rmask_tune.report.export import read_export
-from rmask_tune.report.runs import TERMINAL, Trial, trial_of
-from rmask_tune.report.search_replay import MIN_GRID, _replay_cell
+from rmask_tune.report.search_replay import MIN_GRID, replay_cell
 from rmask_tune.report.summary import effort, select_lr
+from rmask_tune.runstore.export import read_export
+from rmask_tune.runstore.reader import TERMINAL, Trial, trial_of
 from rmask_tune.validation import GRID_STEP
 
 
@@ -50,7 +50,7 @@ def ended_by_cell(path: str) -> dict[CellId, list[Trial]]:
 def score(searched: dict[CellId, list[Trial]], grid: dict[CellId, list[Trial]]) -> list[CellScore]:
     scores = []
     for cid, grid_trials in sorted(grid.items(), key=lambda kv: -(kv[0].ratio or 0)):
-        cell = _replay_cell(cid, grid_trials + searched.get(cid, []))
+        cell = replay_cell(cid, grid_trials + searched.get(cid, []))
         if len(cell.grid) < MIN_GRID or cell.grid_choice is None or not searched.get(cid):
             continue
         chosen = select_lr(searched[cid]).best_lr

@@ -140,7 +140,7 @@ def load_rows(path: str) -> tuple[list[Row], list[dict]]:
     for t in trials:
         if t.status in TERMINAL:
             cells[CellId(t.model, t.task, t.method, t.ratio)].append(t)
-    built = {cid: _replay_cell(cid, group) for cid, group in cells.items()}
+    built = {cid: replay_cell(cid, group) for cid, group in cells.items()}
     rows: dict[tuple, list[ReplayCell]] = defaultdict(list)
     for cid, cell in built.items():
         if cid.method != NO_LR and len(cell.grid) >= MIN_GRID and cell.grid_choice is not None:
@@ -150,7 +150,9 @@ def load_rows(path: str) -> tuple[list[Row], list[dict]]:
     return out, summary.law.point_json()
 
 
-def _replay_cell(cid: CellId, trials: list[Trial]) -> ReplayCell:
+def replay_cell(cid: CellId, trials: list[Trial]) -> ReplayCell:
+    """A cell's recorded grid as a searcher sees it: its trials by (LR, seed), and its best-dev choice by the
+    report's own selection rule."""
     curve = select_lr(trials)
     kept = [t for group in curve.trials.values() for t in group]
     by_slot = {(_key(t.lr), t.seed): t for t in sorted(kept, key=lambda t: t.start_time)}
