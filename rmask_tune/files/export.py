@@ -1,4 +1,4 @@
-"""The schema of a sweep export (``sweep-export.json.gz``, written by ``rmask_tune.report.export``).
+"""The schema of a sweep export (``sweep-export.json.gz``, written by ``rmask_tune.runstore.export``).
 
 Checked once, where an export is read (``read_export``), so ``report`` and its ``--also`` and ``--versus``,
 ``sweep --skip-done`` and ``recommend --anchor`` all refuse a malformed export with the same one line.
