@@ -26,16 +26,19 @@ BENCH_METHODS = ("floor", "random_masking", "structured_masking", "lora", "shira
 
 
 def bench_cases(
-    ratios: tuple[float, ...] = RM_RATIOS, paths: tuple[str, ...] = ("auto",), methods: tuple[str, ...] = BENCH_METHODS
+    ratios: tuple[float, ...] = RM_RATIOS, paths: tuple[str, ...] = ("auto",), methods: tuple[str, ...] = BENCH_METHODS,
+    backends: tuple[str, ...] | None = None,
 ) -> list[tuple[str, dict]]:
     """(method, options) pairs benchmarked against the frozen floor (always first): Random Masking at
-    each of ``ratios`` on each of ``paths``, then the other ``methods``."""
+    each of ``ratios`` on each of ``paths`` (with each value-gradient backend of ``backends``, when
+    given; else the method's default), then the other ``methods``."""
     unknown = sorted(set(methods) - set(BENCH_METHODS))
     if unknown:
         raise RmaskError(f"unknown bench method '{unknown[0]}'; choose from {', '.join(BENCH_METHODS)}")
     cases = [("floor", {})]
     if "random_masking" in methods:
-        cases += [("random_masking", {"ratio": r, "path": p}) for r in ratios for p in paths]
+        cases += [("random_masking", {"ratio": r, "path": p, **({"backend": b} if b else {})})
+                  for r in ratios for p in paths for b in backends or (None,)]
     others = {"structured_masking": {"ratio": 1e-2}, "lora": {}, "shira": {}, "full": {}, "dense_mask": {"ratio": 1e-3}}
     return cases + [(m, options) for m, options in others.items() if m in methods]
 
@@ -110,6 +113,7 @@ class _Case:
         self, method: str, options: dict, base: nn.Module, batch: dict, precision: PrecisionPolicy = POLICIES["fp32"]
     ):
         self.method, self.options, self.precision = method, options, precision
+        self.backend = None  # the value-gradient backend the masked layers resolved to (masking methods)
         model = copy.deepcopy(base).train()
         if method == "dense_mask":
             self.trainable = _apply_dense_mask(model, options["ratio"])
@@ -117,6 +121,8 @@ class _Case:
         else:  # the floor is the frozen model ("none") with gradients flowing back to its inputs
             setup = prepare_method(model, "none" if method == "floor" else method, **options)
             self.model, self.trainable = setup.model, setup.trainable_params
+            if method.endswith("_masking"):
+                self.backend = setup.details["backend"]
         precision.cast_model(self.model)
         self.device_type = next(self.model.parameters()).device.type
         self.scaler = precision.grad_scaler(self.device_type)
@@ -192,6 +198,7 @@ class BenchRow:
     ratio: float | None
     path: str | None
     trainable_params: int
+    backend: str | None
     step_time_s: float
     vs_floor: float
     vs_floor_spread: Spread
@@ -287,6 +294,7 @@ def run_bench(
             ratio=case.options.get("ratio"),
             path=case.options.get("path"),
             trainable_params=case.trainable,
+            backend=case.backend,
             step_time_s=statistics.median(case.times),
             vs_floor=vs_floor.median,
             vs_floor_spread=vs_floor,
@@ -309,12 +317,12 @@ def _spread_text(spread: Spread | None) -> str:
 def format_table(result: BenchResult) -> str:
     """A plain-text table of the benchmark: ratios as median (quartiles) over the rounds."""
     lines = [f"{result.rounds} interleaved rounds; ratios: median (quartiles) over the rounds",
-             f"{'method':<20}{'ratio':>7}{'path':>7}{'trainable':>11}{'step ms':>9}{'x floor':>22}"
+             f"{'method':<20}{'ratio':>7}{'path':>8}{'backend':>8}{'trainable':>11}{'step ms':>9}{'x floor':>22}"
              f"{'x LoRA':>22}{'state MiB':>10}{'peak MiB':>9}"]  # fmt: skip
     for r in result.rows:
         ratio = f"{r.ratio:.0e}" if r.ratio else "-"
         lines.append(
-            f"{r.method:<20}{ratio:>7}{r.path or '-':>7}{r.trainable_params:>11}{r.step_time_s * 1e3:>9.1f}"
+            f"{r.method:<20}{ratio:>7}{r.path or '-':>8}{r.backend or '-':>8}{r.trainable_params:>11}{r.step_time_s * 1e3:>9.1f}"
             f"{_spread_text(r.vs_floor_spread):>22}{_spread_text(r.vs_lora):>22}"
             f"{r.trainable_state_bytes / 2**20:>10.2f}{r.peak_mem_bytes / 2**20:>9.1f}"
         )

@@ -17,6 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from rmask_tune.masking import masked_layers
+from rmask_tune.masking.backends import resolve_backend
 from rmask_tune.masking.layer import SPARSE_CROSSOVER, RandomMaskingLinear, compute_dtype
 
 STAGES = {"forward": "rmask.forward", "delta": "rmask.delta", "input_grad": "rmask.input_grad",
@@ -99,14 +100,17 @@ class CrossoverPoint:
     entries: int
     dense_ms: float
     sparse_ms: float
+    inplace_ms: float
+
+
+CROSSOVER_PATHS = ("dense", "sparse", "inplace")
 
 
 def layer_crossover(
     shape: tuple[int, int], rows: int, grid: tuple[float, ...], rounds: int = 20, dtype=torch.float32, device="cpu"
 ) -> list[CrossoverPoint]:
-    """Time one masked ``nn.Linear`` of ``shape`` (out, in) on ``rows`` input rows, dense against sparse
-    path, at each ``rows x density`` of ``grid``, interleaved over ``rounds``: the measurement behind
-    ``SPARSE_CROSSOVER``."""
+    """Time one masked ``nn.Linear`` of ``shape`` (out, in) on ``rows`` input rows on each path, at each
+    ``rows x density`` of ``grid``, interleaved over ``rounds``: the measurement behind ``SPARSE_CROSSOVER``."""
     out_f, in_f = shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_f, generator=gen).to(device, dtype).requires_grad_(True)
@@ -115,9 +119,10 @@ def layer_crossover(
         k = max(1, round(product / rows * out_f * in_f))
         flat = torch.randperm(out_f * in_f, generator=gen)[:k].sort().values
         layers = {}
-        for path in ("dense", "sparse"):
+        for path in CROSSOVER_PATHS:
             base = torch.nn.Linear(in_f, out_f, bias=False).to(device, dtype)
-            layers[path] = RandomMaskingLinear(base, flat, k / (out_f * in_f), path=path)
+            backend = resolve_backend("auto", base.weight.device)
+            layers[path] = RandomMaskingLinear(base, flat, k / (out_f * in_f), backend=backend, path=path)
         times = {path: [] for path in layers}
         for _ in range(rounds + 1):  # the first round warms up
             for path, layer in layers.items():
@@ -126,16 +131,17 @@ def layer_crossover(
                 if device != "cpu":
                     torch.cuda.synchronize()
                 times[path].append(time.perf_counter() - start)
-        dense, sparse = (statistics.median(times[p][1:]) * 1e3 for p in ("dense", "sparse"))
-        points.append(CrossoverPoint(product, k, dense, sparse))
+        medians = {f"{p}_ms": statistics.median(times[p][1:]) * 1e3 for p in CROSSOVER_PATHS}
+        points.append(CrossoverPoint(product, k, **medians))
     return points
 
 
 def format_crossover(shape: tuple[int, int], rows: int, points: list[CrossoverPoint]) -> str:
-    lines = [f"dense vs sparse path, one {shape[0]}x{shape[1]} layer on {rows} rows (forward + backward, median ms); "
-             f"auto takes sparse below rows x density = {SPARSE_CROSSOVER}",
-             f"{'rows x density':>15}{'entries':>9}{'dense':>9}{'sparse':>9}{'sparse/dense':>14}"]  # fmt: skip
+    lines = [f"the paths of one {shape[0]}x{shape[1]} layer on {rows} rows (forward + backward, median ms); "
+             f"auto takes sparse below rows x density = {SPARSE_CROSSOVER}, inplace above it",
+             f"{'rows x density':>15}{'entries':>9}{'dense':>9}{'sparse':>9}{'inplace':>9}"
+             f"{'sparse/inplace':>16}"]  # fmt: skip
     for p in points:
         lines.append(f"{p.rows_x_density:>15.3g}{p.entries:>9}{p.dense_ms:>9.3f}{p.sparse_ms:>9.3f}"
-                     f"{p.sparse_ms / p.dense_ms:>14.2f}")  # fmt: skip
+                     f"{p.inplace_ms:>9.3f}{p.sparse_ms / p.inplace_ms:>16.2f}")  # fmt: skip
     return "\n".join(lines)

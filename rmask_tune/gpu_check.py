@@ -85,7 +85,7 @@ def check_cases() -> list[tuple[str, dict]]:
     """The benchmark's cases, Random Masking on each path."""
     from rmask_tune.bench import bench_cases
 
-    return bench_cases(paths=("dense", "sparse", "auto"))
+    return bench_cases(paths=("dense", "sparse", "inplace", "auto"))
 
 
 def format_check(bench: BenchResult, trials: list[dict]) -> str:

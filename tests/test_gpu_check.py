@@ -22,9 +22,9 @@ def test_gpu_check_runs_on_cpu_in_bf16_and_every_method_trains(tmp_path, capsys,
     assert report["precision"] == "bf16"
     rows = report["bench"]["rows"]
     methods = [row["method"] for row in rows]
-    assert methods == ["floor"] + ["random_masking"] * 12 + ["structured_masking", "lora", "shira", "full", "dense_mask"]
+    assert methods == ["floor"] + ["random_masking"] * 16 + ["structured_masking", "lora", "shira", "full", "dense_mask"]
     paths = [(row["ratio"], row["path"]) for row in rows if row["method"] == "random_masking"]
-    assert paths == [(r, p) for r in (1e-2, 1e-3, 1e-4, 1e-5) for p in ("dense", "sparse", "auto")]  # each path timed
+    assert paths == [(r, p) for r in (1e-2, 1e-3, 1e-4, 1e-5) for p in ("dense", "sparse", "inplace", "auto")]  # each path timed
     assert all(row["step_time_s"] > 0 and row["peak_mem_bytes"] > 0 for row in rows)
     assert len(report["trials"]) == len(TRIAL_CASES)
     assert all(trial["status"] == "finished" for trial in report["trials"]), report["trials"]

@@ -46,7 +46,7 @@ def test_count_on_real_minilm():
         assert all(t.endswith(("query", "value")) for t in info.targets)
 
 
-PATHS = pytest.mark.parametrize("path", ["dense", "sparse"])
+PATHS = pytest.mark.parametrize("path", ["dense", "sparse", "inplace"])
 
 
 @PATHS
@@ -87,12 +87,13 @@ def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(n
 @PATHS
 @pytest.mark.parametrize("structure", ["random", "head"])
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-gpt2"])
-@pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # gather, sampled CSR and dense kernels
+@pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # torch: gather, sampled CSR and dense kernels
+@pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.slow
-def test_value_gradients_equal_a_dense_masked_reference(name, density, structure, path):
+def test_value_gradients_equal_a_dense_masked_reference(name, density, structure, path, backend):
     model = tiny_model(name)
     reference = tiny_model(name)
-    apply_random_masking(model, density=density, seed=5, structure=structure, path=path)
+    apply_random_masking(model, density=density, seed=5, structure=structure, path=path, backend=backend)
     batch = lm_batch(model, batch=8, seq=32)  # 256 rows: the 5% case takes the sampled CSR path
     model(**batch).loss.backward()
     ref_params = dict(reference.named_parameters())
@@ -372,6 +373,68 @@ def test_auto_path_follows_the_cost_model_and_the_choice_is_recorded():
         apply_random_masking(tiny_model("tiny-llama"), ratio=1e-4, path="fast")
 
 
+def test_auto_path_writes_the_delta_in_place_above_the_crossover_but_never_into_a_shared_weight():
+    from rmask_tune.masking.layer import SPARSE_CROSSOVER
+
+    model = tiny_model("tiny-llama")
+    apply_random_masking(model, ratio=1e-3, seed=0)
+    layer = next(iter(masked_layers(model).values()))
+    many = int(2 * SPARSE_CROSSOVER / layer.rmask_density) + 1
+    assert layer.path_for(many, torch.float32) == "inplace" and layer.path_for(many, torch.bfloat16) == "dense"
+    tied = tiny_model("tiny-llama")
+    tied.config.tie_word_embeddings = True
+    tied.tie_weights()
+    assert tied.lm_head.weight is tied.get_input_embeddings().weight
+    apply_random_masking(tied, density=0.01, targets=["lm_head"], seed=0)
+    head = masked_layers(tied)["lm_head"]
+    assert head.rmask_weight_shared and head.path_for(many, torch.float32) == "dense"
+    untied = dict(masked_layers(model))
+    assert not any(l.rmask_weight_shared for l in untied.values())
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_inplace_path_leaves_w0_in_the_base_weight_between_calls_and_after_a_failed_call(name):
+    from rmask_tune.masking.layer import effective_weight
+
+    model = tiny_model(name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    apply_random_masking(model, ratio=1e-2, seed=3, path="inplace")
+    layers = masked_layers(model)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.rmask_values.normal_(0, 0.1, generator=torch.Generator().manual_seed(4))
+    seen = {}
+
+    def during_forward(layer, inputs, output):  # after the call: the delta is out of the base weight again
+        seen[layer] = torch.equal(layer.weight, before[_base_name(model, layer)])
+
+    hooks = [layer.register_forward_hook(during_forward) for layer in layers.values()]
+    batch = lm_batch(model)
+    reference = tiny_model(name)
+    with torch.no_grad():  # the reference: W0 + delta merged into plain weights
+        for layer_name, layer in layers.items():
+            weight = effective_weight(layer, layer.rmask_values, torch.float32)
+            reference.get_submodule(layer_name).weight.copy_(weight)
+    model(**batch).loss.backward()
+    assert len(seen) == len(layers) and all(seen.values())
+    for hook in hooks:
+        hook.remove()
+    for n, p in model.named_parameters():
+        if not n.endswith("rmask_values"):
+            assert torch.equal(p, before[n.replace(".base_layer.", ".")]), n
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-5, atol=1e-5)
+    layer = next(iter(layers.values()))
+    with pytest.raises(RuntimeError):  # the matmul fails with the delta written in: W0 comes back all the same
+        layer(torch.ones(3, layer.rmask_shape[1] + 1))
+    assert torch.equal(layer.weight, before[_base_name(model, layer)])
+
+
+def _base_name(model, layer) -> str:
+    name = next(n for n, m in model.named_modules() if m is layer)
+    return name + ".weight"
+
+
 def test_bf16_model_trains_fp32_values_on_cpu():
     model = tiny_model("tiny-llama", dtype=torch.bfloat16)
     reference = tiny_model("tiny-llama", dtype=torch.float32)
@@ -434,11 +497,17 @@ def spops_package(tmp_path, monkeypatch):
 
 
 def test_backend_selection_torch_auto_and_missing_spops(spops_package, monkeypatch):
-    for backend in ("torch", "auto"):  # auto falls back to torch on CPU
+    # auto takes the compiled CPU loop on CPU where numba is installed (the test extra installs it)
+    for backend, resolved in (("torch", "torch"), ("auto", "numba"), ("numba", "numba")):
         model = tiny_model("tiny-opt")
         info = apply_random_masking(model, ratio=1e-3, backend=backend)
-        assert info.backend == "torch"
-        assert {layer.rmask_backend for layer in masked_layers(model).values()} == {"torch"}
+        assert info.backend == resolved
+        assert {layer.rmask_backend for layer in masked_layers(model).values()} == {resolved}
+    with monkeypatch.context() as without_numba:
+        without_numba.setattr("rmask_tune.masking.backends.numba_available", lambda: False)
+        assert apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="auto").backend == "torch"
+        with pytest.raises(RmaskError, match="backend 'numba' needs numba, which is not installed"):
+            apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="numba")
     with pytest.raises(RmaskError, match="unknown backend 'cuda'"):
         apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="cuda")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])
@@ -455,7 +524,8 @@ def test_backend_spops_refuses_the_unrelated_pypi_spops_and_cpu_weights(spops_pa
     spops_package("def sddmm(*args, **kwargs): ...\n\n\ndef csr_add(*args, **kwargs): ...\n")
     with pytest.raises(RmaskError, match="runs on CUDA only and the target weights are on cpu"):
         apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="spops")
-    assert apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="auto").backend == "torch"
+    # auto never takes spops on CPU (it takes the CPU loop, numba being installed)
+    assert apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="auto").backend == "numba"
 
 
 SPOPS_REFERENCE = '''

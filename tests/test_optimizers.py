@@ -30,7 +30,7 @@ OPTIMIZERS = {
     "adamw-8bit": lambda params: bnb.optim.AdamW8bit(params, lr=1e-2),
 }
 CASES = [("tiny-llama", opt) for opt in OPTIMIZERS] + [("tiny-gpt2", "adamw-fused")]  # gpt2: Conv1D, fused c_attn
-PATHS = pytest.mark.parametrize("path", ["dense", "sparse"])  # how the layers apply the delta; both hold all of this
+PATHS = pytest.mark.parametrize("path", ["dense", "sparse", "inplace"])  # how the layers apply the delta; both hold all of this
 
 
 def lm_batch(model, batch=2, seq=16, seed=0):

@@ -103,7 +103,7 @@ def test_minilm_counts_masks_and_its_new_head(capsys):
     assert trainable_line(capsys, model) == masked + sum(p.numel() for p in head.parameters())
 
 
-PATHS = pytest.mark.parametrize("path", ["dense", "sparse"])
+PATHS = pytest.mark.parametrize("path", ["dense", "sparse", "inplace"])
 
 
 @PATHS

@@ -54,7 +54,7 @@ def autocast(dtype):
     return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
 
 
-@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("path", ["dense", "sparse", "inplace"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 @pytest.mark.parametrize("structure", ["random", "columns"])
 @pytest.mark.parametrize(("weights", "compute"), STORAGE_AND_AUTOCAST)
@@ -83,13 +83,14 @@ def test_masked_layer_agrees_with_a_dense_fp32_reference(name, structure, weight
         assert relative_error(layer.rmask_values.grad, dense) < 10 * tolerance, layer_name
 
 
-@pytest.mark.parametrize("path", ["dense", "sparse"])
-@pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # gather, sampled CSR and dense value-gradient kernels
+@pytest.mark.parametrize("path", ["dense", "sparse", "inplace"])
+@pytest.mark.parametrize("density", [0.0005, 0.05, 0.3])  # torch: gather, sampled CSR and dense value-gradient kernels
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.slow
-def test_every_value_gradient_kernel_under_autocast(density, compute, path):
+def test_every_value_gradient_kernel_under_autocast(density, compute, path, backend):
     model = tiny_model("tiny-opt")
-    apply_random_masking(model, density=density, seed=5, path=path)
+    apply_random_masking(model, density=density, seed=5, path=path, backend=backend)
     reference = dense_reference("tiny-opt", model)
     batch = lm_batch(model.config.vocab_size, batch=8, seq=32)  # 256 rows: 5% takes the sampled CSR path
     with torch.autocast("cpu", dtype=compute):

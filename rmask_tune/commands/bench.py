@@ -25,14 +25,18 @@ def _names(text: str) -> tuple[str, ...]:
 def _run(args: argparse.Namespace) -> None:
     from rmask_tune.bench import BENCH_METHODS, RM_RATIOS, bench_cases, format_table, run_bench
     from rmask_tune.bench_profile import format_crossover, layer_crossover
+    from rmask_tune.masking.backends import BACKENDS
     from rmask_tune.masking.layer import PATHS
     from rmask_tune.models import default_head, load_model
 
     bad_path = [p for p in args.paths if p not in PATHS]
     if bad_path:
         raise RmaskError(f"unknown path '{bad_path[0]}'; choose from {', '.join(PATHS)}")
+    bad_backend = [b for b in args.backends or () if b not in BACKENDS]
+    if bad_backend:
+        raise RmaskError(f"unknown backend '{bad_backend[0]}'; choose from {', '.join(BACKENDS)}")
     ratios = args.ratios or RM_RATIOS
-    cases = bench_cases(ratios, args.paths, args.methods or BENCH_METHODS)
+    cases = bench_cases(ratios, args.paths, args.methods or BENCH_METHODS, args.backends)
     head = default_head(args.model) if args.head == "auto" else args.head
     if head == "zero-shot-image":  # CLIP: time its image tower under a linear head (the zero-shot head is frozen)
         head = "image-classification"
@@ -81,7 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "full, dense_mask (default: all)")  # fmt: skip
     bench.add_argument("--ratios", type=_floats, default=None, help="Random Masking ratios (default 1e-2,1e-3,1e-4,1e-5)")
     bench.add_argument("--paths", type=_names, default=("auto",),
-                       help="Random Masking paths to time, comma-separated: auto, dense, sparse (default auto)")
+                       help="Random Masking paths to time, comma-separated: auto, dense, sparse, inplace (default auto)")
+    bench.add_argument("--backends", type=_names, default=None,
+                       help="value-gradient backends to time, comma-separated: auto, torch, numba, spops (default auto)")
     bench.add_argument("--profile", action="store_true",
                        help="also profile each Random Masking case by stage, and time one layer's dense and sparse "
                             "paths over a density grid (the crossover of the auto path's cost model)")  # fmt: skip

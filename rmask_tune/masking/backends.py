@@ -1,4 +1,7 @@
-"""Value-gradient kernels: PyTorch's own (default) or, on CUDA, the SDDMM of IST-DASLab's spops.
+"""Value-gradient kernels: PyTorch's own, a compiled CPU loop (numba), or, on CUDA, the SDDMM of IST-DASLab's spops.
+
+``auto`` (the default) takes spops on CUDA where it is installed and numba on CPU where it is installed
+(``rmask_tune.masking.cpu_kernels``), else PyTorch's.
 
 spops (https://github.com/IST-DASLab/spops, the kernels of the RoSA paper) is installed from source
 only. The PyPI package named ``spops`` is an unrelated project; it is told apart by its lack of
@@ -15,8 +18,9 @@ import importlib.util
 import torch
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.masking.cpu_kernels import numba_available
 
-BACKENDS = ("torch", "spops", "auto")
+BACKENDS = ("torch", "spops", "numba", "auto")
 SPOPS_INSTALL = (
     "install it from source with a CUDA toolkit: pip install git+https://github.com/IST-DASLab/spops "
     "(the PyPI package named 'spops' is an unrelated project)"
@@ -41,14 +45,22 @@ def load_spops():
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``torch`` or ``spops`` for weights on ``device``.
+    """``torch``, ``numba`` or ``spops`` for weights on ``device``.
 
-    ``auto`` takes spops where it is installed and the weights are on CUDA, else torch; an explicit
-    ``spops`` that cannot run is an error.
+    ``auto`` takes spops where it is installed and the weights are on CUDA, numba where it is installed and
+    they are on CPU, else torch; an explicit ``spops`` or ``numba`` that cannot run is an error.
     """
     if backend not in BACKENDS:
         raise RmaskError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
+        return "torch"
+    if backend == "numba" or (backend == "auto" and device.type == "cpu"):
+        if device.type != "cpu":
+            raise RmaskError(f"backend 'numba' runs on CPU only and the target weights are on {device}")
+        if numba_available():
+            return "numba"
+        if backend == "numba":
+            raise RmaskError("backend 'numba' needs numba, which is not installed: pip install 'rmask-tune[cpu]'")
         return "torch"
     if backend == "auto":
         if device.type != "cuda":

@@ -1,14 +1,17 @@
 """``RandomMaskingLinear``: a wrapper that owns a frozen linear layer and trains a sparse delta on it.
 
-The wrapped ``base_layer`` (``nn.Linear``, or HF's ``Conv1D`` whose weight is stored (in, out)) is
-never written to: it keeps ``W0``. The trainable state is ``rmask_values``, one fp32 master value per
+The wrapped ``base_layer`` (``nn.Linear``, or HF's ``Conv1D`` whose weight is stored (in, out)) keeps
+``W0``: only the ``inplace`` path writes to it, within one call, and restores it bit for bit. The trainable state is ``rmask_values``, one fp32 master value per
 masked entry. Every call applies ``W0 + delta`` in the compute dtype (the autocast dtype when autocast
-is on, else the base weight's) along one of two paths (``rmask_path``; ``auto`` picks per call by
-``sparse_is_cheaper``):
+is on, else the base weight's) along one of three paths (``rmask_path``; ``auto`` picks per call by
+``choose_path``):
 
 - ``dense``: build the effective weight ``W0 + delta`` (one copy of the weight) and run one matmul;
 - ``sparse``: ``y = x W0^T + x delta^T`` and ``grad_x = grad_y W0 + grad_y delta``, the delta applied
-  from the indices (a gather, a product and a scatter over rows x masked entries), never a dense copy.
+  from the indices (a gather, a product and a scatter over rows x masked entries), never a dense copy;
+- ``inplace``: write ``W0 + delta`` into the masked entries of the base weight for the one matmul of the
+  call and put the ``W0`` entries back right after it (in forward, and again in backward): no copy of
+  the weight, only the masked entries move. Between calls the base weight holds exactly ``W0``.
 
 On both paths:
 
@@ -16,9 +19,9 @@ On both paths:
   edits of the values (``.data``, ``copy_``, ``load_state_dict``): nothing is cached between calls;
 - it is safe under ``torch.autocast`` (bf16, fp16) and on fp32, bf16 or fp16 base weights, with
   gradients and outputs in the dtypes autocast would give a plain linear layer;
-- the value gradient ``(grad_out^T x)`` is computed only at the masked entries (a gather of the two
-  factors for very few entries, a sampled product on a CSR pattern at low density, a dense product then
-  a gather at high density), always accumulated in fp32.
+- the value gradient ``(grad_out^T x)`` is computed only at the masked entries (on CPU with numba one
+  compiled loop; else a gather of the two factors for very few entries, a sampled product on a CSR pattern
+  at low density; a dense product then a gather at high density), always accumulated in fp32.
 
 Masks, ``rmask_rows`` / ``rmask_cols``, the CSR pattern and ``rmask_shape`` are in (out, in) terms for
 both layer kinds; ``rmask_flat`` indexes the base weight as stored.
@@ -36,6 +39,7 @@ from torch.autograd.profiler import record_function
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.backends import spops_sampled_product
+from rmask_tune.masking.cpu_kernels import numba_sampled_product
 from rmask_tune.masking.targets import is_conv1d, out_in_shape
 
 # Above this density a dense weight gradient followed by a gather beats the sampled product;
@@ -44,12 +48,15 @@ DENSE_GRAD_DENSITY = 0.1
 GATHER_MAX_WORK = 1 << 18
 # Compute dtypes the sampled product runs in directly; others go through fp32.
 _SDDMM_DTYPES = (torch.float32, torch.float64)
-PATHS = ("auto", "dense", "sparse")
-# The cost model of ``auto``: the dense path copies the weight (out x in elements) when no cast to the
-# compute dtype is needed anyway, the sparse path gathers, multiplies and scatters rows x k elements; a
-# gathered element costs about 1 / SPARSE_CROSSOVER copied ones, so sparse is cheaper when
-# rows x density < SPARSE_CROSSOVER. Measured on CPU in fp32 (docs/speed.md: ``rmask-tune bench --profile``
-# prints the per-layer crossover, ``python -m rmask_tune.gpu_check`` times both paths on a GPU).
+PATHS = ("auto", "dense", "sparse", "inplace")
+# The cost model of ``auto`` (``choose_path``): when the compute dtype differs from the weight's, the cast
+# copies the weight anyway and the dense path adds the delta to that copy (nearly free). Otherwise the dense
+# path would copy the weight (out x in elements) only to add the delta; the sparse path gathers, multiplies
+# and scatters rows x k elements (a gathered element costs about 1 / SPARSE_CROSSOVER copied ones); the
+# inplace path moves 3 x k elements and no copy. So: sparse when rows x density < SPARSE_CROSSOVER, else
+# inplace (dense where the base weight is shared with another module, which must never see the delta).
+# Measured on CPU in fp32 (docs/speed.md: ``rmask-tune bench --profile`` prints the per-layer crossover,
+# ``python -m rmask_tune.gpu_check`` times the paths on a GPU).
 SPARSE_CROSSOVER = 0.05
 
 _plain_autograd = False
@@ -79,6 +86,8 @@ def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: RandomMasking
     k = layer.rmask_flat.numel()
     if layer.rmask_density >= DENSE_GRAD_DENSITY:
         return (g.t() @ a)[layer.rmask_rows, layer.rmask_cols].float()
+    if layer.rmask_backend == "numba" and g.device.type == "cpu":
+        return numba_sampled_product(g, a, layer.rmask_rows, layer.rmask_cols)
     if g.shape[0] * k <= GATHER_MAX_WORK:
         return (g[:, layer.rmask_rows].float() * a[:, layer.rmask_cols].float()).sum(0)
     if layer.rmask_backend == "spops":
@@ -114,10 +123,30 @@ def effective_weight(layer: RandomMaskingLinear, values: torch.Tensor, dtype: to
     return weight.index_put_((layer.rmask_flat,), merged).view_as(w0)
 
 
-def sparse_is_cheaper(layer: RandomMaskingLinear, rows: int, dtype: torch.dtype) -> bool:
-    """The ``auto`` path's cost model: sparse when the dense path would copy the weight only to add the
-    delta (no cast to ``dtype`` needed) and ``rows x density`` is under ``SPARSE_CROSSOVER``."""
-    return layer.weight.dtype == dtype and rows * layer.rmask_density < SPARSE_CROSSOVER
+def choose_path(layer: RandomMaskingLinear, rows: int, dtype: torch.dtype) -> str:
+    """The ``auto`` path's cost model (see ``SPARSE_CROSSOVER``): dense when a cast to ``dtype`` copies the
+    weight anyway, else sparse below the crossover and inplace above it (dense for a shared base weight)."""
+    if layer.weight.dtype != dtype:
+        return "dense"
+    if rows * layer.rmask_density < SPARSE_CROSSOVER:
+        return "sparse"
+    return "dense" if layer.rmask_weight_shared else "inplace"
+
+
+@contextlib.contextmanager
+def delta_written_in(layer: RandomMaskingLinear, values: torch.Tensor):
+    """Within the block the base weight holds ``W0 + delta`` at the masked entries (summed in fp32 and
+    rounded once to the weight's dtype, as ``effective_weight`` does); after it, ``W0`` again, bit for bit."""
+    weight = layer.base_layer.weight.detach()
+    flat = weight.view(-1)
+    with _stage("rmask.delta"):
+        w0 = flat.index_select(0, layer.rmask_flat)
+        flat.index_put_((layer.rmask_flat,), (w0.float() + values.detach()).to(flat.dtype))
+    try:
+        yield weight
+    finally:
+        with _stage("rmask.delta"):
+            flat.index_put_((layer.rmask_flat,), w0)
 
 
 def add_sparse_product(out: torch.Tensor, source: torch.Tensor, values: torch.Tensor, take: torch.Tensor,
@@ -134,6 +163,13 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | No
         return add_sparse_product(y, x, values, layer.rmask_cols, layer.rmask_rows)
 
 
+def inplace_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """One matmul with the base weight itself, the delta written into it for the call."""
+    with delta_written_in(layer, values) as weight:
+        return _linear(x, weight.to(dtype), bias, layer.rmask_transposed)
+
+
 def dense_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
                  dtype: torch.dtype) -> torch.Tensor:
     """One matmul with the effective weight ``W0 + delta``."""
@@ -147,9 +183,16 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tr
     return F.linear(x, weight.t() if transposed else weight, bias)
 
 
-def _input_gradient(grad_out: torch.Tensor, values: torch.Tensor, layer: RandomMaskingLinear, sparse: bool):
+LINEARS = {"dense": dense_linear, "sparse": sparse_linear, "inplace": inplace_linear}
+
+
+def _input_gradient(grad_out: torch.Tensor, values: torch.Tensor, layer: RandomMaskingLinear, path: str):
     """``grad_out (W0 + delta)`` as stored in (out, in) terms, on the path the forward took."""
-    if sparse:
+    if path == "inplace":
+        with delta_written_in(layer, values) as weight:
+            weight = weight.to(grad_out.dtype)
+            return grad_out @ (weight.t() if layer.rmask_transposed else weight)
+    if path == "sparse":
         w0 = layer.base_layer.weight.detach().to(grad_out.dtype)
         grad_x = grad_out @ (w0.t() if layer.rmask_transposed else w0)
         with _stage("rmask.delta"):
@@ -163,10 +206,10 @@ class _MaskedLinearFunction(torch.autograd.Function):
     """The layer on either path; backward takes the same path and samples the value gradient."""
 
     @staticmethod
-    def forward(ctx, x, values, bias, layer, dtype, sparse):
-        ctx.layer, ctx.sparse = layer, sparse
+    def forward(ctx, x, values, bias, layer, dtype, path):
+        ctx.layer, ctx.path = layer, path
         ctx.save_for_backward(x, values)
-        return (sparse_linear if sparse else dense_linear)(x, values, bias, layer, dtype)
+        return LINEARS[path](x, values, bias, layer, dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -175,7 +218,7 @@ class _MaskedLinearFunction(torch.autograd.Function):
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
             with _stage("rmask.input_grad"):
-                grad_x = _input_gradient(grad_out, values, layer, ctx.sparse)
+                grad_x = _input_gradient(grad_out, values, layer, ctx.path)
         if ctx.needs_input_grad[1]:
             with _stage("rmask.value_grad"):
                 grad_values = value_gradient(grad_out, x, layer)
@@ -188,12 +231,13 @@ class RandomMaskingLinear(nn.Module):
     """A frozen linear-like ``base_layer`` plus trainable fp32 deltas (starting at zero) at ``flat``.
 
     ``flat`` holds sorted row-major indices into the (out, in) matrix; ``density`` is their share of it;
-    ``backend`` (``torch`` or ``spops``) computes the sampled value gradient; ``path`` (``auto``,
-    ``dense`` or ``sparse``, see the module docstring) applies the delta. ``rmask_info`` is the
+    ``backend`` (``torch``, ``numba`` or ``spops``) computes the sampled value gradient; ``path`` (``auto``,
+    ``dense``, ``sparse`` or ``inplace``, see the module docstring) applies the delta. ``rmask_info`` is the
     ``MaskingInfo`` that ``apply_random_masking`` made the layer with (how to rebuild the masks).
     """
 
     rmask_info = None
+    rmask_weight_shared = False  # set by the builders when another module uses the same base weight
 
     def __init__(
         self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch", path: str = "auto"
@@ -229,21 +273,25 @@ class RandomMaskingLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
+    def path_for(self, rows: int, dtype: torch.dtype) -> str:
+        """The path a call on ``rows`` input rows computing in ``dtype`` takes."""
+        return choose_path(self, rows, dtype) if self.rmask_path == "auto" else self.rmask_path
+
     def uses_sparse_path(self, rows: int, dtype: torch.dtype) -> bool:
         """Whether a call on ``rows`` input rows computing in ``dtype`` takes the sparse path."""
-        return self.rmask_path == "sparse" or (self.rmask_path == "auto" and sparse_is_cheaper(self, rows, dtype))
+        return self.path_for(rows, dtype) == "sparse"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x, self.weight)
         bias = self.bias.to(dtype) if self.bias is not None else None
         x = x.to(dtype)
-        sparse = self.uses_sparse_path(x.numel() // x.shape[-1], dtype)
+        path = self.path_for(x.numel() // x.shape[-1], dtype)
         with torch.autocast(x.device.type, enabled=False), _stage("rmask.forward"):
             if _plain_autograd:
                 return dense_linear(x, self.rmask_values, bias, self, dtype)
             if not torch.is_grad_enabled():
-                return (sparse_linear if sparse else dense_linear)(x, self.rmask_values, bias, self, dtype)
-            return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype, sparse)
+                return LINEARS[path](x, self.rmask_values, bias, self, dtype)
+            return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype, path)
 
     @torch.no_grad()
     def fold_delta(self) -> torch.Tensor:

@@ -13,7 +13,9 @@ from rmask_tune.masking.layer import PATHS, RandomMaskingLinear, is_masked
 from rmask_tune.masking.backends import resolve_backend
 from rmask_tune.masking.budget import allocate_counts, check_ratio
 from rmask_tune.masking.sampling import SAMPLINGS, STRUCTURES, sample_flat_indices
-from rmask_tune.masking.targets import count_parameters, linear_modules, out_in_shape, resolve_targets
+from rmask_tune.masking.targets import (
+    count_parameters, linear_modules, out_in_shape, resolve_targets, shared_weights,
+)
 
 
 @dataclass
@@ -85,7 +87,7 @@ def apply_random_masking(
     seed: int = 0,
     structure: str = "random",
     sampling: str = "exact",
-    backend: str = "torch",
+    backend: str = "auto",
     path: str = "auto",
 ) -> MaskingInfo:
     """Freeze ``model`` and make a fixed random subset of the target matrices' entries trainable.
@@ -100,8 +102,9 @@ def apply_random_masking(
     ``sampling="exact"`` draws exactly the planned count per matrix; ``"bernoulli"`` keeps each entry with
     probability p as in the paper (the count then varies by about sqrt(count)).
     Targets are ``nn.Linear`` or HF ``Conv1D`` layers; masks are drawn over their (out, in) matrices.
-    ``backend`` computes the sparse value gradient: ``torch`` (default), ``spops`` (IST-DASLab's
-    kernels, CUDA only, installed from source) or ``auto`` (spops where it can run, else torch).
+    ``backend`` computes the sparse value gradient: ``torch``, ``numba`` (a compiled CPU loop, the ``cpu``
+    extra), ``spops`` (IST-DASLab's kernels, CUDA only, installed from source) or ``auto`` (default: spops
+    on CUDA and numba on CPU where they are installed, else torch).
     ``path`` applies the delta: ``dense`` (build ``W0 + delta``), ``sparse`` (add ``x delta^T`` from the
     indices) or ``auto`` (per layer and call, by the cost model in ``rmask_tune.masking.layer``).
     Every masked layer keeps the returned info as ``rmask_info``, so ``save_adapter`` needs nothing more.
@@ -110,9 +113,11 @@ def apply_random_masking(
     for param in model.parameters():
         param.requires_grad_(False)
     linears = linear_modules(model)
+    shared = shared_weights(model)
     for name, (flat, p) in masks.items():
         layer = RandomMaskingLinear(linears[name], flat, p, info.backend, info.path)
         layer.rmask_info = info
+        layer.rmask_weight_shared = id(layer.weight) in shared
         model.set_submodule(name, layer)
     return info
 
@@ -125,7 +130,7 @@ def plan_random_masking(
     seed: int = 0,
     structure: str = "random",
     sampling: str = "exact",
-    backend: str = "torch",
+    backend: str = "auto",
     path: str = "auto",
 ) -> tuple[MaskingInfo, dict[str, tuple[torch.Tensor, float]]]:
     """What ``apply_random_masking`` does, without changing ``model``: the info and, for each target that

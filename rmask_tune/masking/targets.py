@@ -60,6 +60,14 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if name and is_linear_like(m)}
 
 
+def shared_weights(model: nn.Module) -> set[int]:
+    """The ids of the parameters that ``model`` holds under more than one name (tied weights)."""
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return {key for key, count in seen.items() if count > 1}
+
+
 def default_qv_targets(model: nn.Module) -> list[str]:
     """The attention query and value projections, found by their names in the architecture.
 

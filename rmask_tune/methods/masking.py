@@ -18,13 +18,13 @@ def _masking_setup(method: str, model: nn.Module, **settings) -> MethodSetup:
 
 
 def random_masking(
-    model: nn.Module, *, ratio=None, density=None, targets=None, seed=0, sampling="exact", path="auto"
+    model: nn.Module, *, ratio=None, density=None, targets=None, seed=0, sampling="exact", path="auto", backend="auto"
 ):
-    """Random Masking: train a fixed random subset of the target weights' entries (``path``: see
-    ``apply_random_masking``)."""
+    """Random Masking: train a fixed random subset of the target weights' entries (``path`` and ``backend``:
+    see ``apply_random_masking``)."""
     return _masking_setup(
         "random_masking", model, ratio=ratio, density=density, targets=targets, seed=seed, structure="random",
-        sampling=sampling, path=path,
+        sampling=sampling, path=path, backend=backend,
     )
 
 

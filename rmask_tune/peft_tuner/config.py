@@ -37,8 +37,8 @@ class RandomMaskingConfig(PeftConfig):
     )
     structure: str = field(default="random", metadata={"help": f"Mask layout: one of {', '.join(STRUCTURES)}."})
     sampling: str = field(default="exact", metadata={"help": f"Entry count: one of {', '.join(SAMPLINGS)}."})
-    backend: str = field(default="torch", metadata={"help": "Value-gradient kernels: torch, spops or auto."})
-    path: str = field(default="auto", metadata={"help": "How the delta is applied: auto, dense or sparse."})
+    backend: str = field(default="auto", metadata={"help": "Value-gradient kernels: auto, torch, numba or spops."})
+    path: str = field(default="auto", metadata={"help": "How the delta is applied: auto, dense, sparse or inplace."})
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules trained in full and saved with the adapter (a new head)."}
     )

@@ -17,6 +17,7 @@ from torch import nn
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.adapter import base_signature, masks_checksum, same_base
 from rmask_tune.masking.model import plan_random_masking
+from rmask_tune.masking.targets import shared_weights
 from rmask_tune.peft_tuner.config import RandomMaskingConfig
 from rmask_tune.peft_tuner.layer import RandomMaskingLayer
 
@@ -57,7 +58,7 @@ class RandomMaskingModel(BaseTuner):
             )
         elif checksum != config.masks_checksum:
             raise RmaskError("the masks rebuilt from the seed differ from the saved ones (another torch version?)")
-        self._planned = info, masks
+        self._planned = info, masks, shared_weights(model)
 
     def _post_injection_hook(self, model: nn.Module, config: RandomMaskingConfig, adapter_name: str) -> None:
         del self._planned  # the layers hold their masks now
@@ -73,10 +74,11 @@ class RandomMaskingModel(BaseTuner):
         return key in self._planned[1]
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
-        info, masks = self._planned
+        info, masks, shared = self._planned
         flat, density = masks[current_key]
         layer = RandomMaskingLayer(target, flat, density, info.backend, adapter_name, info.path)
         layer.rmask_info = info
+        layer.rmask_weight_shared = id(target.weight) in shared
         self._replace_module(parent, target_name, layer, target)
 
     def delete_adapter(self, adapter_name: str) -> None:
