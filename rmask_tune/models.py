@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.heads import CAUSAL_LM, IMAGE_CLASSIFICATION, SEQUENCE_CLASSIFICATION, ZERO_SHOT_IMAGE, Head, get_head
 
 # Whether long model steps show their progress on stderr (see ``progress``).
 _PROGRESS = contextvars.ContextVar("rmask_tune_model_progress", default=True)
@@ -155,14 +156,6 @@ MODEL_ALIASES = {
     "clip-vit-b16": ModelAlias("hub", "openai/clip-vit-base-patch16"),
 }
 
-HEADS = {
-    "causal-lm": "AutoModelForCausalLM",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "image-classification": "AutoModelForImageClassification",
-    # An image-text model (CLIP) classifying images against its text embeddings of the class names.
-    "zero-shot-image": "AutoModel",
-    "base": "AutoModel",
-}
 # Model types that classify images zero-shot: an image tower and a text tower in one model.
 ZERO_SHOT_IMAGE_TYPES = ("clip",)
 
@@ -183,28 +176,28 @@ def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
 def load_model(
     name: str,
     *,
-    head: str = "causal-lm",
+    head: str = CAUSAL_LM.name,
     num_labels: int = 2,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> nn.Module:
     """Load ``name`` (alias, local folder, ``.gguf`` file or hub id) with the given head, in eval mode.
 
-    ``head`` is one of HEADS; ``num_labels`` applies to ``sequence-classification``. ``dtype`` None keeps
+    ``head`` names one of ``rmask_tune.heads.HEADS``; ``num_labels`` sizes a head whose labels are the task's
+    (``sequence-classification``). ``dtype`` None keeps
     the checkpoint's dtype (float32 for the tiny and packaged models). ``random-init:NAME`` builds NAME's
     architecture from its config alone with seeded random weights (step timings of big models without
     their weights; the tokenizer is NAME's).
     """
-    if head not in HEADS:
-        raise RmaskError(f"unknown head '{head}'; choose one of {', '.join(HEADS)}")
-    kwargs = {"num_labels": num_labels} if head == "sequence-classification" else {}
+    spec = get_head(head)
+    kwargs = {"num_labels": num_labels} if spec.labels == "task" else {}
     if name.startswith(RANDOM_INIT):
-        model = _random_init(name.removeprefix(RANDOM_INIT), head, kwargs).to(dtype or torch.float32)
+        model = _random_init(name.removeprefix(RANDOM_INIT), spec.auto_class, kwargs).to(dtype or torch.float32)
     elif name in TINY_CONFIGS:
-        model = _tiny_with_head(name, head, kwargs).to(dtype or torch.float32)
+        model = _tiny_with_head(name, spec, kwargs).to(dtype or torch.float32)
     else:
         path = resolve_model_path(name)
-        model = _from_pretrained(name, path, HEADS[head], kwargs if dtype is None else {**kwargs, "dtype": dtype})
+        model = _from_pretrained(name, path, spec.auto_class, kwargs if dtype is None else {**kwargs, "dtype": dtype})
     if device is not None:
         model = model.to(device)
     return model.eval()
@@ -224,17 +217,17 @@ def default_head(name: str) -> str:
     name = name.removeprefix(RANDOM_INIT)
     config = _tiny_config(name) if name in TINY_CONFIGS else _load_config(name)
     if config is None:  # a .gguf file: GGUF holds decoder language models
-        return "causal-lm"
+        return CAUSAL_LM.name
     causal_lm, model_type = auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, config.model_type
     if getattr(config, "is_decoder", False) or set(causal_lm.values()) & set(config.architectures or ()):
-        return "causal-lm"
+        return CAUSAL_LM.name
     if model_type in ZERO_SHOT_IMAGE_TYPES:
-        return "zero-shot-image"
+        return ZERO_SHOT_IMAGE.name
     if model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-        return "image-classification"
+        return IMAGE_CLASSIFICATION.name
     if model_type in causal_lm and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        return "causal-lm"
-    return "sequence-classification"
+        return CAUSAL_LM.name
+    return SEQUENCE_CLASSIFICATION.name
 
 
 def load_tokenizer(name: str):
@@ -300,7 +293,7 @@ def _load_config(name: str):
         raise RmaskError(f"cannot load the config of {_describe(name, path)}: {_first_line(error)}") from error
 
 
-def _random_init(name: str, head: str, kwargs: dict) -> nn.Module:
+def _random_init(name: str, auto_class: str, kwargs: dict) -> nn.Module:
     """``name``'s architecture with random weights (seed 0), from its config alone."""
     import transformers
 
@@ -313,10 +306,10 @@ def _random_init(name: str, head: str, kwargs: dict) -> nn.Module:
         setattr(config, key, value)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return getattr(transformers, HEADS[head]).from_config(config)
+        return getattr(transformers, auto_class).from_config(config)
 
 
-def _tiny_with_head(name: str, head: str, kwargs: dict) -> nn.Module:
+def _tiny_with_head(name: str, head: Head, kwargs: dict) -> nn.Module:
     """A tiny model with any head its architecture has; the same weights as ``tiny_model(name)`` (seed 0)."""
     import transformers
 
@@ -326,9 +319,9 @@ def _tiny_with_head(name: str, head: str, kwargs: dict) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         try:
-            return getattr(transformers, HEADS[head]).from_config(config)
+            return getattr(transformers, head.auto_class).from_config(config)
         except ValueError as error:
-            raise RmaskError(f"{name} has no {head} head") from error
+            raise RmaskError(f"{name} has no {head.name} head") from error
 
 
 def _from_pretrained(name: str, path: str, auto_cls: str, kwargs: dict) -> nn.Module:

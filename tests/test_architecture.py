@@ -12,7 +12,7 @@ from paths import REPO
 PACKAGE = REPO / "rmask_tune"
 LAYERS = (
     ("errors",),
-    ("precision", "models", "resampling", "law", "law_record", "masking", "tasks", "files"),
+    ("heads", "precision", "models", "resampling", "law", "law_record", "masking", "tasks", "files"),
     ("peft_tuner", "methods", "law_search", "runstore", "bench_profile"),
     ("trainer",),
     ("analysis", "validation"),

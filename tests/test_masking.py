@@ -273,7 +273,7 @@ def test_structured_sweep_file_passes_dry_run_and_its_layout_reaches_the_trials(
         swept = load_space(file)
         trial = next(t for t in swept.grid_trials() if t["method"] == "structured_masking" and t["ratio"] == 1e-3)
         config = TrialConfig.from_dict({**swept.trial_config(trial), "model": "tiny-opt"})
-        setup = prepare_method(tiny_model("tiny-opt"), config.method, **method_settings(config, "choice", 8))
+        setup = prepare_method(tiny_model("tiny-opt"), config.method, **method_settings(config, 8))
         assert setup.details["structure"] == structure
 
 

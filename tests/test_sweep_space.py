@@ -218,6 +218,39 @@ def test_lr_points_one_trains_each_pairs_own_recommendation(tmp_path, capsys):
     assert "give --lr-from LAW_JSON too" in capsys.readouterr().err
 
 
+def test_the_resolved_space_holds_the_options_and_nothing_can_change_it(tmp_path):
+    """resolve_space applies --lr-from, --lr-points and --prior once, into a new frozen space (the validated one
+    is left as it was); assigning to the space, its file or a section of the file raises."""
+    from dataclasses import FrozenInstanceError
+
+    from pydantic import ValidationError
+
+    from rmask_tune.law import Law, fit_law, narrow_grid
+    from rmask_tune.sweep import SweepOptions, resolve_space
+    from rmask_tune.sweep.schema import GridSearch
+
+    points = [{"ratio": r, "log10_lr": -3 - 0.5 * math.log10(r / 0.01), "se": 0.1} for r in (0.01, 0.001, 0.0001)]
+    Law(pooled=fit_law(points, bootstrap=20), models={}).save(tmp_path / "law.json")
+    law = str(tmp_path / "law.json")
+    validated = load_space(write(tmp_path, GOOD))
+    space = resolve_space(validated, SweepOptions(lr_from=law, lr_points=3, prior=law))
+    assert (space.file.search.type, space.file.search.prior, space.law_points) == ("law", law, 3)
+    assert space.prior is not None and space.prior.note == f"law {law}"
+    grids = {cell.ratio: cell.lrs for cell in space.cells() if cell.method == "random_masking"}
+    assert grids == {r: tuple(narrow_grid(space.law, r, points=3)) for r in (0.01, 0.001)}
+    assert (validated.file.search.type, validated.law, validated.prior) == ("grid", None, None)
+    with pytest.raises(FrozenInstanceError):
+        space.done = ({"model": "tiny-llama"},)
+    with pytest.raises(FrozenInstanceError):
+        space.law = None
+    with pytest.raises(ValidationError, match="frozen"):
+        space.file.search = GridSearch()
+    with pytest.raises(ValidationError, match="frozen"):
+        space.file.methods["random_masking"].lr = [1.0]
+    with pytest.raises(RmaskError, match="--lr-from applies when a sweep starts"):
+        SweepOptions(lr_from=law, resume=True)
+
+
 @pytest.mark.slow
 def test_model_cache_gives_trials_the_same_model_and_rng_as_a_fresh_load():
     from rmask_tune.models import load_model

@@ -6,25 +6,40 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
 
 
 def _settings(args: argparse.Namespace):
+    """The probe settings: every ProbeSettings field but ``repeat`` is an option of the same name."""
     from rmask_tune.analysis.landscape import ProbeSettings
 
-    return ProbeSettings(
-        batches=args.batches,
-        batch_size=args.batch_size,
-        iters=args.iters,
-        tol=args.tol,
-        hvp=args.hvp,
-        solver=args.solver,
-        fd_step=args.fd_step,
-        fd_step_mode=args.fd_step_mode,
-        fd_loss_change=args.fd_loss_change,
-        seed=args.seed,
-        data_dir=args.data_dir,
-        device=args.device,
-    )
+    return ProbeSettings(**{f.name: getattr(args, f.name) for f in fields(ProbeSettings) if f.name != "repeat"})
+
+
+class _Output:
+    """An action's result: printed as text (or JSON with ``--json``); with ``--out``, also written there as
+    ``NAME.json`` and, for an action with a plot, ``NAME.png``. The folder is checked when the action starts,
+    so a probe never runs only to find it cannot write."""
+
+    def __init__(self, args: argparse.Namespace, name: str, plot: bool = False):
+        from rmask_tune.analysis.outputs import output_paths
+
+        self.as_json = args.json
+        names = [f"{name}.json"] + ([f"{name}.png"] if plot else [])
+        self.paths = output_paths(args.out, names) if args.out else []
+
+    def emit(self, data, text: Callable[[], str], plot: Callable[[Path], None] | None = None) -> None:
+        """Print ``data`` (JSON) or ``text()``; write ``data`` and ``plot``'s figure to the --out folder."""
+        from rmask_tune.analysis.outputs import write_json
+
+        print(json.dumps(data, indent=1) if self.as_json else text())
+        if self.paths:
+            write_json(self.paths[0], data)
+            if plot is not None:
+                plot(self.paths[1])
+            print(f"wrote {' and '.join(map(str, self.paths))}", file=sys.stderr)
 
 
 def _report(point) -> None:
@@ -37,7 +52,7 @@ def _report(point) -> None:
 
 def _landscape(args: argparse.Namespace) -> None:
     from rmask_tune.analysis.landscape import format_points, plot_points, probe_ratio, probe_run
-    from rmask_tune.analysis.outputs import output_paths, parse_ratios, write_json
+    from rmask_tune.analysis.outputs import parse_ratios
     from rmask_tune.errors import RmaskError
 
     runs = [r for r in (args.after_training or "").split(",") if r]
@@ -45,7 +60,7 @@ def _landscape(args: argparse.Namespace) -> None:
     if ratios and not (args.model and args.task):
         raise RmaskError("probing --ratios needs --model and --task")
     settings = _settings(args)
-    paths = output_paths(args.out, ["landscape.json", "landscape.png"]) if args.out else None
+    output = _Output(args, "landscape", plot=True)
     points = []
     for ratio in ratios:
         points.append(probe_ratio(args.model, args.task, ratio, settings))
@@ -55,25 +70,15 @@ def _landscape(args: argparse.Namespace) -> None:
             points.append(point)
             _report(point)
     data = {"settings": vars(settings), "points": [p.to_dict() for p in points]}
-    print(json.dumps(data, indent=1) if args.json else format_points(points))
-    if paths:
-        write_json(paths[0], data)
-        plot_points(points, paths[1])
-        print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    output.emit(data, lambda: format_points(points), lambda path: plot_points(points, path))
 
 
 def _distance(args: argparse.Namespace) -> None:
     from rmask_tune.analysis.distance import find_runs, format_distances, plot_distances, run_distance
-    from rmask_tune.analysis.outputs import output_paths, write_json
 
-    paths = output_paths(args.out, ["distance.json", "distance.png"]) if args.out else None
+    output = _Output(args, "distance", plot=True)
     rows = [run_distance(run) for run in find_runs(args.runs)]
-    data = [row.to_dict() for row in rows]
-    print(json.dumps(data, indent=1) if args.json else format_distances(rows))
-    if paths:
-        write_json(paths[0], data)
-        plot_distances(rows, paths[1])
-        print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    output.emit([row.to_dict() for row in rows], lambda: format_distances(rows), lambda path: plot_distances(rows, path))
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -118,9 +123,9 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 def _hvp_check(args: argparse.Namespace) -> None:
     from rmask_tune.analysis.hvp_check import check_ratio, format_checks
-    from rmask_tune.analysis.outputs import output_paths, parse_ratios, write_json
+    from rmask_tune.analysis.outputs import parse_ratios
 
-    paths = output_paths(args.out, ["hvp_check.json"]) if args.out else None
+    output = _Output(args, "hvp_check")
     settings = _settings(args)
     checks = []
     for ratio in parse_ratios(args.ratios):
@@ -130,10 +135,7 @@ def _hvp_check(args: argparse.Namespace) -> None:
         print(f"ratio {ratio:.3g}: worst fd error {checks[-1].max_error:.2e}, lambda_max exact "
               f"{checks[-1].lambda_exact:.4g} / fd {checks[-1].lambda_fd:.4g}", file=sys.stderr)  # fmt: skip
     data = {"settings": vars(settings), "vectors": args.vectors, "checks": [c.to_dict() for c in checks]}
-    print(json.dumps(data, indent=1) if args.json else format_checks(checks))
-    if paths:
-        write_json(paths[0], data)
-        print(f"wrote {paths[0]}", file=sys.stderr)
+    output.emit(data, lambda: format_checks(checks))
 
 
 def _probe_options(parser: argparse.ArgumentParser) -> None:
@@ -164,13 +166,21 @@ def _probe_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _action(actions: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], None], *,
+            help: str, description: str) -> argparse.ArgumentParser:
+    """One ``analyze`` action's parser, which runs ``run``."""
+    parser = actions.add_parser(name, help=help, description=description)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``analyze`` subcommand and its ``landscape`` / ``distance`` / ``calibrate`` / ``hvp-check`` actions."""
     analyze = sub.add_parser("analyze", help="loss-landscape sharpness, distance travelled, LR-probe calibration")
     actions = analyze.add_subparsers(dest="action", required=True)
 
-    landscape = actions.add_parser(
-        "landscape",
+    landscape = _action(
+        actions, "landscape", _landscape,
         help="top Hessian eigenvalue over the masked values vs ratio (at init and after training)",
         description="Lanczos (or power iteration) on Hessian-vector products of the mean training loss over fixed "
         "batches, restricted to the masked values: at initialization for each --ratios, and for each --after-training "
@@ -182,10 +192,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     landscape.add_argument("--after-training", metavar="RUN_DIR[,RUN_DIR...]", help="finished rmask-tune train runs")
     landscape.add_argument("--out", help="folder for landscape.json and landscape.png (never overwritten)")
     _probe_options(landscape)
-    landscape.set_defaults(run=_landscape)
 
-    distance = actions.add_parser(
-        "distance",
+    distance = _action(
+        actions, "distance", _distance,
         help="L2 norm of the trained deltas vs ratio, from finished runs",
         description="Reads metrics.json and adapter.safetensors of each run folder (or of each run folder "
         "inside a given folder, e.g. a sweep's trials folder).",
@@ -193,10 +202,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     distance.add_argument("runs", nargs="+", metavar="RUN_DIR")
     distance.add_argument("--out", help="folder for distance.json and distance.png (never overwritten)")
     distance.add_argument("--json", action="store_true", help="print the result as JSON")
-    distance.set_defaults(run=_distance)
 
-    calibrate = actions.add_parser(
-        "calibrate",
+    calibrate = _action(
+        actions, "calibrate", _calibrate,
         help="calibrate lr = c / lambda_max against the optimal LRs in law.json",
         description="Probes lambda_max at initialization for every optimal-LR point in law.json (optionally "
         "only --model / --task), sets c to the geometric mean of lr * lambda_max and stores it in law.json "
@@ -213,10 +221,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="probe each point this many times, each on other batches (data seed --seed + r) from "
                                 "another start vector; reports the spread of lambda_max and c (default 1)")  # fmt: skip
     _probe_options(calibrate)
-    calibrate.set_defaults(run=_calibrate)
 
-    check = actions.add_parser(
-        "hvp-check",
+    check = _action(
+        actions, "hvp-check", _hvp_check,
         help="agreement of finite-difference HVPs with exact ones (double backward), per ratio",
         description="For each --ratios mask at initialization: the relative error of fd HVPs (with the chosen "
         "step, and with the relative step) against exact HVPs on the exact top eigenvector and on --vectors "
@@ -230,4 +237,3 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="relative error that counts as agreement (default 0.02)")  # fmt: skip
     check.add_argument("--out", help="folder for hvp_check.json (never overwritten)")
     _probe_options(check)
-    check.set_defaults(run=_hvp_check)

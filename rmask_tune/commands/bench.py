@@ -7,8 +7,10 @@ import json
 import sys
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.heads import IMAGE_CLASSIFICATION, TRAINABLE_HEADS, ZERO_SHOT_IMAGE
 
-HEAD_CHOICES = ("auto", "causal-lm", "sequence-classification", "image-classification")
+# A zero-shot head is frozen: a CLIP model is timed as its image tower under a linear head.
+HEAD_CHOICES = ("auto", *(name for name in TRAINABLE_HEADS if name != ZERO_SHOT_IMAGE.name))
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -38,8 +40,8 @@ def _run(args: argparse.Namespace) -> None:
     ratios = args.ratios or RM_RATIOS
     cases = bench_cases(ratios, args.paths, args.methods or BENCH_METHODS, args.backends)
     head = default_head(args.model) if args.head == "auto" else args.head
-    if head == "zero-shot-image":  # CLIP: time its image tower under a linear head (the zero-shot head is frozen)
-        head = "image-classification"
+    if head == ZERO_SHOT_IMAGE.name:
+        head = IMAGE_CLASSIFICATION.name
     model = load_model(args.model, head=head)
     print(f"bench: {args.model} as {type(model).__name__} ({head} head), {len(cases)} cases x {args.rounds} rounds",
           file=sys.stderr)  # fmt: skip

@@ -3,91 +3,43 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 
-from rmask_tune.errors import IncompleteError, RmaskError
+from rmask_tune.errors import IncompleteError
 
 
 def _run(args: argparse.Namespace) -> None:
+    from rmask_tune.sweep.resolve import SweepOptions
     from rmask_tune.sweep.runner import set_environment
 
-    if args.skip_done and args.resume:
-        raise RmaskError(
-            "--skip-done applies when a sweep starts; --resume continues it without the trials it left out"
-        )
+    options = SweepOptions(lr_from=args.lr_from, lr_points=args.lr_points, prior=args.prior,
+                           skip_done=tuple(args.skip_done), resume=args.resume)
     set_environment()  # before anything imports ray
-    from rmask_tune.sweep import load_space
+    from rmask_tune.sweep import load_space, resolve_space
 
-    space = load_space(args.file)
-    if args.lr_points is not None and not args.lr_from:
-        raise RmaskError("--lr-points sets the size of --lr-from's grids; give --lr-from LAW_JSON too")
-    if args.lr_from:
-        space.law = _law(args.lr_from, space)
-        space.law_points = 5 if args.lr_points is None else _positive(args.lr_points)
-        space.cells()  # every cell's grid now: a law that gives no usable LR fails before anything is written
-    _law_search(space, args.prior)
-    if args.skip_done and not _skip_done(space, args.skip_done):
+    space = resolve_space(load_space(args.file), options)
+    if options.skip_done and not _print_skipped(space, options.skip_done):
         return
     if args.dry_run:
         _print_plan(space)
         return
     from rmask_tune.sweep.runner import run_sweep
 
-    outcome = run_sweep(space, resume=args.resume, address=args.address, join=args.join)
+    outcome = run_sweep(space, address=args.address, join=args.join)
     if not outcome.complete and not args.allow_failures:
         again = "" if outcome.errored and not (outcome.interrupted or outcome.unstarted) else \
             f"; continue with `rmask-tune sweep {space.source} --resume`"
         raise IncompleteError(f"{outcome.line()}{again} (--allow-failures exits 0 all the same)")
 
 
-def _skip_done(space, sources: list[str]) -> bool:
-    """Leave out the trials ``sources`` already ended and say how many; False when none is left."""
-    from rmask_tune.sweep.done import done_trials
-
-    total = space.num_trials()
-    done = done_trials(space, sources)
-    space.done, space.done_dev = [point for point, _ in done], [dev for _, dev in done]
+def _print_skipped(space, sources: tuple[str, ...]) -> bool:
+    """Say how many trials ``--skip-done`` left out; False when none is left."""
+    left = space.num_trials()
     where = ", ".join(sources)
-    print(f"skipping {len(space.done)} of {total} trials already done in {where}")
-    if not space.num_trials():
+    print(f"skipping {len(space.done)} of {left + len(space.done)} trials already done in {where}")
+    if not left:
         print(f"nothing left to run: every trial of {space.source} is done in {where}")
-    return space.num_trials() > 0
-
-
-def _law_search(space, prior: str | None) -> None:
-    """``--prior``: a law search from ``prior`` (the file's search must be grid or law; its grids are the space).
-    A law search's prior is read now: a missing or malformed law.json is an error before Ray starts."""
-    from rmask_tune.law import load_law
-    from rmask_tune.sweep.schema import LawGuidedSearch, OptunaSearch
-
-    if prior is not None:
-        if isinstance(space.file.search, OptunaSearch):
-            raise RmaskError(f"--prior runs a law search, but {space.source} asks for an optuna search; "
-                             "use a grid or law search file")
-        space.file.search = LawGuidedSearch(type="law", prior=prior)
-    if isinstance(space.file.search, LawGuidedSearch) and space.file.search.prior is not None:
-        load_law(space.file.search.prior)
-
-
-def _positive(points: int) -> int:
-    if points < 1:
-        raise RmaskError(f"--lr-points must be at least 1, got {points}")
-    return points
-
-
-def _law(path: str, space):
-    from rmask_tune.law import load_law
-
-    law = load_law(path)
-    if law.method not in space.file.methods:
-        raise RmaskError(f"{path} is a law for method '{law.method}', which {space.source} does not sweep")
-    unseen = [m for m in space.file.models if m not in law.models_known()]
-    if unseen:
-        print(f"rmask-tune: warning: {path} has never seen {', '.join(unseen)}; their grids centre on the pooled "
-              "law, which can miss an unseen model by several grid steps (calibrate with "
-              "`rmask-tune recommend --anchor` first)", file=sys.stderr)
-    return law
+    return left > 0
 
 
 def _print_plan(space) -> None:

@@ -14,14 +14,8 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from rmask_tune.law import load_law
 from rmask_tune.law_search import CellId, LawSearch, SearchPrior, SearchSettings
 from rmask_tune.sweep.plan import METRIC, MODE, Cell, SweepSpace, trial_point
-
-
-def law_prior(path: str | None) -> SearchPrior | None:
-    """The prior a law.json gives (None without one: plain bracketing, the offsets learned as the sweep runs)."""
-    return None if path is None else SearchPrior.from_law(load_law(path), note=f"law {path}")
 
 
 class LawSearcher(Searcher):

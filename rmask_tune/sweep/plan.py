@@ -3,13 +3,17 @@ its LR grid and settings), their grid points, the Optuna schedule, and the trial
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from rmask_tune.sweep.schema import OptunaSearch, SweepFile
+
+if TYPE_CHECKING:
+    from rmask_tune.law import Law
+    from rmask_tune.law_search import SearchPrior
 
 @dataclass(frozen=True)
 class Cell:
@@ -23,20 +27,27 @@ class Cell:
     settings: tuple[tuple[str, Any], ...] = ()  # task_settings and method_options, as (key, value) pairs
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepSpace:
-    """A validated search-space file with its paths resolved; ``law`` narrows LR grids to ``law_points`` LRs
-    (``--lr-from``, ``--lr-points``);
-    ``done`` holds the grid's trials that earlier sittings ended (``--skip-done``), which it leaves out."""
+    """A validated search-space file with its paths resolved and, once ``rmask_tune.sweep.resolve`` applied the
+    sweep command's options, everything this sitting runs; nothing changes it afterwards (it is frozen, and so
+    is its file).
+
+    ``law`` narrows its method's LR grids to ``law_points`` LRs (``--lr-from``, ``--lr-points``); ``prior`` is
+    a law search's prior, read from its law.json; ``resume`` continues the sweep saved in ``storage``;
+    ``done`` holds the grid's trials that earlier sittings ended (``--skip-done``, or those a resumed sweep
+    left out), which it leaves out, and ``done_dev`` their best dev metrics (a law search observes them)."""
 
     file: SweepFile
     source: Path
     data_dir: str | None
     storage: Path
-    law: Any = None
+    law: Law | None = None
     law_points: int = 5
-    done: list[dict] = field(default_factory=list)
-    done_dev: list[float | None] = field(default_factory=list)  # the done trials' best dev (a law search uses them)
+    prior: SearchPrior | None = None
+    resume: bool = False
+    done: tuple[dict, ...] = ()
+    done_dev: tuple[float | None, ...] = ()
 
     @property
     def name(self) -> str:

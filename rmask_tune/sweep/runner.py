@@ -11,24 +11,17 @@ The storage folder holds everything a sweep writes::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.files import validated
-from rmask_tune.files.atomic import write_atomic
-from rmask_tune.files.sweep_state import STATE_FORMAT, SweepStateFile
+from rmask_tune.sweep.plan import SweepSpace
 from rmask_tune.sweep.reaper import Reaper
 from rmask_tune.sweep.results import SweepOutcome, print_summary, summary_rows, timing
-from rmask_tune.sweep.plan import SweepSpace
+from rmask_tune.sweep.state import SweepState
 
 # The embedded local Ray: Tune keeps only small configs and results in the object store.
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
@@ -45,70 +38,9 @@ def set_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-@dataclass
-class SweepState:
-    """``sweep.json``: the sweep's id and what it started with, so --resume finds its runs and checks the file;
-    ``done``: the grid's trials --skip-done left out, which a resumed sweep leaves out too."""
-
-    sweep_id: str
-    name: str
-    source: str
-    fingerprint: dict
-    tracking_uri: str
-    experiment: str
-    done: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def new(cls, space: SweepSpace) -> SweepState:
-        """A new sweep's state; a storage folder that already holds a sweep is refused (nothing is written)."""
-        if (space.storage / "sweep.json").exists():
-            raise RmaskError(
-                f"{space.storage} already holds sweep '{space.name}'; add --resume to continue it, or set another storage_path"
-            )
-        return cls(uuid.uuid4().hex[:12], space.name, str(space.source), space.fingerprint(), space.tracking_uri,
-                   space.experiment_name, space.done)
-
-    @classmethod
-    def load(cls, space: SweepSpace) -> SweepState:
-        """The state of the sweep --resume continues; the file must still describe the same trials."""
-        path = space.storage / "sweep.json"
-        if not path.is_file():
-            raise RmaskError(f"nothing to resume: {space.storage} holds no sweep (no sweep.json)")
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-            raise RmaskError(f"cannot resume: sweep state {path} is damaged ({error}); start the sweep again with "
-                             "another storage_path") from None
-        validated(SweepStateFile, saved, path, "cannot resume: sweep state")
-        saved.pop("format")
-        state = cls(**saved)
-        section = space.changed_section(state.fingerprint)
-        if section is not None:
-            raise RmaskError(
-                f"the sweep file's '{section}' changed since the sweep started; --resume continues the sweep as it began "
-                "(restore the file, or start a new sweep with another storage_path)"
-            )
-        return state
-
-    def forget(self, storage: Path, tracker) -> None:
-        """Undo a start that ran no trial: sweep.json, Tune's folder and the parent run go (best effort)."""
-        (storage / "sweep.json").unlink(missing_ok=True)
-        shutil.rmtree(storage / "tune", ignore_errors=True)
-        shutil.rmtree(storage / "trials", ignore_errors=True)
-        try:
-            tracker.discard()
-        except Exception:  # noqa: BLE001 - the store may be what failed; sweep.json is what blocks a restart
-            pass
-
-    def save(self, storage: Path) -> None:
-        storage.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"format": STATE_FORMAT, **self.__dict__}, indent=1, allow_nan=False) + "\n"
-        write_atomic(storage / "sweep.json", text.encode())
-
-
-def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = None, stream=None,
-              join: bool = False) -> SweepOutcome:
-    """Run (or with ``resume`` continue) ``space``; print progress to stderr and a summary to ``stream``.
+def run_sweep(space: SweepSpace, *, address: str | None = None, stream=None, join: bool = False) -> SweepOutcome:
+    """Run (or, for a space resolved with ``resume``, continue) ``space``; print progress to stderr and a
+    summary to ``stream``.
 
     ``address`` connects to a running Ray cluster (``auto`` or ``HOST:PORT``); without it an embedded
     local Ray is started, or the one this process already has is used. The trials in ``space.done``
@@ -122,25 +54,22 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
     stream = stream or sys.stdout
     started = time.time()
     set_environment()
-    if resume and space.law is not None:
-        raise RmaskError("--lr-from applies when a sweep starts; --resume continues with the grids it started with")
-    state = SweepState.load(space) if resume else SweepState.new(space)
-    space.done = state.done
+    state = SweepState.load(space) if space.resume else SweepState.new(space)
     probe_tracking_uri(state.tracking_uri, space.storage)
     _quiet_loggers()
     started_ray = _connect(address, space)
     reaper = Reaper() if started_ray else None  # takes Ray down should this process die without doing so
     tracker = SweepTracker(state.tracking_uri, state.experiment, space.name, state.sweep_id, space.storage / "mlartifacts")
     try:
-        if not resume:
+        if not space.resume:
             state.save(space.storage)
         tracker.open(_sweep_params(space, state), space.shared_settings(), join=join)
-        tuner = _tuner(space, tracker, state, resume)
+        tuner = _tuner(space, tracker, state)
         ray_ready = time.time()
         try:
             results = tuner.fit()
         except Exception as error:  # Tune's driver died, e.g. on a worker Ray killed for memory
-            if not resume and not _trials_started(space):
+            if not space.resume and not _trials_started(space):
                 raise RmaskError(f"the sweep stopped before any trial started: {root_cause(error)}") from None
             cut = tracker.abandon()
             raise RmaskError(
@@ -148,7 +77,7 @@ def run_sweep(space: SweepSpace, *, resume: bool = False, address: str | None = 
                 f"`rmask-tune sweep {space.source} --resume`"
             ) from None
     except BaseException:
-        if not resume and not _trials_started(space):
+        if not space.resume and not _trials_started(space):
             state.forget(space.storage, tracker)  # nothing ran: the folder can start this sweep again
         raise
     finally:
@@ -239,7 +168,7 @@ def _probe_address(address: str) -> None:
         raise RmaskError(f"no Ray cluster answers at {address} ({error.strerror or error}); check --address") from None
 
 
-def _tuner(space: SweepSpace, tracker, state: SweepState, resume: bool):
+def _tuner(space: SweepSpace, tracker, state: SweepState):
     from ray import tune
 
     from rmask_tune.sweep.callbacks import MlflowCallback, ProgressCallback
@@ -250,7 +179,7 @@ def _tuner(space: SweepSpace, tracker, state: SweepState, resume: bool):
     resources = space.file.resources
     trainable = tune.with_resources(run_tune_trial, {"cpu": resources.cpus, "gpu": resources.gpus})
     experiment = space.storage / "tune"
-    if resume and tune.Tuner.can_restore(str(experiment)):
+    if space.resume and tune.Tuner.can_restore(str(experiment)):
         # Callbacks, scheduler and searcher come back from the experiment as they were saved.
         return tune.Tuner.restore(
             str(experiment), trainable, resume_unfinished=True, resume_errored=True, restart_errored=False

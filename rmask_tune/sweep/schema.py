@@ -60,9 +60,10 @@ Examples = Annotated[int, Field(ge=1), BeforeValidator(_number)]
 
 
 class _Strict(BaseModel):
-    """A section of the file: unknown keys are errors that name the key and the known ones."""
+    """A section of the file: unknown keys are errors that name the key and the known ones. Frozen: the
+    checks against the registries make a resolved copy (``model_copy``) rather than edit it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @model_validator(mode="before")
     @classmethod

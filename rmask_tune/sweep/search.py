@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rmask_tune.sweep.plan import SweepSpace, trial_point
-
+from rmask_tune.sweep.plan import METRIC, MODE, SweepSpace, trial_point
 from rmask_tune.sweep.schema import AshaScheduler, LawGuidedSearch, OptunaSearch
-
-METRIC, MODE = "dev_metric", "max"
 
 
 class OptunaSpace:
@@ -36,9 +33,9 @@ def tune_search(space: SweepSpace, trials_dir: Path) -> tuple[dict, object, int]
     constants = {"settings": space.settings(), "trials_dir": str(trials_dir)}
     search = space.file.search
     if isinstance(search, LawGuidedSearch):
-        from rmask_tune.sweep.law_search import LawSearcher, law_prior
+        from rmask_tune.sweep.law_search import LawSearcher
 
-        searcher = LawSearcher(space, constants, law_prior(search.prior), space.file.max_concurrent_trials)
+        searcher = LawSearcher(space, constants, space.prior, space.file.max_concurrent_trials)
         return {}, searcher, space.num_trials()  # at most the grid: the searcher says when it is finished
     if not isinstance(search, OptunaSearch):
         return {"trial": tune.grid_search(space.grid_trials()), **constants}, None, 1

@@ -43,7 +43,8 @@ def load_space(path: str | Path) -> SweepSpace:
             sweep = SweepFile.model_validate(data)
         except ValidationError as error:
             raise _from_pydantic(error.errors()[0]) from None
-        space = SweepSpace(sweep, path, _data_dir(sweep), _storage(sweep))
+        data_dir, storage = _data_dir(sweep), _storage(sweep)
+        space = SweepSpace(_resolved_names(sweep), path, data_dir, storage)
         _check(space)
     except _Invalid as problem:
         line, found = locate(node, problem.loc)
@@ -83,9 +84,10 @@ def _storage(sweep: SweepFile) -> Path:
     return Path(sweep.storage_path or Path("runs") / sweep.name).expanduser().resolve()
 
 
-def _check(space: SweepSpace) -> None:
-    """The checks pydantic's types cannot make: names, grids against methods, settings against TrialConfig."""
-    sweep = space.file
+def _resolved_names(sweep: SweepFile) -> SweepFile:
+    """The file with its models, tasks and ``task_settings`` keys checked and in their resolved spelling (a local
+    model folder made absolute, a task's canonical name), its grids checked against the methods and its
+    settings against TrialConfig: the checks pydantic's types cannot make that need no paths."""
     if not _NAME.match(sweep.name):
         raise _Invalid(("name",), f"a sweep name is letters, digits, '.', '_' and '-', got {sweep.name!r}")
     resolved_models = [_check_model(i, model) for i, model in enumerate(sweep.models)]
@@ -94,11 +96,16 @@ def _check(space: SweepSpace) -> None:
         duplicates = sorted({str(v) for v in values if values.count(v) > 1})
         if duplicates:
             raise _Invalid((key,), f"listed twice: {', '.join(duplicates)}")
-    sweep.models, sweep.tasks = resolved_models, resolved_tasks
     for method, grid in sweep.methods.items():
         _check_method(method, grid)
     _check_training(sweep.training)
-    sweep.task_settings = _check_task_settings(sweep.task_settings, sweep.tasks)
+    task_settings = _check_task_settings(sweep.task_settings, resolved_tasks)
+    return sweep.model_copy(update={"models": resolved_models, "tasks": resolved_tasks, "task_settings": task_settings})
+
+
+def _check(space: SweepSpace) -> None:
+    """The checks that need the space: epochs against the scheduler, the store, each task's first trial."""
+    sweep = space.file
     max_epochs = getattr(sweep.scheduler, "max_epochs", None)
     epochs = sweep.training.get("epochs")
     if max_epochs is not None and epochs is not None and int(epochs) != max_epochs:

@@ -6,13 +6,13 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.heads import TRAINABLE_HEADS
 from rmask_tune.precision import PRECISIONS
 
 SCHEDULES = ("constant", "linear", "cosine")
 OBJECTIVES = ("lm", "classification")
 SCORINGS = ("mean", "sum")
 DEVICES = ("cpu", "cuda")
-HEADS = ("causal-lm", "sequence-classification", "image-classification", "zero-shot-image")
 OPTIMIZERS = ("adamw", "adamw_foreach", "adamw_fused", "sgd", "adafactor")
 
 _FLOATS = ("ratio", "density", "lr", "head_lr", "warmup_ratio", "weight_decay", "divergence_factor")
@@ -122,7 +122,7 @@ class TrialConfig:
             ("device", self.device, DEVICES + (None,)),
             ("precision", self.precision, PRECISIONS),
             ("optimizer", self.optimizer, OPTIMIZERS),
-            ("head", self.head, HEADS + (None,)),
+            ("head", self.head, TRAINABLE_HEADS + (None,)),
         ):
             if value not in choices:
                 known = ", ".join(c for c in choices if c is not None)

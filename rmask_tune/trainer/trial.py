@@ -1,4 +1,5 @@
-"""``prepare_trial``: the task's splits, the model with the right head, the method, and the task family."""
+"""``prepare_trial``: the task's splits, the model with the right head, the method, and the loss family, in
+named steps that read top to bottom."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.heads import ZERO_SHOT_IMAGE, Head, get_head, head_for_task
 from rmask_tune.methods import MethodSetup, method_options, prepare_method
 from rmask_tune.precision import PrecisionPolicy, resolve_precision
 from rmask_tune.trainer.config import TrialConfig
@@ -21,9 +23,6 @@ TINY_TOKENIZERS = {
     "tiny-bert": "minilm-l6",
     "tiny-clip": "minilm-l6",  # no CLIP tokenizer is available offline; tiny-clip's text tower is sized for this one
 }
-# The weights an image task adapts when the config names none: the MLP layers (the paper's ViT setting);
-# under a zero-shot head only the image tower's (CLIP's text tower makes the frozen head).
-IMAGE_TARGETS = {"image-classification": "mlp", "zero-shot-image": r"vision_model\..*\.mlp\.fc[12]"}
 # Settings a TrialConfig forwards to the methods that accept them.
 _METHOD_SETTINGS = ("ratio", "density", "targets")
 
@@ -119,56 +118,16 @@ def prepare_trial(config: TrialConfig | dict) -> Trial:
     """Load the task's splits and the model, set the method up and encode the examples."""
     from accelerate import Accelerator
 
-    from rmask_tune.models import load_model, load_tokenizer
-    from rmask_tune.tasks import get_task
-
     config = TrialConfig.coerce(config)
-    task = get_task(config.task)
-    head = config.head or choose_head(task.kind, config.model)
-    check_head(task, head, config.objective)
+    task, head = task_and_head(config)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    splits = task.load_splits(
-        config.data_dir,
-        train_examples=config.train_examples,
-        dev_examples=config.dev_examples,
-        test_examples=config.test_examples,
-        seed=config.effective_data_seed,
-    )
-    needed = ("dev", "test") if config.method == "none" else ("train", "dev", "test")
-    for split in needed:
-        if not getattr(splits, split):
-            raise RmaskError(f"the {split} split of {task.name} is empty; ask for at least one {split} example")
-    notes = []
-    tokenizer = None
-    if head != "image-classification":
-        tokenizer_name = config.tokenizer or TINY_TOKENIZERS.get(config.model, config.model)
-        tokenizer = load_tokenizer(tokenizer_name)
-        if tokenizer_name != config.model:
-            notes.append(f"tokenizer of {tokenizer_name}")
-
-    torch.manual_seed(config.seed)
-    model = load_model(
-        config.model, head=head, num_labels=task.num_labels or 2, dtype=precision.load_dtype(config.method == "full")
-    )
-    if tokenizer is not None and head != "zero-shot-image":  # the zero-shot head checks its text tower's vocabulary
-        fit_vocabulary(model, tokenizer, config.model, notes)
-    if head == "image-classification" and model.config.num_labels != task.num_labels:
-        raise RmaskError(
-            f"{config.model} classifies into {model.config.num_labels} classes, {task.name} has {task.num_labels}"
-        )
-    setup = prepare_method(model, config.method, **method_settings(config, task.kind, len(splits.train), head))
-    if head == "zero-shot-image":
-        from rmask_tune.trainer.classifiers import freeze_text_side
-
-        note = freeze_text_side(setup)
-        if note is not None:
-            notes.append(note)
-    head_params = []
-    if wants_head_training(config, head):
-        from rmask_tune.trainer.classifiers import unfreeze_head
-
-        head_params = unfreeze_head(setup.model)
+    splits = load_splits(config, task)
+    notes: list[str] = []
+    tokenizer = load_trial_tokenizer(config, head, notes)
+    model = load_trial_model(config, task, head, tokenizer, precision, notes)
+    setup = set_up_method(config, head, model, len(splits.train), notes)
+    head_params = train_classifier(config, head, setup)
     param_dtypes = precision.cast_model(setup.model)
     # Autocast and loss scaling come from the precision policy, not from Accelerate (which would leave
     # fp16 on a CPU silently in fp32).
@@ -182,26 +141,89 @@ def prepare_trial(config: TrialConfig | dict) -> Trial:
     )
 
 
-def choose_head(task_kind: str, model_name: str) -> str:
-    """For image tasks zero-shot-image on an image-text model (CLIP), else image-classification; for text,
-    the model's natural head (causal LM or encoder classifier)."""
+def task_and_head(config: TrialConfig) -> tuple[Any, Head]:
+    """The task, and the head the config names (else the model's natural one for the task's kind); a head
+    or objective that cannot serve the task is refused."""
     from rmask_tune.models import default_head
+    from rmask_tune.tasks import get_task
 
-    if task_kind != "image":
-        return default_head(model_name)
-    return "zero-shot-image" if default_head(model_name) == "zero-shot-image" else "image-classification"
-
-
-def check_head(task, head: str, objective: str) -> None:
-    """Refuse heads (and objectives) that cannot serve the task."""
-    needed = {"image": ("image-classification", "zero-shot-image"), "generation": ("causal-lm",)}
-    allowed = needed.get(task.kind, ("causal-lm", "sequence-classification"))
-    if head not in allowed:
-        raise RmaskError(f"{task.name} is a {task.kind} task; it needs a {' or '.join(allowed)} model, not {head}")
-    if task.kind == "generation" and objective == "classification":
+    task = get_task(config.task)
+    head = get_head(config.head) if config.head else head_for_task(task.kind, default_head(config.model))
+    head.check(task)
+    if task.kind == "generation" and config.objective == "classification":
         raise RmaskError(f"{task.name} is a generation task; the classification objective needs a choice task")
-    if head == "sequence-classification":
-        task.require_num_labels()
+    return task, head
+
+
+def load_splits(config: TrialConfig, task):
+    """The task's seeded train / dev / test examples; a split the trial needs may not be empty."""
+    splits = task.load_splits(
+        config.data_dir,
+        train_examples=config.train_examples,
+        dev_examples=config.dev_examples,
+        test_examples=config.test_examples,
+        seed=config.effective_data_seed,
+    )
+    needed = ("dev", "test") if config.method == "none" else ("train", "dev", "test")
+    for split in needed:
+        if not getattr(splits, split):
+            raise RmaskError(f"the {split} split of {task.name} is empty; ask for at least one {split} example")
+    return splits
+
+
+def load_trial_tokenizer(config: TrialConfig, head: Head, notes: list[str]):
+    """The tokenizer the head reads with (the config's, the model's own, or the one a tiny model borrows);
+    None for a head without one."""
+    from rmask_tune.models import load_tokenizer
+
+    if head.tokenizer == "none":
+        return None
+    name = config.tokenizer or TINY_TOKENIZERS.get(config.model, config.model)
+    tokenizer = load_tokenizer(name)
+    if name != config.model:
+        notes.append(f"tokenizer of {name}")
+    return tokenizer
+
+
+def load_trial_model(config: TrialConfig, task, head: Head, tokenizer, precision: PrecisionPolicy,
+                     notes: list[str]) -> nn.Module:
+    """The model with ``head``, seeded, its embeddings fitted to the tokenizer, its own labels the task's."""
+    from rmask_tune.models import load_model
+
+    torch.manual_seed(config.seed)
+    model = load_model(
+        config.model, head=head.name, num_labels=task.num_labels or 2,
+        dtype=precision.load_dtype(config.method == "full"),
+    )
+    if tokenizer is not None and head.tokenizer == "embeddings":  # a text tower checks its own vocabulary
+        fit_vocabulary(model, tokenizer, config.model, notes)
+    if head.labels == "checkpoint" and model.config.num_labels != task.num_labels:
+        raise RmaskError(
+            f"{config.model} classifies into {model.config.num_labels} classes, {task.name} has {task.num_labels}"
+        )
+    return model
+
+
+def set_up_method(config: TrialConfig, head: Head, model: nn.Module, train_size: int, notes: list[str]) -> MethodSetup:
+    """The method on the model; under a zero-shot head its text side stays frozen."""
+    setup = prepare_method(model, config.method, **method_settings(config, train_size, head))
+    if head is ZERO_SHOT_IMAGE:
+        from rmask_tune.trainer.classifiers import freeze_text_side
+
+        note = freeze_text_side(setup)
+        if note is not None:
+            notes.append(note)
+    return setup
+
+
+def train_classifier(config: TrialConfig, head: Head, setup: MethodSetup) -> list[str]:
+    """Make the classifier trainable next to the method when it trains (see ``wants_head_training``); the
+    names of its parameters."""
+    if not wants_head_training(config, head):
+        return []
+    from rmask_tune.trainer.classifiers import unfreeze_head
+
+    return unfreeze_head(setup.model)
 
 
 def resolve_device(device: str | None) -> str:
@@ -224,16 +246,17 @@ def fit_vocabulary(model: nn.Module, tokenizer, model_name: str, notes: list[str
     notes.append(f"embeddings resized from {vocab} to {size} tokens")
 
 
-def method_settings(config: TrialConfig, task_kind: str, train_size: int, head: str | None = None) -> dict:
+def method_settings(config: TrialConfig, train_size: int, head: Head | None = None) -> dict:
     """The method's options: ``method_options`` plus the config's ratio/density/targets and mask seed.
 
-    Image tasks target ``IMAGE_TARGETS[head]`` by default (the MLP layers); AdaLoRA gets its step count.
+    A head's ``default_targets`` apply when the config names none; AdaLoRA gets its step count.
     """
     accepted = method_options(config.method)
     options = dict(config.method_options)
     settings = {name: getattr(config, name) for name in _METHOD_SETTINGS if getattr(config, name) is not None}
-    if task_kind == "image" and "targets" in accepted and "targets" not in settings and "targets" not in options:
-        settings["targets"] = IMAGE_TARGETS.get(head, "mlp")
+    default = head.default_targets if head is not None else None
+    if default is not None and "targets" in accepted and "targets" not in settings and "targets" not in options:
+        settings["targets"] = default
     for name, value in settings.items():
         if name not in accepted:
             raise RmaskError(f"method '{config.method}' takes no {name}")
@@ -247,16 +270,16 @@ def method_settings(config: TrialConfig, task_kind: str, train_size: int, head: 
     return options
 
 
-def wants_head_training(config: TrialConfig, head: str) -> bool:
-    """Classification heads train with the method unless ``train_head`` says otherwise (never for none/full;
-    a zero-shot head is frozen)."""
-    if head in ("causal-lm", "zero-shot-image") or config.method in ("none", "full"):
+def wants_head_training(config: TrialConfig, head: Head) -> bool:
+    """A head's classifier trains with the method unless ``train_head`` says otherwise (never for none/full;
+    a causal LM has none, a zero-shot head is frozen)."""
+    if not head.trains_classifier or config.method in ("none", "full"):
         return False
     return config.train_head is not False
 
 
-def make_family(config: TrialConfig, task, head: str, model: nn.Module, tokenizer, device):
-    """The loss / prediction helper for the task kind and head."""
+def make_family(config: TrialConfig, task, head: Head, model: nn.Module, tokenizer, device):
+    """The loss / prediction helper of the head's family (and, for a language model, the task's kind)."""
     from rmask_tune.trainer.causal import CausalChoice, CausalGeneration, CausalLM
     from rmask_tune.trainer.classifiers import (
         ImageClassifier,
@@ -267,14 +290,14 @@ def make_family(config: TrialConfig, task, head: str, model: nn.Module, tokenize
 
     positions = getattr(model.config, "max_position_embeddings", None)
     max_length = min(config.max_length, positions) if positions else config.max_length
-    if head == "zero-shot-image":
+    if head.family == "zero-shot-classifier":
         if not task.class_names:
             raise RmaskError(f"task {task.name} names no classes for a zero-shot head")
         preprocess = image_preprocessing(config.model, model)
         return ZeroShotImageClassifier(model, tokenizer, task.class_names, task.class_prompt, preprocess, device)
-    if head == "image-classification":
+    if head.family == "image-classifier":
         return ImageClassifier(image_preprocessing(config.model, model), device)
-    if head == "sequence-classification":
+    if head.family == "sequence-classifier":
         return SequenceClassifier(tokenizer, max_length, device)
     lm = CausalLM(tokenizer, model, max_length, device)
     if task.kind == "generation":
