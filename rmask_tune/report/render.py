@@ -377,7 +377,7 @@ def _versus(summary: Summary, other: Summary) -> list:
     rows = [[model, task, row_label(method, ratio), f"{c.ours.trials} / {c.theirs.trials}",
              f"{c.ours.trial_epochs} / {c.theirs.trial_epochs}", f"{fmt_lr(c.ours.best_lr)} / {fmt_lr(c.theirs.best_lr)}",
              f"{_points(c.ours.test)} / {_points(c.theirs.test)}", "—" if c.gap is None else f"{c.gap * SCALE:+.1f}"]
-            for c in cells for model, task, method, ratio, _ in [c.key]]
+            for c in cells for model, task, method, ratio, *_ in [c.key]]
     t = totals(cells)
     ours, theirs = t["ours"], t["theirs"]
     share = f" ({ours['trials'] / theirs['trials']:.0%} of its trials)" if theirs["trials"] else ""

@@ -109,7 +109,7 @@ class Summary:
     trials: list[Trial]
     models: list[str]
     tasks: list[str]
-    curves: dict[tuple, Curve]
+    curves: dict[tuple, Curve]  # by ``cell_key``
     rows: list[Row]
     law: Law
     compute: dict
@@ -124,9 +124,16 @@ def _dedupe(trials: list[Trial]) -> tuple[list[Trial], int]:
     return list(chosen.values()), len(trials) - len(chosen)
 
 
+def cell_key(trial: Trial, several_budgets: bool) -> tuple:
+    """A cell's key in ``Summary.curves``: (model, task, method, ratio), and the budget (steps) after them in a
+    report of several budgets."""
+    return (trial.model, trial.task, trial.method, trial.ratio) + ((trial.steps,) if several_budgets else ())
+
+
 def _curve(key: tuple, trials: list[Trial]) -> Curve:
     """Pick the best-dev LR; a diverged trial without a dev metric counts as the curve's worst."""
-    model, task, method, ratio, steps = key
+    model, task, method, ratio = key[:4]
+    steps = trials[0].steps
     by_lr: dict[float | None, list[Trial]] = defaultdict(list)
     for t in sorted(trials, key=lambda t: t.lr or 0.0):  # lr None: a method that trains nothing
         by_lr[t.lr].append(t)
@@ -155,7 +162,7 @@ def select_lr(trials: list[Trial]) -> Curve:
     if not ended:
         raise RmaskError("a cell needs at least one ended trial to select a learning rate")
     first = ended[0]
-    return _curve((first.model, first.task, first.method, first.ratio, first.steps), ended)
+    return _curve(cell_key(first, False), ended)
 
 
 # Per-example columns whose mean is the metric: the bootstrap's fast path.
@@ -184,11 +191,12 @@ def _dev_record(trial: Trial, floor: float | None) -> DevRecord:
 def _cell_statistics(curves: dict[tuple, Curve], bootstrap: int, seed: int) -> None:
     """Each curve's optimum with its bootstrap interval; the law method's cells also get the signal test
     against the frozen model of their (model, task) when the sweep ran it, else against their smallest LR."""
-    for (model, task, method, ratio, steps), curve in curves.items():
+    for key, curve in curves.items():
         records = {lr: r for lr, r in curve.records.items() if lr is not None and r}
         if len(records) < 2:
             continue
-        frozen = curves.get((model, task, "none", None, steps))
+        method = curve.method
+        frozen = curves.get(key[:2] + ("none", None) + key[4:])
         reference = frozen.records.get(None) if frozen is not None and method == LAW_METHOD else None
         boot = bootstrap_cell(records, reference or None, samples=bootstrap, seed=seed)
         curve.optimum = optimum_with_interval(boot)
@@ -350,7 +358,7 @@ def _missing(trials: list[Trial], curves: dict[tuple, Curve], tasks: list[str]) 
         if absent_tasks:
             notes.append(f"{label}: no trial for {', '.join(absent_tasks)}")
         for task in sorted(ran):
-            curve = curves.get((model, task, method, ratio, steps))
+            curve = curves.get((model, task, method, ratio) + ((steps,) if several else ()))
             own = sorted({t.lr for t in mine if t.task == task and t.lr is not None})
             # a task may have run a narrower window of the grid on purpose: say so, and count holes inside it
             if own and (min(own) > min(lrs) or max(own) < max(lrs)):
@@ -392,9 +400,10 @@ def summarize(trials: list[Trial], experiment: str, tracking_uri: str, *, unread
     if unreadable:
         notes.append(f"{unreadable} trial run(s) without model/task params skipped")
     usable: dict[tuple, list[Trial]] = defaultdict(list)
+    several = len({t.steps for t in trials}) > 1
     for t in trials:
         if t.status in TERMINAL:
-            usable[(t.model, t.task, t.method, t.ratio, t.steps)].append(t)
+            usable[cell_key(t, several)].append(t)
     curves = {key: _curve(key, group) for key, group in usable.items()}
     _cell_statistics(curves, bootstrap, seed)
     tasks = sorted({t.task for t in trials})
