@@ -35,16 +35,16 @@ def truth(task: str, ratio: float, steps: int, b_change: float = 0.0) -> float:
     return A + OFFSETS[task] + (B + b_change * s) * (math.log10(ratio) + 3) + G * s
 
 
-def _record(n: int, params: dict, log: ExampleLog, recorded_steps: int | None) -> RunRecord:
+def _record(n: str, params: dict, log: ExampleLog, recorded_steps: int | None) -> RunRecord:
     dev = [log.scores(e)["accuracy"] for e in log.evaluations if e.split == "dev"]
     if recorded_steps is not None:
         params = {**params, "budget_steps": recorded_steps}
     return RunRecord(
-        run_id=f"r{n:04d}", run_status="FINISHED", start_time=1000 + n, end_time=2000 + n,
+        run_id=f"r{n}", run_status="FINISHED", start_time=1000, end_time=2000,
         params={k: str(v) for k, v in params.items()},
         metrics={"best_dev_metric": max(dev), "test_metric": log.scores(log.find("test"))["accuracy"],
                  "epochs_completed": float(len(dev)), "wall_time_s": 1.0},
-        tags={"rmask.status": "finished", "rmask.trial_id": f"t{n:04d}"},
+        tags={"rmask.status": "finished", "rmask.trial_id": f"t{n}"},
         history={"dev_metric": [(e, v) for e, v in enumerate(dev, 1)]},
         examples=log.to_dict(),
     )
@@ -55,8 +55,9 @@ def budget_export(path, b_change: float = 0.0, budgets=BUDGETS) -> None:
     seven half-decade LRs around each cell's true optimum, two seeds, per-example dev and test results (an example
     is right when its fixed difficulty lies under the accuracy at that LR, so results are paired across LRs).
     The 625-step trials record their budget; the others carry only the config it is derived from."""
-    records, n = [], 0
+    records = []
     for steps, (epochs, train) in budgets.items():
+        n = 0
         for t, task in enumerate(OFFSETS):
             for seed in SEEDS:
                 difficulty = np.random.default_rng(100 + seed + 10 * t + steps).random(DEV)
@@ -65,7 +66,7 @@ def budget_export(path, b_change: float = 0.0, budgets=BUDGETS) -> None:
                 for ratio, log_lr in cells:
                     level = FROZEN if ratio is None else max(
                         FROZEN, PEAK - 0.1 * (log_lr - truth(task, ratio, steps, b_change)) ** 2)
-                    rng = np.random.default_rng(n)
+                    rng = np.random.default_rng([steps, n])
                     log = ExampleLog(task, "accuracy", "accuracy")
                     for epoch in range(1, epochs + 1):
                         noisy = difficulty < level + rng.normal(0, 0.005)
@@ -78,7 +79,7 @@ def budget_export(path, b_change: float = 0.0, budgets=BUDGETS) -> None:
                               "test_examples": TEST, "batch_size": 8, "grad_accum": 1, "max_steps": "none",
                               "metric": "accuracy", "trainable_params": round((ratio or 0) * 1e6),
                               "total_params": 1_000_000}
-                    records.append(_record(n, params, log, steps if steps == 625 else None))
+                    records.append(_record(f"{steps}-{n}", params, log, steps if steps == 625 else None))
                     n += 1
     path.write_bytes(encode_export("budgets", "sqlite:///nowhere.db", records, 0))
 
@@ -156,6 +157,18 @@ def test_the_budget_law_recovers_g_and_b_from_per_example_results(budget_report)
     assert "| Model | Task | Ratio | 64 steps | 200 steps | 625 steps |" in report
     assert "Budget term: + g · (log10 steps" in report and "no evidence that b changes with the budget" in report
     assert "Random Masking 1% · 625 steps" in report  # the results table names each row's budget
+
+
+def test_budgets_from_separate_sweeps_join_in_one_report(budget_report, tmp_path):
+    """The sittings of item 2: each budget's sweep exported on its own, reported together with --also."""
+    budget_export(tmp_path / "64.json.gz", budgets={64: BUDGETS[64]})
+    budget_export(tmp_path / "longer.json.gz", budgets={k: BUDGETS[k] for k in (200, 625)})
+    done = cli(["report", tmp_path / "64.json.gz", "--also", tmp_path / "longer.json.gz", "--out", tmp_path / "r",
+                "--bootstrap", "100"])
+    assert done.code == 0, done.err
+    assert "budget term: lr* ∝ steps^" in done.out and "leave-one-budget-out" in done.out
+    joined, whole = (load_law(folder / "law.json").shared for folder in (tmp_path / "r", budget_report))
+    assert [joined.g, joined.b, *joined.offsets] == pytest.approx([whole.g, whole.b, *whole.offsets])
 
 
 def test_a_b_that_moves_with_the_budget_is_detected(tmp_path):
