@@ -434,13 +434,15 @@ class Law:
         return sorted({pair.split("/", 1)[0] for pair in self.shared.pairs}) if self.shared else sorted(self.models)
 
     def budget(self) -> int | None:
-        """The law's own budget (optimizer steps): the one most of its optima were measured at (ties: the larger);
-        None when its points do not say (a law.json from before budgets were recorded)."""
+        """The law's own budget (optimizer steps): the one most of its optima were measured at (ties: the larger;
+        points that do not say: the largest fitted budget); None when the law does not know its budgets (a
+        law.json from before budgets were recorded)."""
         points = self.shared.points if self.shared is not None else self.point_json()
         budgets = [p.get("steps") for p in points]
-        if not budgets or None in budgets:
-            return None
-        return max(set(budgets), key=lambda steps: (budgets.count(steps), steps))
+        if budgets and None not in budgets:
+            return max(set(budgets), key=lambda steps: (budgets.count(steps), steps))
+        fitted = self.shared.steps_range if self.shared is not None else None
+        return None if fitted is None else fitted[1]
 
     def steps_in_range(self, steps: float) -> bool:
         """Whether ``steps`` lies within the budgets the law was fitted on (False when it does not know them)."""

@@ -231,6 +231,14 @@ def test_recommend_steps_inside_and_outside_the_fitted_budgets(budget_report):
         assert refused.one_line_error and "--steps must be a positive number of optimizer steps" in refused.err
 
 
+def test_a_budget_term_without_its_budgets_is_refused(budget_report, tmp_path):
+    law = json.loads((budget_report / "law.json").read_text())
+    del law["shared"]["steps_range"]
+    (tmp_path / "law.json").write_text(json.dumps(law))
+    done = cli(["recommend", "--law", tmp_path / "law.json", "--model", "m", "--task", "SST-2", "--ratio", "1e-3"])
+    assert done.one_line_error and "shared: g, s0 and steps_range come together" in done.err
+
+
 def test_a_law_without_budget_term_recommends_as_before(tmp_path):
     committed = REPO / "reports" / "law-across-tasks" / "law.json"
     law = load_law(committed)

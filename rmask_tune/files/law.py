@@ -102,8 +102,8 @@ class SharedSection(_Ranged):
             raise ValueError(f"offsets has {len(self.offsets)} values for {len(self.pairs)} pairs")
         if len(set(self.pairs)) != len(self.pairs) or not all("/" in p for p in self.pairs):
             raise ValueError("pairs must be distinct 'model/task' names")
-        if (self.g is None) != (self.s0 is None):
-            raise ValueError("g and s0 come together (the budget term)")
+        if (self.g is None) != (self.s0 is None) or (self.g is not None and self.steps_range is None):
+            raise ValueError("g, s0 and steps_range come together (the budget term)")
         if self.steps_range is not None and self.steps_range[0] > self.steps_range[1]:
             raise ValueError("steps_range must be [low, high]")
         _square(self.cov, len(self.pairs) + 1 + (self.g is not None), "cov")
