@@ -4,7 +4,9 @@ Numpy only (importable without mlflow or matplotlib). The optima it is fitted on
 come from :mod:`rmask_tune.resampling`; the rules for which enter are in docs/statistics.md.
 
 1. :func:`fit_shared` fits one exponent across (model, task) pairs with an offset per pair (what
-   ``recommend`` uses); :func:`fit_law` fits a single line (per model, per pair, pooled: shown in reports).
+   ``recommend`` uses), and with optima at two or more training budgets a shared budget exponent g
+   (``+ g * (log10 steps - s0)``) and the test of whether b changes with the budget; :func:`fit_law` fits a
+   single line (per model, per pair, pooled: shown in reports).
 2. :class:`Law` (saved as ``law.json``, loaded by :func:`load_law`) recommends an LR for a ratio with an
    interval that holds for the case asked (a known pair, a new task, an unseen model), and
    :func:`narrow_grid` gives a short log-spaced grid around it for a follow-up sweep.
@@ -244,10 +246,6 @@ class SharedFit:
             return self.mean_offset, self.mean_offset_se, self.between_sd
         index = [self.pairs.index(p) for p in pairs]
         return offset_spread(np.asarray(self.offsets)[index], np.asarray(self.cov)[index][:, index].diagonal())
-
-    def offset_variances(self) -> np.ndarray:
-        """The variances of the pairs' offsets."""
-        return np.asarray(self.cov).diagonal()[: len(self.pairs)]
 
     def to_dict(self) -> dict:
         budget = {} if self.steps_range is None else {"steps_range": list(self.steps_range)}
