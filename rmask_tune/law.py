@@ -4,7 +4,9 @@ Numpy only (importable without mlflow or matplotlib). The optima it is fitted on
 come from :mod:`rmask_tune.resampling`; the rules for which enter are in docs/statistics.md.
 
 1. :func:`fit_shared` fits one exponent across (model, task) pairs with an offset per pair (what
-   ``recommend`` uses); :func:`fit_law` fits a single line (per model, per pair, pooled: shown in reports).
+   ``recommend`` uses), and with optima at two or more training budgets a shared budget exponent g
+   (``+ g * (log10 steps - s0)``) and the test of whether b changes with the budget; :func:`fit_law` fits a
+   single line (per model, per pair, pooled: shown in reports).
 2. :class:`Law` (saved as ``law.json``, loaded by :func:`load_law`) recommends an LR for a ratio with an
    interval that holds for the case asked (a known pair, a new task, an unseen model), and
    :func:`narrow_grid` gives a short log-spaced grid around it for a follow-up sweep.
@@ -146,20 +148,25 @@ def _paule_mandel(residual_q, dof: int) -> float:
 
 @dataclass
 class SharedFit:
-    """``log10 lr* = offset[pair] + b * (log10 ratio - x0)``: one exponent ``b`` shared by every (model, task)
-    pair (``"model/task"``), an offset per pair.
+    """``log10 lr* = offset[pair] + b * (log10 ratio - x0) [+ g * (log10 steps - s0)]``: one exponent ``b`` shared by
+    every (model, task) pair (``"model/task"``), an offset per pair, and, when the optima were measured at two or
+    more training budgets (optimizer steps), one budget exponent ``g`` shared by every pair.
 
     ``tau`` is the points' scatter around their pair's line beyond their own errors, and ``between_sd`` the
     spread of the offsets between pairs (None with one pair), both estimated by Paule-Mandel moments.
     A known pair's interval combines the fit's uncertainty and ``tau``; a new pair's adds ``between_sd``,
     with the Student-t quantile of (pairs - 1) degrees of freedom: few pairs give wide, honest intervals.
+    ``cov`` is the covariance of (offsets..., g, b) with a budget term, of (offsets..., b) without: b is last.
+    ``steps_range`` is the budgets the points were measured at (None when they do not say); ``b_change`` (with its
+    95% interval) is the change of b per decade of steps in the fit with an interaction term
+    (docs/statistics.md), None when the budgets cannot show one.
     """
 
     b: float
     x0: float
     pairs: list[str]
     offsets: list[float]
-    cov: list[list[float]]  # covariance of (offsets..., b)
+    cov: list[list[float]]
     tau: float
     dof: int
     mean_offset: float
@@ -167,32 +174,70 @@ class SharedFit:
     between_sd: float | None
     ratio_range: tuple[float, float]
     points: list[dict] = field(default_factory=list)
+    g: float | None = None
+    s0: float | None = None
+    steps_range: tuple[int, int] | None = None
+    b_change: float | None = None
+    b_change_ci: tuple[float, float] | None = None
 
     @property
     def b_ci(self) -> tuple[float, float]:
         half = t_quantile(self.dof) * math.sqrt(self.cov[-1][-1])
         return self.b - half, self.b + half
 
-    def pair_interval(self, pair: str, ratio: float) -> tuple[float, float, float]:
-        """(log10 centre, lo, hi) of the pair's optimum at ``ratio``."""
-        i = self.pairs.index(pair)
+    @property
+    def g_ci(self) -> tuple[float, float] | None:
+        if self.g is None:
+            return None
+        half = t_quantile(self.dof) * math.sqrt(self.cov[-2][-2])
+        return self.g - half, self.g + half
+
+    def slopes(self, ratio: float, steps: float | None) -> np.ndarray:
+        """The coefficients of (g, b) at ``ratio`` and ``steps`` (steps ignored without a budget term)."""
         dx = math.log10(ratio) - self.x0
-        cov = np.asarray(self.cov)
-        var = cov[i, i] + 2 * dx * cov[i, -1] + dx**2 * cov[-1, -1] + self.tau**2
-        centre = self.offsets[i] + self.b * dx
+        if self.g is None:
+            return np.array([dx])
+        return np.array([0.0 if steps is None else math.log10(steps) - self.s0, dx])
+
+    def centre(self, offset: float, ratio: float, steps: float | None = None) -> float:
+        """log10 lr* of a pair with ``offset`` at ``ratio`` (and ``steps``, with a budget term)."""
+        coefficients = self.slopes(ratio, steps)
+        return float(offset + coefficients @ np.array([self.b] if self.g is None else [self.g, self.b]))
+
+    def slope_variance(self, ratio: float, steps: float | None = None) -> float:
+        """The variance the shared slopes (b, and g with a budget term) add at ``ratio`` and ``steps``."""
+        return self.slope_variance_of(self.slopes(ratio, steps))
+
+    def slope_variance_of(self, coefficients: np.ndarray) -> float:
+        """The variance of ``coefficients`` @ (g, b) (or @ (b,) without a budget term)."""
+        block = np.asarray(self.cov)[-len(coefficients):, -len(coefficients):]
+        return float(coefficients @ block @ coefficients)
+
+    def pair_interval(self, pair: str, ratio: float, steps: float | None = None) -> tuple[float, float, float]:
+        """(log10 centre, lo, hi) of the pair's optimum at ``ratio`` (and ``steps``, with a budget term)."""
+        i = self.pairs.index(pair)
+        var = self.pair_variance(i, ratio, steps) + self.tau**2
+        centre = self.centre(self.offsets[i], ratio, steps)
         half = t_quantile(self.dof) * math.sqrt(var)
         return centre, centre - half, centre + half
 
-    def new_pair_interval(self, ratio: float, pairs: list[str] | None = None) -> tuple[float, float, float] | None:
+    def pair_variance(self, i: int, ratio: float, steps: float | None) -> float:
+        """The variance of pair ``i``'s line at ``ratio`` and ``steps`` (its offset, the slopes, their covariance)."""
+        coefficients = self.slopes(ratio, steps)
+        cov = np.asarray(self.cov)
+        cross = cov[i, -len(coefficients):]
+        return float(cov[i, i] + 2 * coefficients @ cross) + self.slope_variance(ratio, steps)
+
+    def new_pair_interval(self, ratio: float, pairs: list[str] | None = None,
+                          steps: float | None = None) -> tuple[float, float, float] | None:
         """(log10 centre, lo, hi) for a pair the fit has not seen, from the offsets of ``pairs`` (default all);
         None when fewer than two pairs leave the between-pair spread unknown."""
         chosen = pairs or self.pairs
         mean, mean_se, between = self._offset_spread(chosen)
         if between is None:
             return None
-        dx = math.log10(ratio) - self.x0
-        centre = mean + self.b * dx
-        var = mean_se**2 + dx**2 * self.cov[-1][-1] + between**2 + self.tau**2
+        centre = self.centre(mean, ratio, steps)
+        var = mean_se**2 + self.slope_variance(ratio, steps) + between**2 + self.tau**2
         half = t_quantile(len(chosen) - 1) * math.sqrt(var)
         return centre, centre - half, centre + half
 
@@ -203,21 +248,29 @@ class SharedFit:
         return offset_spread(np.asarray(self.offsets)[index], np.asarray(self.cov)[index][:, index].diagonal())
 
     def to_dict(self) -> dict:
+        budget = {} if self.steps_range is None else {"steps_range": list(self.steps_range)}
+        if self.g is not None:
+            budget = {"law": "log10(lr*) = offset[model/task] + b * (log10(ratio) - x0) + g * (log10(steps) - s0)",
+                      "g": self.g, "g_ci": list(self.g_ci), "s0": self.s0, **budget,
+                      "b_change": self.b_change, "b_change_ci": None if self.b_change_ci is None else list(self.b_change_ci)}
         return {
             "law": "log10(lr*) = offset[model/task] + b * (log10(ratio) - x0)", "b": self.b, "b_ci": list(self.b_ci),
             "x0": self.x0, "pairs": self.pairs, "offsets": self.offsets, "cov": self.cov, "tau": self.tau,
             "dof": self.dof, "mean_offset": self.mean_offset, "mean_offset_se": self.mean_offset_se,
             "between_sd": self.between_sd, "ratio_range": list(self.ratio_range), "n_points": len(self.points),
-            "points": self.points,
+            **budget, "points": self.points,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> SharedFit:
+        change_ci = d.get("b_change_ci")
         return cls(
             b=float(d["b"]), x0=float(d["x0"]), pairs=list(d["pairs"]), offsets=[float(v) for v in d["offsets"]],
             cov=d["cov"], tau=float(d["tau"]), dof=int(d["dof"]), mean_offset=float(d["mean_offset"]),
             mean_offset_se=float(d["mean_offset_se"]), between_sd=d.get("between_sd"),
             ratio_range=tuple(d["ratio_range"]), points=list(d.get("points", [])),
+            g=d.get("g"), s0=d.get("s0"), steps_range=tuple(d["steps_range"]) if d.get("steps_range") else None,
+            b_change=d.get("b_change"), b_change_ci=tuple(change_ci) if change_ci else None,
         )
 
 
@@ -235,24 +288,15 @@ def offset_spread(offsets: np.ndarray, variances: np.ndarray) -> tuple[float, fl
     return float(np.average(offsets, weights=w)), float(math.sqrt(1 / np.sum(w))), float(math.sqrt(between2))
 
 
-def fit_shared(points: list[dict]) -> SharedFit:
-    """Fit one exponent across (model, task) pairs with an offset per pair, by weighted least squares.
+def point_budgets(points: list[dict]) -> list[int] | None:
+    """The distinct budgets (optimizer steps) of ``points``, sorted; None when any point does not say."""
+    budgets = {p.get("steps") for p in points}
+    return None if None in budgets else sorted(budgets)
 
-    Each point needs ``model``, ``task``, ``ratio``, ``log10_lr`` and ``se``. Pairs with one ratio still
-    inform the exponent only through their offset (they add no slope information) and are kept.
-    """
-    pairs = sorted({f"{p['model']}/{p['task']}" for p in points})
-    slope_pairs = [k for k in pairs if len({p["ratio"] for p in points if f"{p['model']}/{p['task']}" == k}) >= 2]
-    if not slope_pairs:
-        raise RmaskError("a law fit needs optimal learning rates at two or more ratios of one (model, task)")
-    x = np.log10([p["ratio"] for p in points])
-    x0 = float(x.mean())
-    y = np.array([p["log10_lr"] for p in points], dtype=float)
-    se2 = np.maximum(np.array([p["se"] for p in points], dtype=float), 1e-6) ** 2
-    design = np.zeros((len(points), len(pairs) + 1))
-    for row, p in enumerate(points):
-        design[row, pairs.index(f"{p['model']}/{p['task']}")] = 1.0
-    design[:, -1] = x - x0
+
+def _weighted_fit(design: np.ndarray, y: np.ndarray, se2: np.ndarray, dof: int):
+    """Weighted least squares of ``y`` on ``design`` with the extra variance tau^2 (Paule-Mandel at ``dof``):
+    the coefficients, their covariance and tau^2."""
 
     def solve(tau2: float):
         w = 1 / (se2 + tau2)
@@ -260,17 +304,62 @@ def fit_shared(points: list[dict]) -> SharedFit:
         theta = np.linalg.solve(information, design.T @ (w * y))
         return theta, information, float(np.sum(w * (y - design @ theta) ** 2))
 
-    dof = len(points) - len(pairs) - 1
     tau2 = _paule_mandel(lambda t: solve(t)[2], dof)
     theta, information, _ = solve(tau2)
-    cov = np.linalg.inv(information)
-    offsets = theta[:-1]
-    mean, mean_se, between = offset_spread(offsets, cov.diagonal()[:-1])
+    return theta, np.linalg.inv(information), tau2
+
+
+def fit_shared(points: list[dict]) -> SharedFit:
+    """Fit one exponent across (model, task) pairs with an offset per pair, by weighted least squares; with
+    points at two or more budgets (each point's ``steps``), one budget exponent ``g`` too, and the interaction
+    of ratio and budget (``b_change``) that tests whether b depends on the budget.
+
+    Each point needs ``model``, ``task``, ``ratio``, ``log10_lr`` and ``se`` (``steps`` for the budget term; a point
+    without it leaves the fit without one). Pairs with one ratio still inform the exponent only through their
+    offset (they add no slope information) and are kept.
+    """
+    pairs = sorted({f"{p['model']}/{p['task']}" for p in points})
+    slope_pairs = [k for k in pairs if len({p["ratio"] for p in points if f"{p['model']}/{p['task']}" == k}) >= 2]
+    if not slope_pairs:
+        raise RmaskError("a law fit needs optimal learning rates at two or more ratios of one (model, task)")
+    budgets = point_budgets(points)
+    x = np.log10([p["ratio"] for p in points])
+    x0 = float(x.mean())
+    y = np.array([p["log10_lr"] for p in points], dtype=float)
+    se2 = np.maximum(np.array([p["se"] for p in points], dtype=float), 1e-6) ** 2
+    columns = [np.array([f"{p['model']}/{p['task']}" == pair for p in points], dtype=float) for pair in pairs]
+    s = s0 = None
+    if budgets is not None and len(budgets) >= 2:
+        s = np.log10([p["steps"] for p in points])
+        s0 = float(s.mean())
+        columns.append(s - s0)
+    design = np.column_stack(columns + [x - x0])
+    dof = len(points) - design.shape[1]
+    theta, cov, tau2 = _weighted_fit(design, y, se2, dof)
+    offsets = theta[: len(pairs)]
+    mean, mean_se, between = offset_spread(offsets, cov.diagonal()[: len(pairs)])
     ratios = [p["ratio"] for p in points]
+    change = _b_change(design, (x - x0) * (s - s0), y, se2) if s is not None else None
     return SharedFit(
         float(theta[-1]), x0, pairs, offsets.tolist(), cov.tolist(), math.sqrt(tau2), max(dof, 1), mean, mean_se,
-        between, (min(ratios), max(ratios)), list(points),
+        between, (min(ratios), max(ratios)), list(points), g=None if s is None else float(theta[-2]), s0=s0,
+        steps_range=None if budgets is None else (budgets[0], budgets[-1]),
+        b_change=None if change is None else change[0], b_change_ci=None if change is None else change[1],
     )
+
+
+def _b_change(design: np.ndarray, interaction: np.ndarray, y: np.ndarray,
+              se2: np.ndarray) -> tuple[float, tuple[float, float]] | None:
+    """The interaction coefficient (change of b per decade of steps) of the budget fit extended by
+    ``interaction`` = (log10 ratio - x0)(log10 steps - s0), with its 95% Student-t interval; None when the
+    budgets do not identify it (ratios varying at one budget only) or no degree of freedom is left."""
+    extended = np.column_stack([design, interaction])
+    dof = len(y) - extended.shape[1]
+    if dof < 1 or np.linalg.matrix_rank(extended) < extended.shape[1]:
+        return None
+    theta, cov, _ = _weighted_fit(extended, y, se2, dof)
+    half = t_quantile(dof) * math.sqrt(cov[-1, -1])
+    return float(theta[-1]), (float(theta[-1] - half), float(theta[-1] + half))
 
 
 def check_ratio(ratio: float) -> float:
@@ -342,62 +431,82 @@ class Law:
     def models_known(self) -> list[str]:
         return sorted({pair.split("/", 1)[0] for pair in self.shared.pairs}) if self.shared else sorted(self.models)
 
+    def budget(self) -> int | None:
+        """The law's own budget (optimizer steps): the one most of its optima were measured at (ties: the larger;
+        points that do not say: the largest fitted budget); None when the law does not know its budgets (a
+        law.json from before budgets were recorded)."""
+        points = self.shared.points if self.shared is not None else self.point_json()
+        budgets = [p.get("steps") for p in points]
+        if budgets and None not in budgets:
+            return max(set(budgets), key=lambda steps: (budgets.count(steps), steps))
+        fitted = self.shared.steps_range if self.shared is not None else None
+        return None if fitted is None else fitted[1]
+
+    def steps_in_range(self, steps: float) -> bool:
+        """Whether ``steps`` lies within the budgets the law was fitted on (False when it does not know them)."""
+        budgets = self.shared.steps_range if self.shared is not None else None
+        return budgets is not None and budgets[0] * (1 - 1e-9) <= steps <= budgets[1] * (1 + 1e-9)
+
     def recommend(self, ratio: float, model: str | None = None, task: str | None = None,
-                  anchor: LawPoint | None = None) -> LawEstimate:
+                  anchor: LawPoint | None = None, steps: float | None = None) -> LawEstimate:
         """The LR for ``ratio`` on (``model``, ``task``), with an interval that holds for that case.
 
         A known pair uses its own offset; a new task on a known model the model's pairs' mean offset plus
         their spread; a model the law has never seen needs ``anchor`` (an optimum measured on it:
         its ``ratio``, ``log10_lr`` and ``se``), which sets its offset under the shared exponent; without one the
-        pooled pairs are used, with a warning.
+        pooled pairs are used, with a warning. With a budget term, ``steps`` is the budget asked for (default:
+        the law's own, ``budget``); without one it changes nothing (the LR is for the law's own budget).
         """
         ratio = check_ratio(ratio)
         if self.shared is None:
             raise RmaskError("the law has no shared fit (optimal LRs at fewer than two ratios of any task); "
                              "it cannot recommend")
         fit = self.shared
+        if fit.g is None:
+            steps = None
+        elif steps is None:
+            steps = self.budget()
         pair = f"{model}/{task}"
         if anchor is not None:
-            dx = math.log10(ratio) - math.log10(anchor.ratio)
-            centre = anchor.log10_lr + fit.b * dx
-            var = anchor.se**2 + dx**2 * fit.cov[-1][-1] + fit.tau**2
+            at = steps if anchor.steps is None else anchor.steps
+            slopes = fit.slopes(ratio, steps) - fit.slopes(anchor.ratio, at)
+            centre = fit.centre(anchor.log10_lr, ratio, steps) - fit.centre(0.0, anchor.ratio, at)
+            var = anchor.se**2 + fit.slope_variance_of(slopes) + fit.tau**2
             half = t_quantile(fit.dof) * math.sqrt(var)
             detail = (f"offset from an anchor optimum {10 ** anchor.log10_lr:.3g} at ratio {anchor.ratio:g}, "
                       f"shared exponent {fit.b:.3f}")
             return _recommendation(centre, centre - half, centre + half, "anchor", detail)
         if pair in fit.pairs:
-            return _recommendation(*fit.pair_interval(pair, ratio), "pair", f"{pair}'s own offset")
+            return _recommendation(*fit.pair_interval(pair, ratio, steps), "pair", f"{pair}'s own offset")
         mine = [p for p in fit.pairs if p.split("/", 1)[0] == model]
         if mine:
-            interval = fit.new_pair_interval(ratio, mine)
+            interval = fit.new_pair_interval(ratio, mine, steps)
             if interval is not None:
                 return _recommendation(*interval, "new task",
                                        f"mean offset of {model}'s {len(mine)} tasks, plus their spread")
-            return self._borrowed_spread(fit, mine[0], ratio)
-        interval = fit.new_pair_interval(ratio)
+            return self._borrowed_spread(fit, mine[0], ratio, steps)
+        interval = fit.new_pair_interval(ratio, steps=steps)
         warning = (f"model {model!r} is not in the law: " if model else "no model given: ") + (
             "this is the pooled law over other models, which can miss by several grid steps on an unseen model; "
             "calibrate it with --anchor (a short sweep at one ratio on your model) or --probe")
         if interval is None:
             only = fit.pairs[0]
-            centre = fit.offsets[0] + fit.b * (math.log10(ratio) - fit.x0)
+            centre = fit.centre(fit.offsets[0], ratio, steps)
             return _recommendation(centre, None, None, "pooled law (unseen model)", f"{only}'s offset (one pair)",
                                    warning + "; with one pair in the law there is no interval")
         return _recommendation(*interval, "pooled law (unseen model)", f"mean offset of {len(fit.pairs)} pairs",
                                warning)
 
     @staticmethod
-    def _borrowed_spread(fit: SharedFit, pair: str, ratio: float) -> LawEstimate:
+    def _borrowed_spread(fit: SharedFit, pair: str, ratio: float, steps: float | None) -> LawEstimate:
         """A new task on a model with one task in the law: that task's offset, with the spread between all pairs."""
         i = fit.pairs.index(pair)
-        dx = math.log10(ratio) - fit.x0
-        centre = fit.offsets[i] + fit.b * dx
+        centre = fit.centre(fit.offsets[i], ratio, steps)
         model = pair.split("/", 1)[0]
         if fit.between_sd is None:
             return _recommendation(centre, None, None, "new task", f"{pair}'s offset",
                                    f"{model} has one task in the law and the law one pair: no interval for a new task")
-        cov = np.asarray(fit.cov)
-        var = cov[i, i] + 2 * dx * cov[i, -1] + dx**2 * cov[-1, -1] + fit.between_sd**2 + fit.tau**2
+        var = fit.pair_variance(i, ratio, steps) + fit.between_sd**2 + fit.tau**2
         half = t_quantile(len(fit.pairs) - 1) * math.sqrt(var)
         return _recommendation(centre, centre - half, centre + half, "new task", f"{pair}'s offset",
                                f"{model} has one task in the law; the interval borrows the spread between all pairs")

@@ -58,12 +58,13 @@ def _plain(value: Any) -> Any:
 @dataclass(frozen=True)
 class LawPoint(_Record):
     """One cell's optimal LR as the report estimated it (``rmask_tune.resampling.OptimumEstimate``): the law's
-    fits are made on these. ``se`` is the error of ``log10_lr``; ``interval`` the optimum's 95% interval (LRs);
+    fits are made on these, ``steps`` its training budget. ``se`` is the error of ``log10_lr``; ``interval`` the optimum's 95% interval (LRs);
     ``signal`` the cell's signal test; ``loss_settings`` the training loss it was trained with."""
 
     model: str | None = None
     task: str | None = None
     ratio: float = 0.0
+    steps: int | None = None  # the budget (optimizer steps) the cell trained for; None in law.json from before it
     lr: float | None = None
     log10_lr: float | None = None
     se: float | None = None
@@ -89,27 +90,31 @@ class LawPoint(_Record):
 
 @dataclass(frozen=True)
 class ExcludedCell(_Record):
-    """A law-method cell the law's rules left out, and why; ``point`` is its estimate when it has one."""
+    """A law-method cell the law's rules left out, and why; ``point`` is its estimate when it has one, ``steps``
+    its budget when it has none."""
 
     model: str | None
     task: str | None
     ratio: float
     reason: str
     point: LawPoint | None = None
+    steps: int | None = None
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         if self.point is None:
-            return {"model": self.model, "task": self.task, "ratio": self.ratio, "reason": self.reason, **self.extra}
+            budget = {} if self.steps is None else {"steps": self.steps}
+            return {"model": self.model, "task": self.task, "ratio": self.ratio, **budget, "reason": self.reason,
+                    **self.extra}
         return {**self.point.to_json(), "reason": self.reason}
 
     @classmethod
     def from_json(cls, d: dict) -> ExcludedCell:
         rest = {k: v for k, v in d.items() if k != "reason"}
-        if set(rest) <= {"model", "task", "ratio"}:
-            return cls(d.get("model"), d.get("task"), d["ratio"], d["reason"])
+        if set(rest) <= {"model", "task", "ratio", "steps"}:
+            return cls(d.get("model"), d.get("task"), d["ratio"], d["reason"], steps=d.get("steps"))
         point = LawPoint.from_json(rest)
-        return cls(point.model, point.task, point.ratio, d["reason"], point)
+        return cls(point.model, point.task, point.ratio, d["reason"], point, point.steps)
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ class Validation(_Record):
     leave_one_task_out: list[dict]
     leave_one_ratio_out: list[dict]
     summary: dict[str, ValidationSummary | None]
+    leave_one_budget_out: list[dict] | None = None  # only with optima at two or more budgets
     hessian_predictor: HessianValidation | None = None
     extra: dict = field(default_factory=dict)
 

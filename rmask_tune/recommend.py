@@ -29,6 +29,23 @@ class ProbeAdvice:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The training budget a law with a budget term recommends for: ``steps`` (asked, or the law's own), the budget
+    exponent ``g`` with its interval, the budgets the law was fitted on, and whether ``steps`` lies outside them."""
+
+    steps: float
+    asked: bool
+    g: float
+    g_ci: tuple[float, float]
+    steps_range: tuple[int, int]
+    extrapolated: bool
+
+    def to_json(self) -> dict:
+        return {"steps": self.steps, "steps_asked": self.asked, "g": self.g, "g_ci": list(self.g_ci),
+                "steps_range": list(self.steps_range), "steps_extrapolated": self.extrapolated}
+
+
+@dataclass(frozen=True)
 class Recommendation:
     """A recommended LR for ``ratio`` on (``model``, ``task``): its 95% interval (``None`` ends: no interval),
     what it rests on, a log-spaced grid around it, warnings, and for a pair the law lacks the law-search
@@ -51,6 +68,7 @@ class Recommendation:
     extrapolated: bool = False
     probe: ProbeAdvice | None = None
     law_search: list[str] | None = None
+    budget: Budget | None = None  # a law with a budget term: the budget the LR is for
 
     def to_json(self) -> dict:
         """The ``--json`` object."""
@@ -67,26 +85,56 @@ class Recommendation:
         else:
             body = {"basis": self.basis, "detail": self.detail, "warning": self.warning, "b": self.b,
                     "b_ci": list(self.b_ci), "ratio_range": list(self.ratio_range), "extrapolated": self.extrapolated}
-        return {**head, **body, "grid": self.grid, "law_search": self.law_search}
+        budget = {} if self.budget is None else {"budget": self.budget.to_json()}
+        return {**head, **body, **budget, "grid": self.grid, "law_search": self.law_search}
 
 
 def recommend(ratio: float, *, law_path: str | None = None, experiment: str | None = None,
               tracking_uri: str | None = None, model: str | None = None, task: str | None = None,
               anchor: str | None = None, probe: bool = False, loss_settings: dict | None = None,
               data_dir: str | None = None, device: str | None = None, points: int = 5,
-              decades: float = 1.0) -> Recommendation:
+              decades: float = 1.0, steps: float | None = None) -> Recommendation:
     """The LR for ``ratio`` on (``model``, ``task``) from the law at ``law_path`` (or fitted from ``experiment``):
     the law's (``anchor``: a short sweep of the user's model whose optimum sets its offset), or with ``probe``
-    the Hessian probe's; ``points`` LRs spanning ``decades`` decades around it."""
+    the Hessian probe's; ``points`` LRs spanning ``decades`` decades around it; ``steps``: the training budget
+    (optimizer steps) to recommend for (default: the law's own)."""
     ratio = check_ratio(ratio)
+    steps = check_steps(steps)
     if probe and not law_path:
         raise RmaskError("--probe needs --law: the calibrated constant c lives in law.json")
+    if probe and steps is not None:
+        raise RmaskError("--steps sets the law's budget; --probe predicts from the Hessian, which has no budget term")
     law = law_for(law_path, experiment, tracking_uri)
     if probe:
         return from_probe(law, law_path, ratio, model, task, loss_settings=loss_settings, data_dir=data_dir,
                           device=device, points=points, decades=decades)
     measured = anchor_point(anchor, ratio, model, task, tracking_uri) if anchor and law.shared is not None else None
-    return from_law(law, ratio, model, task, anchor=measured, law_path=law_path, points=points, decades=decades)
+    return from_law(law, ratio, model, task, anchor=measured, law_path=law_path, points=points, decades=decades,
+                    steps=steps)
+
+
+def check_steps(steps: float | None) -> float | None:
+    """A training budget must be a positive, finite number of optimizer steps (None: the law's own)."""
+    if steps is None:
+        return None
+    if not (isinstance(steps, (int, float)) and math.isfinite(steps) and steps > 0):
+        raise RmaskError(f"--steps must be a positive number of optimizer steps, got {steps:g}")
+    return float(steps)
+
+
+def budget_of(law: Law, steps: float | None) -> tuple[Budget | None, str | None]:
+    """The budget a recommendation is for, and a warning for ``steps`` a law without a budget term cannot honour:
+    such a law's LR is for the budget it was fitted at, whatever ``steps`` asks (docs/law.md)."""
+    fit = law.shared
+    if fit is not None and fit.g is not None:
+        chosen = law.budget() if steps is None else steps
+        return Budget(chosen, steps is not None, fit.g, fit.g_ci, fit.steps_range, not law.steps_in_range(chosen)), None
+    own = law.budget() if fit is not None else None
+    if steps is None or (own is not None and abs(steps - own) < 1e-9 * own):
+        return None, None
+    at = f"its own budget of {own} steps" if own is not None else "the budget it was fitted at (law.json does not say which)"
+    return None, (f"the law has no budget term (its optima were measured at one budget): the LR is for {at}, "
+                  f"not for --steps {steps:g}")
 
 
 def law_for(law_path: str | None, experiment: str | None, tracking_uri: str | None = None) -> Law:
@@ -116,7 +164,7 @@ def anchor_point(sweep: str, ratio: float, model: str | None, task: str | None,
         why = "its best LR is at the grid's edge" if cells else "it has no Random Masking cell for this model/task"
         raise RmaskError(f"--anchor {sweep}: no interior optimum to calibrate on ({why})")
     cell = min(usable, key=lambda c: abs(math.log10(c.ratio) - math.log10(ratio)))
-    return LawPoint(model=cell.model, task=cell.task, ratio=cell.ratio, log10_lr=cell.optimum.log10_lr,
+    return LawPoint(model=cell.model, task=cell.task, ratio=cell.ratio, steps=cell.steps, log10_lr=cell.optimum.log10_lr,
                     se=cell.optimum.se)
 
 
@@ -139,22 +187,25 @@ def law_search_commands(law: Law, law_path: str | None, model: str | None, task:
 
 def from_law(law: Law, ratio: float, model: str | None = None, task: str | None = None, *,
              anchor: LawPoint | None = None, law_path: str | None = None, points: int = 5,
-             decades: float = 1.0) -> Recommendation:
-    """The law's LR for ``ratio`` on (``model``, ``task``): the shared fit's (with ``anchor``, an optimum measured on
-    the user's model, setting its offset), or a v1 law.json's single line, with its prediction band."""
+             decades: float = 1.0, steps: float | None = None) -> Recommendation:
+    """The law's LR for ``ratio`` on (``model``, ``task``) at the budget ``steps`` (default: the law's own): the
+    shared fit's (with ``anchor``, an optimum measured on the user's model, setting its offset), or a v1 law.json's
+    single line, with its prediction band."""
     ratio = check_ratio(ratio)
     search = law_search_commands(law, law_path, model, task, ratio)
+    budget, budget_warning = budget_of(law, check_steps(steps))
     if law.shared is None:  # a law.json from before the shared fit (format v1)
         lr, lo, hi = law.predict(ratio, model, prediction=True)
         return Recommendation(
             ratio, model, task, "law", lr, (lo, hi), log_grid(lr, points, decades),
-            warning="this law.json has no shared fit; its interval is the single line's prediction band",
+            warning=_joined("this law.json has no shared fit; its interval is the single line's prediction band",
+                            budget_warning),
             basis="single-line law (v1 law.json)",
             detail="refit with `rmask-tune report` for per-task offsets and honest intervals",
             ratio_range=law.fit_for(model).ratio_range, extrapolated=not law.in_range(ratio, model), law_search=search)
-    estimate = law.recommend(ratio, model, task, anchor=anchor)
+    estimate = law.recommend(ratio, model, task, anchor=anchor, steps=None if budget is None else budget.steps)
     pair = f"{model}/{task}"
-    warning = estimate.warning
+    warning = _joined(estimate.warning, budget_warning)
     if task is not None and pair not in law.shared.pairs and estimate.basis != "anchor":
         known = ", ".join(p for p in law.shared.pairs if p.split("/", 1)[0] == model) or ", ".join(law.shared.pairs)
         unseen = f"{pair} is not in the law (it has {known}); using {estimate.detail}"
@@ -162,7 +213,12 @@ def from_law(law: Law, ratio: float, model: str | None = None, task: str | None 
     return Recommendation(
         ratio, model, task, "law", estimate.lr, (estimate.lo, estimate.hi), log_grid(estimate.lr, points, decades),
         warning=warning, basis=estimate.basis, detail=estimate.detail, b=law.shared.b, b_ci=law.shared.b_ci,
-        ratio_range=law.shared.ratio_range, extrapolated=not law.in_range(ratio), law_search=search)
+        ratio_range=law.shared.ratio_range, extrapolated=not law.in_range(ratio), law_search=search, budget=budget)
+
+
+def _joined(*warnings: str | None) -> str | None:
+    """The warnings given, in one line (None when there is none)."""
+    return "; ".join(w for w in warnings if w) or None
 
 
 def from_probe(law: Law, law_path: str, ratio: float, model: str | None, task: str | None, *,

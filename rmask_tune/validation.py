@@ -1,4 +1,5 @@
-"""How good the law's recommendations are on data it did not see: leave-one-task-out and leave-one-ratio-out.
+"""How good the law's recommendations are on data it did not see: leave-one-task-out, leave-one-ratio-out and
+(optima at two or more training budgets) leave-one-budget-out.
 
 For each held-out cell the law is refitted without it, and its predicted LR is compared with the cell's
 measured curve (mean dev metric over seeds at each grid LR):
@@ -15,7 +16,12 @@ grid LR" is noise and so is the error in steps.
 Leave-one-task-out hides a whole (model, task) pair and predicts it as a new task (the mean offset of the
 model's other pairs, or of all pairs when the model has no other); a pair none of whose cells entered the law
 is scored the same way, from the whole law. Leave-one-ratio-out hides every pair's
-point at one ratio and predicts each pair from its own offset. The a-priori Hessian predictor
+point at one ratio and predicts each pair from its own offset. Leave-one-budget-out hides every optimum at one
+budget (optimizer steps) and predicts that budget's cells from each pair's own offset, the shared exponent and, when
+the other budgets are two or more, the budget exponent g fitted on them; with one other budget g cannot be fitted,
+and the prediction is that budget's law as it is (what a law fitted at one budget tells a run of another). The
+held-out budget's optima never enter the fit they are scored against. Curves are keyed
+``(model, task, ratio, steps)`` (or ``(model, task, ratio)``: no budget); the points carry their ``steps``. The a-priori Hessian predictor
 ``lr = c / lambda_max`` is held out the same way: each pair hidden, ``c`` refitted on every other pair's optima.
 """
 
@@ -27,7 +33,7 @@ import numpy as np
 
 from rmask_tune.analysis.predict import calibrate
 from rmask_tune.errors import RmaskError
-from rmask_tune.law import fit_shared, offset_spread
+from rmask_tune.law import fit_shared, offset_spread, point_budgets
 from rmask_tune.law_record import HeldOutStats, ValidationSummary
 
 GRID_STEP = 0.5  # decades
@@ -38,7 +44,7 @@ def _pair(point: dict) -> str:
 
 
 def _cells(points: list[dict]) -> set[tuple]:
-    return {(p["model"], p["task"], p["ratio"]) for p in points}
+    return {(p["model"], p["task"], p["ratio"], p.get("steps")) for p in points}
 
 
 def _score(predicted_log10: float, lrs: list[float], means: list[float]) -> dict:
@@ -60,10 +66,10 @@ ACROSS_MODELS = "mean offset of the other models' tasks"
 
 
 def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
-    """One row per held-out cell: ``curves[(model, task, ratio)] = (lrs, mean dev metric)``. A pair with curves
+    """One row per held-out cell: ``curves[(model, task, ratio, steps)] = (lrs, mean dev metric)``. A pair with curves
     but no point in the law (every cell failed its rules) is held out too, predicted from the whole law."""
     rows, in_law = [], _cells(points)
-    for held in sorted({_pair(p) for p in points} | {f"{m}/{task}" for m, task, _ in curves}):
+    for held in sorted({_pair(p) for p in points} | {f"{m}/{task}" for (m, task, _, _), _ in _measured(curves)}):
         rest = [p for p in points if _pair(p) != held]
         try:
             fit = fit_shared(rest)
@@ -74,12 +80,12 @@ def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float]
         mine, source = (own, WITHIN_MODEL) if own else (range(len(fit.pairs)), ACROSS_MODELS)
         cov = np.asarray(fit.cov)
         offset, _, _ = offset_spread(np.asarray(fit.offsets)[mine], cov.diagonal()[mine])
-        for (m, task, ratio), (lrs, means) in sorted(curves.items()):
+        for (m, task, ratio, steps), (lrs, means) in _measured(curves):
             if f"{m}/{task}" != held or len(lrs) < 2:
                 continue
-            predicted = offset + fit.b * (math.log10(ratio) - fit.x0)
-            rows.append({"model": m, "task": task, "ratio": ratio, "from": source,
-                         "in_law": (m, task, ratio) in in_law, **_score(predicted, lrs, means)})
+            rows.append({"model": m, "task": task, "ratio": ratio, **_budget(steps), "from": source,
+                         "in_law": (m, task, ratio, steps) in in_law,
+                         **_score(fit.centre(offset, ratio, steps), lrs, means)})
     return rows
 
 
@@ -92,14 +98,61 @@ def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float
             fit = fit_shared(rest)
         except RmaskError:
             continue
-        for (m, task, r), (lrs, means) in sorted(curves.items()):
+        for (m, task, r, steps), (lrs, means) in _measured(curves):
             pair = f"{m}/{task}"
             if r != ratio or pair not in fit.pairs or len(lrs) < 2:
                 continue
-            predicted = fit.offsets[fit.pairs.index(pair)] + fit.b * (math.log10(ratio) - fit.x0)
-            rows.append({"model": m, "task": task, "ratio": ratio, "from": "own offset, other ratios",
-                         "in_law": (m, task, r) in in_law, **_score(predicted, lrs, means)})
+            predicted = fit.centre(fit.offsets[fit.pairs.index(pair)], ratio, steps)
+            rows.append({"model": m, "task": task, "ratio": ratio, **_budget(steps), "from": "own offset, other ratios",
+                         "in_law": (m, task, r, steps) in in_law, **_score(predicted, lrs, means)})
     return rows
+
+
+# Where leave-one-budget-out's prediction comes from: with a budget term fitted on the other budgets, or, with one
+# other budget, that budget's law unchanged.
+BUDGET_TERM = "own offset, budget term fitted on the other budgets"
+NO_BUDGET_TERM = "own offset at the other budget (one budget left: no budget term)"
+
+
+def leave_one_budget_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
+    """One row per held-out cell: every optimum at one budget hidden at a time, that budget's cells predicted from
+    the law refitted on the other budgets only (empty unless every point has a budget and there are two or more)."""
+    budgets = point_budgets(points)
+    if budgets is None or len(budgets) < 2:
+        return []
+    rows, in_law = [], _cells(points)
+    for held in budgets:
+        rest = [p for p in points if p["steps"] != held]
+        try:
+            fit = fit_shared(rest)
+        except RmaskError:
+            continue
+        source = NO_BUDGET_TERM if fit.g is None else BUDGET_TERM
+        for (m, task, ratio, steps), (lrs, means) in _measured(curves):
+            pair = f"{m}/{task}"
+            if steps != held or pair not in fit.pairs or len(lrs) < 2:
+                continue
+            predicted = fit.centre(fit.offsets[fit.pairs.index(pair)], ratio, steps)
+            rows.append({"model": m, "task": task, "ratio": ratio, "steps": steps, "from": source,
+                         "in_law": (m, task, ratio, steps) in in_law, **_score(predicted, lrs, means)})
+    return rows
+
+
+def _measured(curves: dict[tuple, tuple]) -> list[tuple[tuple, tuple]]:
+    """The curves as ``((model, task, ratio, steps), (lrs, means))`` in that order (a key without steps: None)."""
+    keyed = [((*key, None)[:4], curve) for key, curve in curves.items()]
+    return sorted(keyed, key=lambda item: (*item[0][:3], item[0][3] or 0))
+
+
+def _budget(steps: int | None) -> dict:
+    """A row's budget, when the curve has one."""
+    return {} if steps is None else {"steps": steps}
+
+
+def _curve_of(curves: dict, model: str, task: str, ratio: float) -> tuple[list[float], list[float]]:
+    """The curve of (model, task, ratio) at its one budget (none: empty; several: the one at the most steps)."""
+    found = [key for key in curves if key[:3] == (model, task, ratio)]
+    return curves[max(found, key=lambda key: key[3] or 0)] if found else ([], [])
 
 
 def probe_leave_one_task_out(
@@ -113,11 +166,11 @@ def probe_leave_one_task_out(
     in-sample (``c`` from all of them). ``within_model``: ``c`` from the same model's other tasks only (what a
     model family already swept on other tasks gives); cells whose model has no other task are left out."""
     held_out = len({_pair(p) for p in calibration}) > 1
-    rows, in_law = [], _cells(calibration)
+    rows, in_law = [], {cell[:3] for cell in _cells(calibration)}
     if within_model and not held_out:
         return rows, held_out
     for probe in sorted(probed, key=lambda p: (p["model"], p["task"], p["ratio"])):
-        lrs, means = curves.get((probe["model"], probe["task"], probe["ratio"]), ([], []))
+        lrs, means = _curve_of(curves, probe["model"], probe["task"], probe["ratio"])
         if len(lrs) < 2:
             continue
         fit_on = [p for p in calibration if not held_out or _pair(p) != _pair(probe)]

@@ -29,11 +29,16 @@ def _run(args: argparse.Namespace) -> None:
     rec = recommend(args.ratio, law_path=args.law, experiment=args.experiment, tracking_uri=args.tracking_uri,
                     model=args.model, task=args.task, anchor=args.anchor, probe=args.probe,
                     loss_settings=_loss_settings(args.loss_settings) if args.probe else None,
-                    data_dir=args.data_dir, device=args.device, points=args.points, decades=args.decades)
+                    data_dir=args.data_dir, device=args.device, points=args.points, decades=args.decades,
+                    steps=args.steps)
     if rec.extrapolated:
         low, high = rec.ratio_range
         print(f"rmask-tune: warning: ratio {rec.ratio:g} is outside the fitted range {low:g} – {high:g}; "
               "the law is extrapolated", file=sys.stderr)
+    if rec.budget is not None and rec.budget.extrapolated:
+        low, high = rec.budget.steps_range
+        print(f"rmask-tune: warning: {rec.budget.steps:g} steps is outside the fitted budgets {low} – {high} steps; "
+              "the budget term is extrapolated", file=sys.stderr)
     if rec.warning:
         print(f"rmask-tune: warning: {rec.warning}", file=sys.stderr)
     if args.json:
@@ -54,6 +59,12 @@ def _run(args: argparse.Namespace) -> None:
         if rec.b is not None:
             print(f"  shared exponent b = {rec.b:.3f} [{rec.b_ci[0]:.3f}, {rec.b_ci[1]:.3f}], "
                   f"fitted on ratios {rec.ratio_range[0]:g} – {rec.ratio_range[1]:g}")
+        if rec.budget is not None:
+            budget = rec.budget
+            which = "--steps" if budget.asked else "the law's own budget"
+            print(f"  for {budget.steps:g} optimizer steps ({which}); budget exponent g = {budget.g:.3f} "
+                  f"[{budget.g_ci[0]:.3f}, {budget.g_ci[1]:.3f}], fitted on budgets {budget.steps_range[0]} – "
+                  f"{budget.steps_range[1]} steps")
     print("  grid: " + " ".join(f"{v:g}" for v in rec.grid))
     if rec.law_search:
         print(f"{rec.model}/{rec.task} is not in the law: measure it with the law searcher (a few LRs per ratio "
@@ -84,5 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="the training loss --probe measures, e.g. '{\"objective\": \"classification\", "
                           "\"scoring\": \"mean\"}' (default: the one the law's optima for this model/task were "
                           "trained with)")
+    rec.add_argument("--steps", type=float, metavar="N",
+                     help="the training budget in optimizer steps (epochs x batches per epoch); default: the law's "
+                          "own. A law fitted at one budget has no budget term: it warns and answers for its own")
     rec.add_argument("--json", action="store_true", help="print one JSON object")
     rec.set_defaults(run=_run)

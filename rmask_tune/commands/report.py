@@ -25,10 +25,17 @@ def _run(args: argparse.Namespace) -> None:
         print(f"law: lr* = 10^offset[model/task] * ratio^{shared.b:.3f} (b 95% CI [{shared.b_ci[0]:.3f}, "
               f"{shared.b_ci[1]:.3f}]; {len(shared.points)} optima of {len(shared.pairs)} pair(s), "
               f"{len(law.excluded)} cell(s) excluded)")
+        if shared.g is not None:
+            change = ("not identified" if shared.b_change is None else
+                      f"{shared.b_change:+.3f} [{shared.b_change_ci[0]:.3f}, {shared.b_change_ci[1]:.3f}]")
+            print(f"  budget term: lr* ∝ steps^{shared.g:.3f} (g 95% CI [{shared.g_ci[0]:.3f}, {shared.g_ci[1]:.3f}]) "
+                  f"over budgets {shared.steps_range[0]} – {shared.steps_range[1]} steps; change of b per decade of "
+                  f"steps: {change}")
         lines = [("leave_one_task_out", "leave-one-task-out"),
                  ("leave_one_task_out_within_model", "leave-one-task-out, from the same model's other tasks"),
                  ("leave_one_task_out_across_models", "leave-one-task-out, from other models"),
-                 ("leave_one_ratio_out", "leave-one-ratio-out")]
+                 ("leave_one_ratio_out", "leave-one-ratio-out"),
+                 ("leave_one_budget_out", "leave-one-budget-out (the held-out budget's optima out of the fit)")]
     calibration = law.probe_calibration
     if calibration is not None:
         held_out = "leave-one-task-out" if law.validation.hessian_predictor.held_out else "in-sample"

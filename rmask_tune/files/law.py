@@ -43,12 +43,16 @@ class _Ranged(Section):
         return self
 
 
+Steps = Annotated[int, Field(strict=True, ge=1)]
+
+
 class LawPoint(Section):
-    """An optimal-LR point a fit was made on."""
+    """An optimal-LR point a fit was made on (``steps``: its training budget, absent in law.json from before it)."""
 
     model: str | None = None
     task: str | None = None
     ratio: Ratio
+    steps: Steps | None = None
     log10_lr: Finite | None = None
     se: NonNegative | None = None
 
@@ -86,6 +90,11 @@ class SharedSection(_Ranged):
     mean_offset_se: NonNegative
     between_sd: NonNegative | None = None
     points: list[LawPoint] = []
+    g: Finite | None = None  # the budget term (absent: a law fitted at one budget)
+    s0: Finite | None = None
+    steps_range: tuple[Steps, Steps] | None = None
+    b_change: Finite | None = None
+    b_change_ci: tuple[Finite, Finite] | None = None
 
     @model_validator(mode="after")
     def _shape(self):
@@ -93,7 +102,11 @@ class SharedSection(_Ranged):
             raise ValueError(f"offsets has {len(self.offsets)} values for {len(self.pairs)} pairs")
         if len(set(self.pairs)) != len(self.pairs) or not all("/" in p for p in self.pairs):
             raise ValueError("pairs must be distinct 'model/task' names")
-        _square(self.cov, len(self.pairs) + 1, "cov")
+        if (self.g is None) != (self.s0 is None) or (self.g is not None and self.steps_range is None):
+            raise ValueError("g, s0 and steps_range come together (the budget term)")
+        if self.steps_range is not None and self.steps_range[0] > self.steps_range[1]:
+            raise ValueError("steps_range must be [low, high]")
+        _square(self.cov, len(self.pairs) + 1 + (self.g is not None), "cov")
         return self
 
 
@@ -101,9 +114,6 @@ class ProbePoint(Section):
     model: str | None = None
     lr: Positive
     lambda_max: Positive
-
-
-Steps = Annotated[int, Field(strict=True, ge=1)]
 
 
 class ProbeRecord(Section):

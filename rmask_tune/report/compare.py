@@ -41,7 +41,7 @@ def _side(summary: Summary, key: tuple) -> Side:
 
 
 def compare(ours: Summary, theirs: Summary) -> list[CellComparison]:
-    """Every (model, task, method, ratio) cell both sweeps ran, in our order."""
+    """Every (model, task, method, ratio) cell both sweeps ran (and budget, in reports of several), in our order."""
     shared = [key for key in ours.curves if key in theirs.curves]
     return [CellComparison(key, _side(ours, key), _side(theirs, key)) for key in shared]
 

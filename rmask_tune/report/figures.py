@@ -40,16 +40,18 @@ def _ratio_colours(ratios):
 
 
 def lr_sensitivity(summary: Summary, model: str) -> bytes:
-    """Dev metric vs LR per task: a line per ratio, baselines dashed, diverged trials as red crosses,
-    ASHA-stopped trials as hollow circles, the estimated optimum as a triangle with its bootstrap interval."""
+    """Dev metric vs LR per task (per task and budget when the report holds several budgets): a line per ratio,
+    baselines dashed, diverged trials as red crosses, ASHA-stopped trials as hollow circles, the estimated optimum
+    as a triangle with its bootstrap interval."""
     curves = [c for c in summary.curves.values() if c.model == model and c.dev]
-    tasks = sorted({c.task for c in curves})
-    fig, axes = _figure(max(len(tasks), 1))
+    several = len({c.steps for c in curves}) > 1
+    panels = sorted({(c.task, c.steps if several else None) for c in curves}, key=lambda k: (k[0], k[1] or 0))
+    fig, axes = _figure(max(len(panels), 1))
     colours = _ratio_colours({c.ratio for c in curves if c.ratio is not None})
     baseline_styles = iter(["tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"] * 4)
     baseline_colour = {}
-    for ax, task in zip(axes, tasks):
-        mine = sorted((c for c in curves if c.task == task),
+    for ax, (task, steps) in zip(axes, panels):
+        mine = sorted((c for c in curves if c.task == task and (steps is None or c.steps == steps)),
                       key=lambda c: (c.ratio is not None, c.method, -(c.ratio or 0)))
         for c in mine:
             if None in c.dev:  # a method without a learning rate: its level across the axis
@@ -77,7 +79,7 @@ def lr_sensitivity(summary: Summary, model: str) -> bytes:
                 xerr = [[o.lr - 10 ** o.interval[0]], [10 ** o.interval[1] - o.lr]]
                 ax.errorbar(o.lr, mean.max(), xerr=xerr, fmt="v", color=colour, markersize=8, capsize=3)
         ax.set_xscale("log")
-        ax.set_title(f"{model} · {task}", fontsize=10)
+        ax.set_title(f"{model} · {task}" + ("" if steps is None else f" · {steps} steps"), fontsize=10)
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"dev {mine[0].metric} (x{SCALE})")
         ax.grid(alpha=0.3, which="both")
@@ -99,7 +101,8 @@ def lr_sensitivity(summary: Summary, model: str) -> bytes:
 def law(summary: Summary) -> bytes:
     """Optimal LR vs trainable ratio (log-log): a panel per model with the optima (95% bootstrap intervals)
     and each pair's line of the shared fit, and a pooled panel with the single-line fit and its band when
-    there are several models; excluded optima are drawn hollow."""
+    there are several models; excluded optima are drawn hollow. With a budget term, each budget has its own
+    marker and line style, and each pair a line per budget."""
     law_ = summary.law
     estimated = [e.point for e in law_.excluded if e.point is not None and e.point.lr is not None]
     drawn = law_.points + estimated
@@ -110,22 +113,29 @@ def law(summary: Summary) -> bytes:
     fig, axes = _figure(len(panels), width=5.0, height=3.8)
     tasks = sorted({p.task for p in drawn})
     task_colour = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
+    shared = law_.shared
+    budgets = sorted({p.steps for p in drawn}) if shared is not None and shared.g is not None else [None]
+    marker = {steps: "osD^v"[i % 5] for i, steps in enumerate(budgets)}
+    style = {steps: ("-", "--", ":", "-.")[i % 4] for i, steps in enumerate(budgets)}
     for ax, (title, members) in zip(axes, panels):
         for p in (p for p in law_.points if p.model in members):
             low, high = p.interval or (10 ** (p.log10_lr - p.se), 10 ** (p.log10_lr + p.se))
-            ax.errorbar(p.ratio, p.lr, yerr=[[p.lr - low], [high - p.lr]], fmt="o", color=task_colour[p.task],
-                        capsize=2)
+            ax.errorbar(p.ratio, p.lr, yerr=[[p.lr - low], [high - p.lr]], fmt=marker.get(p.steps, "o"),
+                        color=task_colour[p.task], capsize=2)
         for e in (e for e in estimated if e.model in members):
-            ax.plot(e.ratio, e.lr, "o", markerfacecolor="none", color=task_colour[e.task], markersize=8)
-        shared = law_.shared
+            ax.plot(e.ratio, e.lr, marker.get(e.steps, "o"), markerfacecolor="none", color=task_colour[e.task],
+                    markersize=8)
         if len(members) == 1 and shared is not None and any(p.startswith(members[0] + "/") for p in shared.pairs):
             mine = [p for p in shared.pairs if p.startswith(members[0] + "/")]
             xs = np.logspace(math.log10(shared.ratio_range[0]) - 0.3, math.log10(shared.ratio_range[1]) + 0.3, 60)
             for pair in mine:
                 offset = shared.offsets[shared.pairs.index(pair)]
-                ax.plot(xs, 10 ** (offset + shared.b * (np.log10(xs) - shared.x0)),
-                        color=task_colour.get(pair.rsplit("/", 1)[1], "black"))
+                for steps in budgets:
+                    ax.plot(xs, [10 ** shared.centre(offset, x, steps) for x in xs], linestyle=style[steps],
+                            color=task_colour.get(pair.rsplit("/", 1)[1], "black"))
             title = f"{title}\nshared b = {shared.b:.3f} [{shared.b_ci[0]:.3f}, {shared.b_ci[1]:.3f}], n = {len(shared.points)}"
+            if shared.g is not None:
+                title += f"\nbudget g = {shared.g:.3f} [{shared.g_ci[0]:.3f}, {shared.g_ci[1]:.3f}]"
         elif len(members) > 1 and law_.pooled is not None:
             fit = law_.pooled
             xs = np.logspace(math.log10(fit.ratio_range[0]) - 0.3, math.log10(fit.ratio_range[1]) + 0.3, 60)
@@ -145,7 +155,10 @@ def law(summary: Summary) -> bytes:
 
     handles = [Line2D([], [], marker="o", color=task_colour[t], linestyle="none") for t in tasks]
     handles += [Line2D([], [], marker="o", markerfacecolor="none", color="0.3", linestyle="none")]
-    fig.legend(handles, tasks + ["excluded (see the table)"], loc="outside right upper", fontsize=8)
+    shown = [steps for steps in budgets if steps is not None]
+    handles += [Line2D([], [], marker=marker[steps], linestyle=style[steps], color="0.3") for steps in shown]
+    labels = tasks + ["excluded (see the table)"] + [f"{steps} steps" for steps in shown]
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     return _png(fig)
 
 
@@ -155,7 +168,7 @@ def params_vs_performance(summary: Summary) -> bytes:
     fig, axes = _figure(len(summary.models), width=5.2, height=3.8)
     for ax, model in zip(axes, summary.models):
         rows = [r for r in summary.rows if r.model == model]
-        series: dict[str, list] = {}
+        series: dict[tuple, list] = {}  # by (method, budget named when the report has several)
         for r in rows:
             avg, covered = r.average(summary.tasks)
             if avg is None:
@@ -163,12 +176,13 @@ def params_vs_performance(summary: Summary) -> bytes:
             if not r.trainable_params:
                 ax.axhline(avg * SCALE, color="0.5", linestyle=":", label=r.label)
                 continue
-            series.setdefault(r.method, []).append((r.trainable_params, avg * SCALE, covered == len(summary.tasks)))
-        for i, (method, pts) in enumerate(sorted(series.items())):
+            series.setdefault((r.method, r.shown_steps or 0), []).append(
+                (r.trainable_params, avg * SCALE, covered == len(summary.tasks)))
+        for i, ((method, steps), pts) in enumerate(sorted(series.items())):
             pts.sort()
             xs, ys, full = zip(*pts)
             colour = f"C{i % 10}"
-            ax.plot(xs, ys, "-" if len(pts) > 1 else "none", color=colour, label=row_label(method, None))
+            ax.plot(xs, ys, "-" if len(pts) > 1 else "none", color=colour, label=row_label(method, None, steps or None))
             ax.scatter(xs, ys, color=[colour if f else "none" for f in full], edgecolors=colour, zorder=3)
         ax.set_xscale("log")
         ax.set_title(model, fontsize=10)

@@ -150,6 +150,8 @@ def _law(summary: Summary, names: set[str]) -> list:
                     "`rmask-tune recommend --law law.json --ratio R --model M --task T` uses it."),
             ("table", Table(["Pair", "Offset (log10, ± se)", "lr* at ratio 1e-3"], _shared_rows(shared))),
         ]
+        blocks += _budget_term(shared)
+    blocks += _optima_by_budget(law)
     several = len({name.rsplit("/", 1)[1] for name in law.tasks}) > 1  # keys are model/task; a hub model has a '/'
     per_task = [_fit_row(" · ".join(name.rsplit("/", 1)), f) for name, f in sorted(law.tasks.items())] if several else []
     blocks += [
@@ -169,6 +171,39 @@ def _law(summary: Summary, names: set[str]) -> list:
                   "Resampled", "Fitted"]
         blocks.append(("table", Table(header, rows)))
     return blocks + _validation(law) + _hessian_predictor(law)
+
+
+def _budget_term(shared) -> list:
+    """The budget term's paragraph (a law fitted at two or more budgets)."""
+    if shared.g is None:
+        return []
+    lo, hi = shared.g_ci
+    change = ("cannot be estimated here (it needs two or more ratios at two or more budgets, and a degree of "
+              "freedom left)" if shared.b_change is None else
+              f"{shared.b_change:+.3f} [95% CI {shared.b_change_ci[0]:.3f}, {shared.b_change_ci[1]:.3f}] per decade "
+              "of steps: " + ("the interval excludes 0, b changes with the budget"
+                              if not shared.b_change_ci[0] <= 0 <= shared.b_change_ci[1] else
+                              "the interval holds 0, no evidence that b changes with the budget"))
+    return [("p", f"Budget term: + g · (log10 steps - {shared.s0:.2f}), one exponent g shared by every pair, fitted "
+                  f"on optima at {shared.steps_range[0]} – {shared.steps_range[1]} optimizer steps. g = {shared.g:.3f} "
+                  f"[95% CI {lo:.3f}, {hi:.3f}]: lr* ∝ steps^g. Whether b depends on the budget (the law refitted "
+                  f"with an interaction term (log10 ratio - x0)(log10 steps - s0), docs/statistics.md): b changes by "
+                  f"{change}. `rmask-tune recommend --steps N` uses the budget term.")]
+
+
+def _optima_by_budget(law) -> list:
+    """The optima against ratio, a column per budget (a law with cells at two or more budgets)."""
+    cells = [(p, "") for p in law.points] + [(e.point, " (excluded)") for e in law.excluded if e.point is not None]
+    budgets = sorted({p.steps for p, _ in cells if p.steps is not None})
+    if len(budgets) < 2:
+        return []
+    found = {(p.model, p.task, p.ratio, p.steps): f"{fmt_lr(p.lr)} [{fmt_lr(p.interval[0])} – "
+             f"{fmt_lr(p.interval[1])}]{mark}" if p.interval else fmt_lr(p.lr) + mark for p, mark in cells}
+    rows = [[model, task, f"{ratio:.3g}"] + [found.get((model, task, ratio, steps), "—") for steps in budgets]
+            for model, task, ratio in sorted({(p.model, p.task, p.ratio) for p, _ in cells})]
+    return [("p", "The optima against ratio at each training budget (lr* with its 95% interval; excluded: the cell "
+                  "failed the rules above and is not in the fit)."),
+            ("table", Table(["Model", "Task", "Ratio"] + [f"{steps} steps" for steps in budgets], rows))]
 
 
 def _point_row(p: LawPoint, fitted: str) -> list[str]:
@@ -196,7 +231,15 @@ def _validation(law) -> list:
                           "the nearest end, marked *). Every held-out cell with a measured curve is scored; In law: "
                           "whether the cell passed the rules of section 3 (on a cell without signal the best grid LR, "
                           "and so the error, is noise), and each summary also gives the mean over those cells.")]
-    for key, title in (("leave_one_task_out", "Leave-one-task-out"), ("leave_one_ratio_out", "Leave-one-ratio-out")):
+    splits = [("leave_one_task_out", "Leave-one-task-out"), ("leave_one_ratio_out", "Leave-one-ratio-out")]
+    if validation.leave_one_budget_out is not None:
+        blocks.append(("p", "Leave-one-budget-out: every optimum at one training budget is hidden, the law refitted on "
+                            "the other budgets (the held-out budget's optima are out of the fit), and the hidden "
+                            "budget's cells predicted from each pair's own offset, the shared exponent and the budget "
+                            "term fitted on the other budgets; with one other budget no budget term can be fitted, "
+                            "and the prediction is that budget's law as it is (column From)."))
+        splits.append(("leave_one_budget_out", "Leave-one-budget-out"))
+    for key, title in splits:
         rows = getattr(validation, key)
         overall = validation.summary.get(key)
         if not rows:
@@ -207,9 +250,12 @@ def _validation(law) -> list:
         for split, name in _LOTO_SPLITS if key == "leave_one_task_out" else ():
             if summary.get(split):
                 blocks.append(("p", f"{title}, {name}: {_held_out_summary(summary[split])}."))
-        source = key == "leave_one_task_out"
-        blocks.append(("table", Table(["Model", "Task", "Ratio"] + _HELD_OUT_HEADER + (["From"] if source else []),
-                                      [[r["model"], r["task"], f"{r['ratio']:.3g}"] + _held_out_cells(r)
+        source = key in ("leave_one_task_out", "leave_one_budget_out")
+        budget = key == "leave_one_budget_out" or len({r.get("steps") for r in rows}) > 1
+        blocks.append(("table", Table(["Model", "Task", "Ratio"] + (["Steps"] if budget else []) + _HELD_OUT_HEADER
+                                      + (["From"] if source else []),
+                                      [[r["model"], r["task"], f"{r['ratio']:.3g}"]
+                                       + ([str(r.get("steps", "—"))] if budget else []) + _held_out_cells(r)
                                        + ([r["from"]] if source else []) for r in rows])))
     return blocks
 
@@ -331,7 +377,7 @@ def _versus(summary: Summary, other: Summary) -> list:
     rows = [[model, task, row_label(method, ratio), f"{c.ours.trials} / {c.theirs.trials}",
              f"{c.ours.trial_epochs} / {c.theirs.trial_epochs}", f"{fmt_lr(c.ours.best_lr)} / {fmt_lr(c.theirs.best_lr)}",
              f"{_points(c.ours.test)} / {_points(c.theirs.test)}", "—" if c.gap is None else f"{c.gap * SCALE:+.1f}"]
-            for c in cells for model, task, method, ratio in [c.key]]
+            for c in cells for model, task, method, ratio, *_ in [c.key]]
     t = totals(cells)
     ours, theirs = t["ours"], t["theirs"]
     share = f" ({ours['trials'] / theirs['trials']:.0%} of its trials)" if theirs["trials"] else ""

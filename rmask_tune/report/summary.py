@@ -19,7 +19,9 @@ from rmask_tune.resampling import (
     SIGNAL_LEVEL, DevRecord, OptimumEstimate, SignalTest, bootstrap_cell, optimum_with_interval, signal_test,
 )
 from rmask_tune.tasks.results import ExampleLog
-from rmask_tune.validation import leave_one_ratio_out, leave_one_task_out, summarize_by_source, summarize_validation
+from rmask_tune.validation import (
+    leave_one_budget_out, leave_one_ratio_out, leave_one_task_out, summarize_by_source, summarize_validation,
+)
 
 LAW_METHOD = "random_masking"
 METHOD_NAMES = {
@@ -44,19 +46,22 @@ def slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def row_label(method: str, ratio: float | None) -> str:
+def row_label(method: str, ratio: float | None, steps: int | None = None) -> str:
+    """A row's name: the method, its ratio, and (``steps``, in a report of several budgets) the budget."""
     name = METHOD_NAMES.get(method, method)
-    return name if ratio is None else f"{name} {fmt_pct(ratio)}"
+    label = name if ratio is None else f"{name} {fmt_pct(ratio)}"
+    return label if steps is None else f"{label} · {steps} steps"
 
 
 @dataclass
 class Curve:
-    """The trials of one (model, task, method, ratio) across learning rates."""
+    """The trials of one (model, task, method, ratio, budget) across learning rates; ``steps``: the budget."""
 
     model: str
     task: str
     method: str
     ratio: float | None
+    steps: int | None
     metric: str
     dev: dict[float | None, list[float]]  # selection values (best dev metric) per LR, one per seed; LR order
     trials: dict[float | None, list[Trial]]
@@ -75,7 +80,8 @@ class Curve:
 
 @dataclass
 class Row:
-    """One row of the results table: a model, a method and (for masking) a ratio."""
+    """One row of the results table: a model, a method, (for masking) a ratio, and a budget (``steps``; named in
+    the label when the report holds several, ``shown_steps``)."""
 
     model: str
     method: str
@@ -83,10 +89,12 @@ class Row:
     trainable_fraction: float | None
     trainable_params: int | None
     cells: dict[str, Curve]  # by task
+    steps: int | None = None
+    shown_steps: int | None = None
 
     @property
     def label(self) -> str:
-        return row_label(self.method, self.ratio)
+        return row_label(self.method, self.ratio, self.shown_steps)
 
     def average(self, tasks: list[str]) -> tuple[float | None, int]:
         """Mean over tasks of the per-task mean test metric, and how many tasks it covers."""
@@ -101,7 +109,7 @@ class Summary:
     trials: list[Trial]
     models: list[str]
     tasks: list[str]
-    curves: dict[tuple, Curve]
+    curves: dict[tuple, Curve]  # by ``cell_key``
     rows: list[Row]
     law: Law
     compute: dict
@@ -112,13 +120,20 @@ def _dedupe(trials: list[Trial]) -> tuple[list[Trial], int]:
     """One trial per configuration: the newest that reached a result, else the newest."""
     chosen: dict[tuple, Trial] = {}
     for t in sorted(trials, key=lambda t: (t.status in TERMINAL, t.start_time), reverse=True):
-        chosen.setdefault(t.configuration, t)
+        chosen.setdefault((t.configuration, t.steps), t)
     return list(chosen.values()), len(trials) - len(chosen)
+
+
+def cell_key(trial: Trial, several_budgets: bool) -> tuple:
+    """A cell's key in ``Summary.curves``: (model, task, method, ratio), and the budget (steps) after them in a
+    report of several budgets."""
+    return (trial.model, trial.task, trial.method, trial.ratio) + ((trial.steps,) if several_budgets else ())
 
 
 def _curve(key: tuple, trials: list[Trial]) -> Curve:
     """Pick the best-dev LR; a diverged trial without a dev metric counts as the curve's worst."""
-    model, task, method, ratio = key
+    model, task, method, ratio = key[:4]
+    steps = trials[0].steps
     by_lr: dict[float | None, list[Trial]] = defaultdict(list)
     for t in sorted(trials, key=lambda t: t.lr or 0.0):  # lr None: a method that trains nothing
         by_lr[t.lr].append(t)
@@ -130,7 +145,7 @@ def _curve(key: tuple, trials: list[Trial]) -> Curve:
                   if (t.dev is not None and math.isfinite(t.dev)) or t.status == "diverged"]
         if values and None not in values:
             dev[lr] = values
-    curve = Curve(model, task, method, ratio, trials[0].metric, dev, dict(by_lr))
+    curve = Curve(model, task, method, ratio, steps, trials[0].metric, dev, dict(by_lr))
     if dev:
         curve.best_lr = max(dev, key=lambda lr: sum(dev[lr]) / len(dev[lr]))
         curve.test = [t.test for t in by_lr[curve.best_lr] if t.test is not None and math.isfinite(t.test)]
@@ -147,7 +162,7 @@ def select_lr(trials: list[Trial]) -> Curve:
     if not ended:
         raise RmaskError("a cell needs at least one ended trial to select a learning rate")
     first = ended[0]
-    return _curve((first.model, first.task, first.method, first.ratio), ended)
+    return _curve(cell_key(first, False), ended)
 
 
 # Per-example columns whose mean is the metric: the bootstrap's fast path.
@@ -176,11 +191,12 @@ def _dev_record(trial: Trial, floor: float | None) -> DevRecord:
 def _cell_statistics(curves: dict[tuple, Curve], bootstrap: int, seed: int) -> None:
     """Each curve's optimum with its bootstrap interval; the law method's cells also get the signal test
     against the frozen model of their (model, task) when the sweep ran it, else against their smallest LR."""
-    for (model, task, method, ratio), curve in curves.items():
+    for key, curve in curves.items():
         records = {lr: r for lr, r in curve.records.items() if lr is not None and r}
         if len(records) < 2:
             continue
-        frozen = curves.get((model, task, "none", None))
+        method = curve.method
+        frozen = curves.get(key[:2] + ("none", None) + key[4:])
         reference = frozen.records.get(None) if frozen is not None and method == LAW_METHOD else None
         boot = bootstrap_cell(records, reference or None, samples=bootstrap, seed=seed)
         curve.optimum = optimum_with_interval(boot)
@@ -189,9 +205,9 @@ def _cell_statistics(curves: dict[tuple, Curve], bootstrap: int, seed: int) -> N
 
 
 def law_curves(curves: Iterable[Curve]) -> dict[tuple, tuple[list[float], list[float]]]:
-    """The law method's measured curves, ``(model, task, ratio) -> (LRs, mean dev metric)``, two LRs or more:
-    what held-out predictions are scored on."""
-    return {(c.model, c.task, c.ratio): c.means for c in curves
+    """The law method's measured curves, ``(model, task, ratio, steps) -> (LRs, mean dev metric)``, two LRs or
+    more: what held-out predictions are scored on."""
+    return {(c.model, c.task, c.ratio, c.steps): c.means for c in curves
             if c.method == LAW_METHOD and c.ratio is not None and len(c.means[0]) >= 2}
 
 
@@ -206,7 +222,7 @@ def _point(c: Curve) -> LawPoint:
     """A cell's optimum as a law point."""
     o = c.optimum
     return LawPoint(
-        model=c.model, task=c.task, ratio=c.ratio, lr=o.lr, log10_lr=o.log10_lr, se=o.se,
+        model=c.model, task=c.task, ratio=c.ratio, steps=c.steps, lr=o.lr, log10_lr=o.log10_lr, se=o.se,
         interval=(10 ** o.interval[0], 10 ** o.interval[1]), estimate=o.kind, best_grid_lr=o.best_grid_lr,
         edge_share=o.edge_fraction, resampled=o.source, seeds=max(len(v) for v in c.dev.values()),
         grid=tuple(sorted(lr for lr in c.dev if lr is not None)), signal=c.signal.to_dict() if c.signal else None,
@@ -222,7 +238,8 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
         if c.method != LAW_METHOD or c.ratio is None:
             continue
         if c.optimum is None:
-            excluded.append(ExcludedCell(c.model, c.task, c.ratio, "fewer than two learning rates with a result"))
+            excluded.append(ExcludedCell(c.model, c.task, c.ratio, "fewer than two learning rates with a result",
+                                         steps=c.steps))
             continue
         point = _point(c)
         if c.optimum.at_edge:
@@ -259,6 +276,7 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
         notes.append("no law: no (model, task) has cells that pass the rules at two or more ratios")
     measured = law_curves(curves)
     tasks_out, ratios_out = leave_one_task_out(points, measured), leave_one_ratio_out(points, measured)
+    budgets_out = leave_one_budget_out(points, measured)
     source = LawSource(
         bootstrap={"samples": bootstrap, "seed": seed},
         estimator="quadratic in log10(lr) through the best mean-dev LR and its neighbours (mean over seeds); "
@@ -267,27 +285,32 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
         signal_test=f"max-type paired bootstrap test that some LR beats the frozen model (else the smallest LR) "
                     f"on dev, one-sided, level {SIGNAL_LEVEL} (docs/statistics.md)",
     )
+    budget_summary = {"leave_one_budget_out": summarize_validation(budgets_out)} if budgets_out else {}
     validation = Validation(tasks_out, ratios_out, {"leave_one_task_out": summarize_validation(tasks_out),
                                                     **summarize_by_source(tasks_out),
-                                                    "leave_one_ratio_out": summarize_validation(ratios_out)})
+                                                    "leave_one_ratio_out": summarize_validation(ratios_out),
+                                                    **budget_summary},
+                            leave_one_budget_out=budgets_out or None)
     return Law(pooled=pooled, models=fits, method=LAW_METHOD, points=typed, excluded=excluded,
                validation=validation, tasks=by_task, shared=shared, source=source)
 
 
 def _rows(curves: list[Curve], trials: list[Trial]) -> list[Row]:
+    """The results table's rows, a row per (model, method, ratio, budget); budgets are named when there are several."""
     grouped: dict[tuple, dict[str, Curve]] = defaultdict(dict)
     for c in curves:
-        grouped[(c.model, c.method, c.ratio)][c.task] = c
+        grouped[(c.model, c.method, c.ratio, c.steps)][c.task] = c
+    several = len({c.steps for c in curves}) > 1
     rows = []
-    for (model, method, ratio), cells in grouped.items():
-        mine = [t for t in trials if (t.model, t.method, t.ratio) == (model, method, ratio)]
+    for (model, method, ratio, steps), cells in grouped.items():
+        mine = [t for t in trials if (t.model, t.method, t.ratio, t.steps) == (model, method, ratio, steps)]
         fractions = [t.trainable_fraction for t in mine if t.trainable_fraction is not None]
         counts = [t.trainable_params for t in mine if t.trainable_params is not None]
         rows.append(Row(model, method, ratio, sum(fractions) / len(fractions) if fractions else ratio,
-                        max(counts) if counts else None, cells))
+                        max(counts) if counts else None, cells, steps, steps if several else None))
     order = list(METHOD_NAMES)
-    return sorted(rows, key=lambda r: (r.model, r.ratio is not None, order.index(r.method) if r.method in order
-                                       else len(order), r.method, -(r.ratio or 0)))
+    return sorted(rows, key=lambda r: (r.model, r.steps or 0, r.ratio is not None, order.index(r.method)
+                                       if r.method in order else len(order), r.method, -(r.ratio or 0)))
 
 
 def effort(group: list[Trial]) -> dict:
@@ -320,12 +343,13 @@ def _missing(trials: list[Trial], curves: dict[tuple, Curve], tasks: list[str]) 
     notes = []
     rows: dict[tuple, list[Trial]] = defaultdict(list)
     for t in trials:
-        rows[(t.model, t.method, t.ratio)].append(t)
+        rows[(t.model, t.method, t.ratio, t.steps)].append(t)
+    several = len({t.steps for t in trials}) > 1
     for model in sorted({t.model for t in trials}):
         ran = {t.task for t in trials if t.model == model}
         notes += [f"{model} · {task}: no trial" for task in tasks if task not in ran]
-    for (model, method, ratio), mine in sorted(rows.items(), key=lambda kv: str(kv[0])):
-        label = f"{model} · {row_label(method, ratio)}"
+    for (model, method, ratio, steps), mine in sorted(rows.items(), key=lambda kv: str(kv[0])):
+        label = f"{model} · {row_label(method, ratio, steps if several else None)}"
         lrs, seeds = {t.lr for t in mine}, {t.seed for t in mine}
         have = {(t.task, t.lr, t.seed) for t in mine}
         ran = {t.task for t in mine}
@@ -334,7 +358,7 @@ def _missing(trials: list[Trial], curves: dict[tuple, Curve], tasks: list[str]) 
         if absent_tasks:
             notes.append(f"{label}: no trial for {', '.join(absent_tasks)}")
         for task in sorted(ran):
-            curve = curves.get((model, task, method, ratio))
+            curve = curves.get((model, task, method, ratio) + ((steps,) if several else ()))
             own = sorted({t.lr for t in mine if t.task == task and t.lr is not None})
             # a task may have run a narrower window of the grid on purpose: say so, and count holes inside it
             if own and (min(own) > min(lrs) or max(own) < max(lrs)):
@@ -376,9 +400,10 @@ def summarize(trials: list[Trial], experiment: str, tracking_uri: str, *, unread
     if unreadable:
         notes.append(f"{unreadable} trial run(s) without model/task params skipped")
     usable: dict[tuple, list[Trial]] = defaultdict(list)
+    several = len({t.steps for t in trials}) > 1
     for t in trials:
         if t.status in TERMINAL:
-            usable[(t.model, t.task, t.method, t.ratio)].append(t)
+            usable[cell_key(t, several)].append(t)
     curves = {key: _curve(key, group) for key, group in usable.items()}
     _cell_statistics(curves, bootstrap, seed)
     tasks = sorted({t.task for t in trials})

@@ -23,7 +23,10 @@ CONFIG_PARAMS = (
     "max_length", "head_lr", "max_steps", "schedule", "warmup_ratio", "weight_decay", "optimizer",
     "divergence_factor", "targets", "method_options", "data_seed", "mask_seed", "head", "train_head", "tokenizer",
 )  # fmt: skip
-TRIAL_PARAMS = ("trainable_params", "total_params", "precision")
+# ``budget_steps``: the optimizer steps the trial was planned to train on its real training split (its budget;
+# ``rmask_tune.runstore.reader.budget_steps`` derives it from the config params for trials that lack it).
+TRIAL_PARAMS = ("trainable_params", "total_params", "precision", "budget_steps")
+BUDGET_STEPS = "budget_steps"
 
 # A trial's metrics: the final ones, logged once (step = its last epoch), and the per-epoch histories.
 BEST_DEV, TEST, EPOCHS_COMPLETED, WALL_TIME = "best_dev_metric", "test_metric", "epochs_completed", "wall_time_s"

@@ -17,7 +17,7 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.files.atomic import write_atomic
 from rmask_tune.runstore.export import encode_export, read_export
 from rmask_tune.runstore.names import (
-    BEST_DEV, EPOCHS_COMPLETED, HISTORIES, ROLE_TAG, ROLE_TRIAL, STATUS_TAG, TAG_PREFIX, TEST, TRAINABLE_FRACTION,
+    BEST_DEV, BUDGET_STEPS, EPOCHS_COMPLETED, HISTORIES, ROLE_TAG, ROLE_TRIAL, STATUS_TAG, TAG_PREFIX, TEST, TRAINABLE_FRACTION,
     TRIAL_ID_TAG, WALL_TIME, is_none,
 )
 from rmask_tune.runstore.record import RunRecord, Source
@@ -27,7 +27,7 @@ TERMINAL = ("finished", "diverged", "stopped")
 # as 0.10000000000000002 (another formatting, or float arithmetic on another machine) is one value.
 SAME_DIGITS = 9
 # The per-epoch metric histories kept for every trial (step = epoch).
-# Settings every trial of one (model, task) shares in one sweep; trials that differ in them are not comparable.
+# Settings every trial of one (model, task) at one budget shares; trials that differ in them are not comparable.
 SAME_PER_TASK = ("epochs", "train_examples", "dev_examples", "test_examples")
 
 
@@ -54,6 +54,7 @@ class Trial:
     total_params: int | None
     start_time: int
     record: RunRecord | None = field(default=None, repr=False, compare=False)  # what it was read from
+    steps: int | None = None  # its budget: planned optimizer steps (``budget_steps``); None when underivable
 
     @property
     def configuration(self) -> tuple:
@@ -120,20 +121,43 @@ def check_has_trials(count: int, experiment: str) -> None:
         raise RmaskError(f"experiment {experiment!r} has no trial runs (tag {ROLE_TAG}={ROLE_TRIAL})")
 
 
+def budget_steps(params: dict[str, str]) -> int | None:
+    """A trial's budget, the optimizer steps it was planned to train: its ``budget_steps`` param, else (trials
+    from before it was recorded) derived from its config params as the trainer counts them
+    (``TrialConfig.optimizer_steps``: ``max_steps``, else epochs x ceil(ceil(train_examples / batch_size) /
+    grad_accum)). A derived budget counts ``train_examples`` as requested: for a task whose training split is
+    smaller, it is the budget the trial asked for. None when the params do not say."""
+    recorded = _num(params.get(BUDGET_STEPS), int)
+    if recorded is not None:
+        return recorded
+    max_steps = _num(params.get("max_steps"), int)
+    if max_steps is not None:
+        return max_steps
+    epochs, examples = _num(params.get("epochs"), int), _num(params.get("train_examples"), int)
+    batch, accum = _num(params.get("batch_size"), int), _num(params.get("grad_accum"), int) or 1
+    if None in (epochs, examples, batch) or batch < 1 or accum < 1:
+        return None
+    batches = -(-examples // batch)
+    return epochs * -(-batches // accum)
+
+
 def check_one_sweep(trials: list[Trial], experiment: str) -> None:
-    """The trials of one (model, task) must share their data and training length (``SAME_PER_TASK``): their
-    per-example results are compared pairwise. A store holding sweeps that differ there is named, not reported."""
+    """The trials of one (model, task) at one budget (``Trial.steps``) must share their data and training length
+    (``SAME_PER_TASK``): their per-example results are compared pairwise. Budgets may differ (the law's budget
+    term is fitted across them, each budget's cells on their own); a store holding sweeps that differ at one
+    budget is named, not reported."""
     seen: dict[tuple, dict[str, list[Trial]]] = {}
     for trial in trials:
         params = trial.record.params if trial.record is not None else {}
         for name in SAME_PER_TASK:
             if name in params:
-                seen.setdefault((trial.model, trial.task, name), {}).setdefault(params[name], []).append(trial)
-    for (model, task, name), values in seen.items():
+                seen.setdefault((trial.model, trial.task, trial.steps, name), {}).setdefault(params[name], []).append(trial)
+    for (model, task, steps, name), values in seen.items():
         if len(values) > 1:
             mix = " and ".join(f"{value} ({len(group)} trial(s))" for value, group in sorted(values.items()))
-            raise RmaskError(f"experiment {experiment!r} mixes sweeps: its {model} {task} trials ran with {name} {mix}; "
-                             "report each sweep on its own (its own store, export or experiment)")
+            budget = "" if steps is None else f", all at a budget of {steps} steps"
+            raise RmaskError(f"experiment {experiment!r} mixes sweeps: its {model} {task} trials ran with {name} {mix}"
+                             f"{budget}; report each sweep on its own (its own store, export or experiment)")
 
 
 def _client(uri: str):
@@ -261,6 +285,7 @@ def trial_of(record: RunRecord) -> Trial:
         total_params=_num(params.get("total_params"), int),
         start_time=record.start_time or 0,
         record=record,
+        steps=budget_steps(params),
     )
 
 

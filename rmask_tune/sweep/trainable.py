@@ -24,7 +24,7 @@ from rmask_tune.tasks.results import EXAMPLES_FILE
 
 # Per-epoch record keys that go to Tune as they are (numbers, and the precision's name); the rest is left out.
 _EPOCH_KEYS = ("epoch", "train_loss", "dev_metric", "diverged", "step_time_s", "elapsed_s", "trainable_params",
-               "total_params", "precision")
+               "total_params", "precision", "budget_steps")
 _FINAL_KEYS = ("test_metric", "best_epoch", "best_dev_metric", "peak_mem_bytes")
 
 

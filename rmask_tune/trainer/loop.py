@@ -195,6 +195,7 @@ class TrialRun:
             "trainable_params": self.trial.trainable_params,
             "total_params": self.trial.setup.total_params,
             "precision": self.trial.precision.name,
+            "budget_steps": self.config.optimizer_steps(len(self.trial.items["train"])),  # planned: the budget
         }
         self.records.append(record)
         if not last:
