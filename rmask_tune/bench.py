@@ -68,7 +68,7 @@ def _apply_dense_mask(model: nn.Module, ratio: float) -> int:
     masks = {}
     for name, layer in masked_layers(model).items():
         masks[name] = torch.zeros(layer.weight.numel(), dtype=layer.weight.dtype, device=layer.weight.device)
-        masks[name][layer.rmask_flat] = 1.0
+        masks[name][layer.mask.rmask_flat] = 1.0
     remove_random_masking(model, merge=False)
     for name, mask in masks.items():
         layer = model.get_submodule(name)

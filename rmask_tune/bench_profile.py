@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from peft.tuners.tuners_utils import cast_adapter_dtype
 from torch.profiler import ProfilerActivity, profile
 
 from rmask_tune.masking import masked_layers
@@ -118,6 +119,7 @@ def layer_crossover(
         for path in ("dense", "sparse"):
             base = torch.nn.Linear(in_f, out_f, bias=False).to(device, dtype)
             layers[path] = RandomMaskingLinear(base, flat, k / (out_f * in_f), path=path)
+            cast_adapter_dtype(layers[path], "default")  # fp32 values, as every masked layer trains them
         times = {path: [] for path in layers}
         for _ in range(rounds + 1):  # the first round warms up
             for path, layer in layers.items():

@@ -1,10 +1,13 @@
-"""``RandomMaskingLinear``: a wrapper that owns a frozen linear layer and trains a sparse delta on it.
+"""The Random Masking tuner layer and its kernels.
 
-The wrapped ``base_layer`` (``nn.Linear``, or HF's ``Conv1D`` whose weight is stored (in, out)) is
-never written to: it keeps ``W0``. The trainable state is ``rmask_values``, one fp32 master value per
-masked entry. Every call applies ``W0 + delta`` in the compute dtype (the autocast dtype when autocast
-is on, else the base weight's) along one of two paths (``rmask_path``; ``auto`` picks per call by
-``sparse_is_cheaper``):
+``RandomMaskingLinear`` is the one layer class of Random Masking, used by ``get_peft_model`` and by the
+trainer alike: a peft tuner layer that owns a frozen linear layer (``base_layer``: ``nn.Linear``, or HF's
+``Conv1D`` whose weight is stored (in, out)) and any number of named adapters. Each adapter has its own
+mask (``rmask_masks[name]``, a ``RandomMask``) and its own trainable values (``rmask_values[name]``, one
+value per masked entry, fp32 unless peft's ``autocast_adapter_dtype=False`` keeps the base dtype). The base
+weight keeps ``W0`` unless an adapter is merged. Every call applies ``W0 + delta`` (the active adapters'
+deltas added up) in the compute dtype (the autocast dtype when autocast is on, else the base weight's)
+along one of two paths (``rmask_path``; ``auto`` picks per call by ``sparse_is_cheaper``):
 
 - ``dense``: build the effective weight ``W0 + delta`` (one copy of the weight) and run one matmul;
 - ``sparse``: ``y = x W0^T + x delta^T`` and ``grad_x = grad_y W0 + grad_y delta``, the delta applied
@@ -20,17 +23,21 @@ On both paths:
   factors for very few entries, a sampled product on a CSR pattern at low density, a dense product then
   a gather at high density), always accumulated in fp32.
 
-Masks, ``rmask_rows`` / ``rmask_cols``, the CSR pattern and ``rmask_shape`` are in (out, in) terms for
-both layer kinds; ``rmask_flat`` indexes the base weight as stored.
+The kernels below read one adapter's mask (a ``RandomMask``): ``rmask_rows`` / ``rmask_cols``, the CSR
+pattern and ``rmask_shape`` are in (out, in) terms for both layer kinds; ``rmask_flat`` indexes the base
+weight as stored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from torch.autograd.profiler import record_function
 
@@ -72,7 +79,7 @@ def _stage(name: str):
     return record_function(name) if torch.autograd.profiler._is_profiler_enabled else contextlib.nullcontext()
 
 
-def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: RandomMaskingLinear) -> torch.Tensor:
+def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: RandomMask) -> torch.Tensor:
     """d loss / d values: (grad_out^T x) at the masked (out, in) entries only, in fp32."""
     g = grad_out.reshape(-1, grad_out.shape[-1])
     a = x.reshape(-1, x.shape[-1])
@@ -102,7 +109,7 @@ def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def effective_weight(layer: RandomMaskingLinear, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def effective_weight(layer: RandomMask, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``W0 + delta`` as stored by the base layer, in ``dtype``: a new tensor (the base weight is untouched).
 
     The masked entries are ``W0 + values`` summed in fp32 and rounded once to ``dtype``, so zero values
@@ -114,7 +121,7 @@ def effective_weight(layer: RandomMaskingLinear, values: torch.Tensor, dtype: to
     return weight.index_put_((layer.rmask_flat,), merged).view_as(w0)
 
 
-def sparse_is_cheaper(layer: RandomMaskingLinear, rows: int, dtype: torch.dtype) -> bool:
+def sparse_is_cheaper(layer: RandomMask, rows: int, dtype: torch.dtype) -> bool:
     """The ``auto`` path's cost model: sparse when the dense path would copy the weight only to add the
     delta (no cast to ``dtype`` needed) and ``rows x density`` is under ``SPARSE_CROSSOVER``."""
     return layer.weight.dtype == dtype and rows * layer.rmask_density < SPARSE_CROSSOVER
@@ -126,7 +133,7 @@ def add_sparse_product(out: torch.Tensor, source: torch.Tensor, values: torch.Te
     return out.index_add_(-1, put, source.index_select(-1, take) * values.to(out.dtype))
 
 
-def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
+def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMask,
                   dtype: torch.dtype) -> torch.Tensor:
     """``x W0^T + b + x delta^T`` with the delta applied from the indices; ordinary (differentiable) torch ops."""
     y = _linear(x, layer.base_layer.weight.detach().to(dtype), bias, layer.rmask_transposed)
@@ -134,7 +141,7 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | No
         return add_sparse_product(y, x, values, layer.rmask_cols, layer.rmask_rows)
 
 
-def dense_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
+def dense_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMask,
                  dtype: torch.dtype) -> torch.Tensor:
     """One matmul with the effective weight ``W0 + delta``."""
     with _stage("rmask.delta"):
@@ -147,7 +154,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tr
     return F.linear(x, weight.t() if transposed else weight, bias)
 
 
-def _input_gradient(grad_out: torch.Tensor, values: torch.Tensor, layer: RandomMaskingLinear, sparse: bool):
+def _input_gradient(grad_out: torch.Tensor, values: torch.Tensor, layer: RandomMask, sparse: bool):
     """``grad_out (W0 + delta)`` as stored in (out, in) terms, on the path the forward took."""
     if sparse:
         w0 = layer.base_layer.weight.detach().to(grad_out.dtype)
@@ -184,26 +191,22 @@ class _MaskedLinearFunction(torch.autograd.Function):
         return grad_x, grad_values, grad_bias, None, None, None
 
 
-class RandomMaskingLinear(nn.Module):
-    """A frozen linear-like ``base_layer`` plus trainable fp32 deltas (starting at zero) at ``flat``.
+class RandomMask(nn.Module):
+    """One adapter's mask on one base layer: what the kernels read, as non-persistent buffers (rebuilt from
+    the seed, never saved) and plain attributes.
 
     ``flat`` holds sorted row-major indices into the (out, in) matrix; ``density`` is their share of it;
-    ``backend`` (``torch`` or ``spops``) computes the sampled value gradient; ``path`` (``auto``,
-    ``dense`` or ``sparse``, see the module docstring) applies the delta. ``rmask_info`` is the
-    ``MaskingInfo`` that ``apply_random_masking`` made the layer with (how to rebuild the masks).
+    ``backend`` (``torch`` or ``spops``) computes the sampled value gradient; ``path`` (``auto``, ``dense`` or
+    ``sparse``, see the module docstring) applies the delta. ``base_layer`` is the owning layer's base layer,
+    held as a plain reference (the layer owns it, so it is not registered twice).
     """
 
-    rmask_info = None
-
-    def __init__(
-        self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch", path: str = "auto"
-    ):
+    def __init__(self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch",
+                 path: str = "auto"):
         super().__init__()
         if path not in PATHS:
             raise RmaskError(f"unknown path '{path}'; choose one of {', '.join(PATHS)}")
-        self.rmask_path = path
-        self.base_layer = base_layer
-        base_layer.weight.requires_grad_(False)
+        object.__setattr__(self, "base_layer", base_layer)
         rows_n, cols_n = out_in_shape(base_layer)
         device = base_layer.weight.device
         flat = flat.to(device)
@@ -212,63 +215,170 @@ class RandomMaskingLinear(nn.Module):
         self.rmask_transposed = is_conv1d(base_layer)
         self.rmask_density = density
         self.rmask_backend = backend
+        self.rmask_path = path
         self.register_buffer("rmask_flat", cols * rows_n + rows if self.rmask_transposed else flat, persistent=False)
         self.register_buffer("rmask_rows", rows, persistent=False)
         self.register_buffer("rmask_cols", cols, persistent=False)
         crow = torch.zeros(rows_n + 1, dtype=torch.int64, device=device)
         crow[1:] = torch.bincount(rows, minlength=rows_n).cumsum(0)
         self.register_buffer("rmask_crow", crow, persistent=False)
-        self.rmask_values = nn.Parameter(torch.zeros(flat.numel(), dtype=torch.float32, device=device))
 
     @property
     def weight(self) -> torch.Tensor:
-        """The base layer's (frozen, pretrained) weight."""
+        """The base layer's weight."""
         return self.base_layer.weight
 
     @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
+    def index(self) -> torch.Tensor:
+        """The masked entries as sorted row-major indices into the (out, in) matrix (what it was made from)."""
+        return self.rmask_rows * self.rmask_shape[1] + self.rmask_cols
 
     def uses_sparse_path(self, rows: int, dtype: torch.dtype) -> bool:
         """Whether a call on ``rows`` input rows computing in ``dtype`` takes the sparse path."""
         return self.rmask_path == "sparse" or (self.rmask_path == "auto" and sparse_is_cheaper(self, rows, dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = compute_dtype(x, self.weight)
-        bias = self.bias.to(dtype) if self.bias is not None else None
-        x = x.to(dtype)
-        sparse = self.uses_sparse_path(x.numel() // x.shape[-1], dtype)
-        with torch.autocast(x.device.type, enabled=False), _stage("rmask.forward"):
-            if _plain_autograd:
-                return dense_linear(x, self.rmask_values, bias, self, dtype)
-            if not torch.is_grad_enabled():
-                return (sparse_linear if sparse else dense_linear)(x, self.rmask_values, bias, self, dtype)
-            return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype, sparse)
-
-    @torch.no_grad()
-    def fold_delta(self) -> torch.Tensor:
-        """Write ``W0 + delta`` into the base layer's weight (in its own dtype); returns the ``W0`` entries
-        it overwrote, for ``unfold_delta``. The forward must not add the delta again while it is folded."""
-        weight = self.base_layer.weight
-        original = weight.view(-1)[self.rmask_flat].clone()
-        weight.copy_(effective_weight(self, self.rmask_values.detach(), weight.dtype))
-        return original
-
-    @torch.no_grad()
-    def unfold_delta(self, original: torch.Tensor) -> None:
-        """Put back the ``W0`` entries ``fold_delta`` overwrote: the base weight is exactly ``W0`` again."""
-        self.base_layer.weight.view(-1)[self.rmask_flat] = original
-
-    def merged_base_layer(self) -> nn.Module:
-        """The base layer with ``W0 + delta`` written into its weight (in its own dtype); the wrapper is spent."""
-        self.fold_delta()
-        return self.base_layer
-
     def extra_repr(self) -> str:
-        return (f"trainable={self.rmask_values.numel()}, density={self.rmask_density:.3g}, "
+        return (f"entries={self.rmask_flat.numel()}, density={self.rmask_density:.3g}, "
                 f"backend={self.rmask_backend}, path={self.rmask_path}")
 
 
+def masked_linear(x: torch.Tensor, mask: RandomMask, values: torch.Tensor) -> torch.Tensor:
+    """``x (W0 + delta)^T + b``, the delta ``values`` at ``mask``'s entries, on the path the mask picks."""
+    dtype = compute_dtype(x, mask.weight)
+    bias = mask.base_layer.bias
+    bias = bias.to(dtype) if bias is not None else None
+    x = x.to(dtype)
+    sparse = mask.uses_sparse_path(x.numel() // x.shape[-1], dtype)
+    with torch.autocast(x.device.type, enabled=False), _stage("rmask.forward"):
+        if _plain_autograd:
+            return dense_linear(x, values, bias, mask, dtype)
+        if not torch.is_grad_enabled():
+            return (sparse_linear if sparse else dense_linear)(x, values, bias, mask, dtype)
+        return _MaskedLinearFunction.apply(x, values, bias, mask, dtype, sparse)
+
+
+class RandomMaskingLinear(nn.Module, BaseTunerLayer):
+    """The Random Masking tuner layer: a frozen linear-like ``base_layer`` and named adapters, each a mask
+    (``rmask_masks``) and values (``rmask_values``, starting at zero unless ``init_weights=False``).
+
+    Made with one adapter (``adapter_name``, mask ``flat`` at ``density``; see ``RandomMask``); more are
+    added with ``update_layer``. Several active adapters add their deltas; ``merge`` writes them into the
+    base weight and ``unmerge`` restores it exactly (``W0``'s entries are kept, not recomputed).
+    """
+
+    adapter_layer_names = ("rmask_values",)
+    other_param_names = ("rmask_masks",)
+
+    def __init__(self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch",
+                 path: str = "auto", adapter_name: str = "default", init_weights: bool = True):
+        super().__init__()
+        self.base_layer = base_layer
+        base_layer.weight.requires_grad_(False)
+        self.out_features, self.in_features = out_in_shape(base_layer)
+        self.rmask_values = nn.ParameterDict()
+        self.rmask_masks = nn.ModuleDict()
+        self._active_adapter = adapter_name
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._merged_entries: dict[str, torch.Tensor] = {}
+        self._combined: dict[tuple[str, ...], tuple[RandomMask, list[torch.Tensor]]] = {}
+        self.update_layer(adapter_name, flat, density, backend, path, init_weights)
+
+    def update_layer(self, adapter_name: str, flat: torch.Tensor, density: float, backend: str = "torch",
+                     path: str = "auto", init_weights: bool = True) -> None:
+        """Add adapter ``adapter_name``: its mask and values (zeros, or small random values when
+        ``init_weights`` is False, as peft's tests ask of a method), in the base dtype until peft's
+        ``autocast_adapter_dtype`` casts them to fp32."""
+        mask = RandomMask(self.base_layer, flat, density, backend, path)
+        values = torch.zeros(mask.rmask_flat.numel(), dtype=torch.float32, device=mask.rmask_flat.device)
+        if not init_weights:
+            values.normal_(0.0, 0.02)
+        self.rmask_masks[adapter_name] = mask
+        self.rmask_values[adapter_name] = nn.Parameter(values)
+        self._combined.clear()
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._combined.clear()
+        super().delete_adapter(adapter_name)
+
+    @property
+    def mask(self) -> RandomMask:
+        """The mask of the one active adapter."""
+        return self.rmask_masks[self._single_active()]
+
+    @property
+    def values(self) -> nn.Parameter:
+        """The values of the one active adapter."""
+        return self.rmask_values[self._single_active()]
+
+    def _single_active(self) -> str:
+        active = self._active_here()
+        if len(active) != 1:
+            raise RmaskError(f"this layer has {len(active)} active adapters ({', '.join(active)}); name one")
+        return active[0]
+
+    def _active_here(self) -> list[str]:
+        return [name for name in self.active_adapters if name in self.rmask_values]
+
+    def uses_sparse_path(self, rows: int, dtype: torch.dtype) -> bool:
+        """Whether the active adapter's delta takes the sparse path on ``rows`` input rows in ``dtype``."""
+        return self.mask.uses_sparse_path(rows, dtype)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        active = self._active_here()
+        if self.disable_adapters or self.merged or not active:
+            return self.base_layer(x, *args, **kwargs)
+        if len(active) == 1:
+            return masked_linear(x, self.rmask_masks[active[0]], self.rmask_values[active[0]])
+        return masked_linear(x, *self._union(active))
+
+    def _union(self, names: list[str]) -> tuple[RandomMask, torch.Tensor]:
+        """One mask over the union of ``names``' entries and the sum of their values on it (differentiable
+        to each adapter's values), so several active adapters cost one masked product."""
+        key = tuple(names)
+        device = self.base_layer.weight.device
+        if key not in self._combined or self._combined[key][0].rmask_flat.device != device:
+            masks = [self.rmask_masks[name] for name in names]
+            union = torch.cat([mask.index for mask in masks]).unique()
+            paths = {mask.rmask_path for mask in masks}
+            mask = RandomMask(self.base_layer, union, union.numel() / (self.out_features * self.in_features),
+                              masks[0].rmask_backend, paths.pop() if len(paths) == 1 else "auto")
+            self._combined[key] = mask, [torch.searchsorted(union, m.index) for m in masks]
+        mask, places = self._combined[key]
+        dtype = functools.reduce(torch.promote_types, (self.rmask_values[name].dtype for name in names))
+        values = torch.zeros(mask.rmask_flat.numel(), dtype=dtype, device=device)
+        for name, place in zip(names, places):
+            values = values.index_add(0, place, self.rmask_values[name].to(dtype))
+        return mask, values
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Write the adapters' deltas into the base weight (in its own dtype), keeping the ``W0`` entries they
+        overwrite; ``safe_merge`` refuses an adapter whose merged weight is not finite (peft's check)."""
+        weight = self.base_layer.weight
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.rmask_values:
+                continue
+            mask = self.rmask_masks[name]
+            merged = effective_weight(mask, self.rmask_values[name].detach(), weight.dtype)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise RmaskError(f"NaNs detected in the merged weights: adapter '{name}' seems to be broken")
+            self._merged_entries[name] = weight.reshape(-1)[mask.rmask_flat].clone()
+            weight.copy_(merged)
+            self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Put back the ``W0`` entries the merged adapters overwrote, last merged first: exactly ``W0`` again."""
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            self.base_layer.weight.view(-1)[self.rmask_masks[name].rmask_flat] = self._merged_entries.pop(name)
+
+
 def is_masked(module: nn.Module) -> bool:
-    """True for a layer that carries Random Masking deltas."""
+    """True for a layer that carries Random Masking adapters."""
     return isinstance(module, RandomMaskingLinear)
