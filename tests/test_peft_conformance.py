@@ -253,18 +253,62 @@ def test_training_changes_only_the_adapter_parameters(case):
     assert all(not torch.equal(after[n], before[n]) for n in trainable if "modules_to_save" not in n)
 
 
+def adapter_dtypes(model: PeftModel) -> set[torch.dtype]:
+    return {p.dtype for n, p in model.named_parameters() if model.prefix in n}
+
+
 @ALL
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("autocast", [True, False])
-def test_half_precision_forward_and_autocast_adapter_dtype(case, dtype, autocast):
-    """On a half-precision base, ``autocast_adapter_dtype=True`` keeps the adapter in fp32 and False in the
-    base dtype; the forward pass runs and is finite either way."""
-    base = case.base().to(dtype)
-    model = get_peft_model(base, case.config(), autocast_adapter_dtype=autocast).eval()
-    dtypes = {p.dtype for n, p in model.named_parameters() if ".default" in n and "modules_to_save" not in n}
-    assert dtypes == {torch.float32 if autocast else dtype}
-    out = case.out(model)
-    assert torch.isfinite(out).all()
+def test_half_precision_forward_and_autocast_adapter_dtype(case, dtype, autocast, tmp_path):
+    """On a half-precision base, ``autocast_adapter_dtype=True`` keeps the adapters in fp32 and False in the
+    base dtype, through get_peft_model, add_adapter (the same config again), from_pretrained (also with
+    ``low_cpu_mem_usage``) and load_adapter; the forward pass runs and is finite."""
+    config = case.config()
+    model = get_peft_model(case.base().to(dtype), config, autocast_adapter_dtype=autocast).eval()
+    model.add_adapter("other", config, autocast_adapter_dtype=autocast)
+    expected = {torch.float32 if autocast else dtype}
+    assert adapter_dtypes(model) == expected
+    assert torch.isfinite(case.out(model)).all()
+    model.save_pretrained(tmp_path)
+    for low_cpu_mem_usage in (False, True):
+        loaded = PeftModel.from_pretrained(case.base().to(dtype), str(tmp_path), autocast_adapter_dtype=autocast,
+                                           low_cpu_mem_usage=low_cpu_mem_usage)
+        loaded.load_adapter(str(tmp_path / "other"), "other", autocast_adapter_dtype=autocast,
+                            low_cpu_mem_usage=low_cpu_mem_usage)
+        assert adapter_dtypes(loaded) == expected
+        assert torch.isfinite(case.out(loaded.eval())).all()
+
+
+class DeepMLP(nn.Module):
+    """Three blocks of one linear layer each."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(16, 16)) for _ in range(3))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+@pytest.mark.parametrize("make", [rmask, lora], ids=["rmask", "lora"])
+def test_adapters_on_partly_overlapping_modules(make):
+    """An adapter only on some layers: a layer made for the second adapter starts with the model's active
+    adapter (which it lacks, so it adds nothing), and set_adapter reaches every layer."""
+    model = get_peft_model(DeepMLP(), make(["layers.0.0", "layers.1.0"])())
+    model.add_adapter("other", make(["layers.1.0", "layers.2.0"])(seed=1))
+    layers = [block[0] for block in model.base_model.model.layers]
+    assert [layer.active_adapters for layer in layers] == [["default"]] * 3
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(layers[2](x), layers[2].get_base_layer()(x))
+    model.set_adapter("other")
+    assert [layer.active_adapters for layer in layers] == [["other"]] * 3
+    with torch.no_grad():
+        assert torch.equal(layers[0](x), layers[0].get_base_layer()(x))
+        assert not torch.equal(layers[2](x), layers[2].get_base_layer()(x))
 
 
 @ALL
@@ -436,6 +480,16 @@ def test_a_reused_config_makes_a_fresh_adapter_on_another_model():
     other = copy.deepcopy(config)
     model = get_peft_model(MLP(width=24), other)
     assert model.peft_config["default"].base_fingerprint != config.base_fingerprint
+
+
+def test_mixed_adapter_batches_are_refused_not_ignored():
+    """peft passes ``adapter_names=`` only to methods that implement mixed batches (LoRA's family); a
+    Random Masking model refuses it instead of silently using the active adapter."""
+    case = CASES[0]
+    model = case.peft()
+    model.add_adapter("other", case.config(seed=1))
+    with pytest.raises(RmaskError, match="mixed adapter batches"):
+        model(case.inputs(), adapter_names=["default"] * 3 + ["other"] * 3)
 
 
 def test_load_adapter_without_a_peft_model_refuses_an_adapter_with_saved_modules(tmp_path):

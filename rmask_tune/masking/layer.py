@@ -374,9 +374,10 @@ class RandomMaskingLinear(nn.Module, BaseTunerLayer):
     @torch.no_grad()
     def unmerge(self) -> None:
         """Put back the ``W0`` entries the merged adapters overwrote, last merged first: exactly ``W0`` again."""
+        weight = self.base_layer.weight
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            self.base_layer.weight.view(-1)[self.rmask_masks[name].rmask_flat] = self._merged_entries.pop(name)
+            weight.view(-1)[self.rmask_masks[name].rmask_flat] = self._merged_entries.pop(name).to(weight.device)
 
 
 def is_masked(module: nn.Module) -> bool:

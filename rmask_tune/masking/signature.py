@@ -27,10 +27,11 @@ class DifferentBaseWarning(UserWarning):
 
 
 def _base_parameters(model: nn.Module, skip: Callable[[str], bool] | None = None):
-    """(name, tensor) of the base model's parameters, masked layers under their wrapped layer's own name;
-    adapter parameters and those whose name ``skip`` accepts are left out."""
+    """(name, tensor) of the base model's parameters, wrapped layers (a tuner layer's ``base_layer``, a
+    saved module's ``original_module``) under their own name; adapter parameters and those whose name
+    ``skip`` accepts are left out."""
     for name, param in model.named_parameters():
-        name = name.replace(".base_layer.", ".")
+        name = name.replace(".base_layer.", ".").replace(".original_module.", ".")
         if is_base_parameter(name) and not (skip and skip(name)):
             yield name, param.detach()
 

@@ -9,6 +9,7 @@ this module registers the method with peft, which ``PeftModel.from_pretrained`` 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 import torch
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
@@ -40,6 +41,10 @@ def plan_adapter(model: nn.Module, config: RandomMaskingConfig) -> tuple[Masking
     architecture (other weights: ``DifferentBaseWarning``, or an error with ``strict_base``).
     """
     saved = config.base_fingerprint is not None and not getattr(config, _FILLED_HERE, False)
+    signature = base_signature(model, skip=lambda name: _under(name, config.modules_to_save))
+    if saved:  # before planning: on another architecture the saved targets may not exist
+        check_base(config.base_fingerprint, torch.tensor(config.base_sample), signature, config.strict_base,
+                   "this Random Masking adapter")
     info, masks = plan_random_masking(
         model, config.ratio, config.density, config.masked_modules if saved else config.target_modules,
         config.seed, config.structure, config.sampling, config.backend, config.path,
@@ -47,14 +52,10 @@ def plan_adapter(model: nn.Module, config: RandomMaskingConfig) -> tuple[Masking
     also_saved = [n for n in masks if _under(n, config.modules_to_save)]
     if also_saved:
         raise RmaskError(f"target {also_saved[0]} is also in modules_to_save; a module is either masked or saved whole")
-    signature = base_signature(model, skip=lambda name: _under(name, config.modules_to_save))
     checksum = masks_checksum({name: flat for name, (flat, _) in masks.items()})
-    if saved:
-        check_base(config.base_fingerprint, torch.tensor(config.base_sample), signature, config.strict_base,
-                   "this Random Masking adapter")
-        if checksum != config.masks_checksum:
-            raise RmaskError("the masks rebuilt from the seed differ from the saved ones (another torch version?)")
-    else:
+    if saved and checksum != config.masks_checksum:
+        raise RmaskError("the masks rebuilt from the seed differ from the saved ones (another torch version?)")
+    if not saved:
         config.masked_modules = list(masks)
         config.masks_checksum = checksum
         config.base_fingerprint = signature[0]
@@ -74,6 +75,13 @@ class RandomMaskingModel(BaseTuner):
         """Plan the adapter's masks (each adapter peft injects passes here first); the targets are resolved."""
         self._planned = plan_adapter(self.model, peft_config)
         return peft_config
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """peft's mixed adapter batches (``adapter_names=`` in a call) are refused here, not ignored."""
+        if kwargs.get("adapter_names") is not None:
+            raise RmaskError("Random Masking has no mixed adapter batches (adapter_names=); use set_adapter")
+        yield
 
     def _check_target_module_exists(self, peft_config: RandomMaskingConfig, key: str) -> bool:
         return key in self._planned[1]
