@@ -263,13 +263,17 @@ def adapter_dtypes(model: PeftModel) -> set[torch.dtype]:
 def test_half_precision_forward_and_autocast_adapter_dtype(case, dtype, autocast, tmp_path):
     """On a half-precision base, ``autocast_adapter_dtype=True`` keeps the adapters in fp32 and False in the
     base dtype, through get_peft_model, add_adapter (the same config again), from_pretrained (also with
-    ``low_cpu_mem_usage``) and load_adapter; the forward pass runs and is finite."""
+    ``low_cpu_mem_usage``) and load_adapter; the forward pass is finite, and so are the gradients, in the
+    adapter's dtype."""
     config = case.config()
     model = get_peft_model(case.base().to(dtype), config, autocast_adapter_dtype=autocast).eval()
     model.add_adapter("other", config, autocast_adapter_dtype=autocast)
     expected = {torch.float32 if autocast else dtype}
     assert adapter_dtypes(model) == expected
     assert torch.isfinite(case.out(model)).all()
+    model(case.inputs()).float().sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and model.prefix in n]
+    assert grads and all(g is not None and g.dtype in expected and torch.isfinite(g).all() for g in grads)
     model.save_pretrained(tmp_path)
     for low_cpu_mem_usage in (False, True):
         loaded = PeftModel.from_pretrained(case.base().to(dtype), str(tmp_path), autocast_adapter_dtype=autocast,
