@@ -17,7 +17,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking import apply_random_masking, masked_layers, remove_random_masking
 from rmask_tune.methods import prepare_method
 from rmask_tune.precision import POLICIES, PrecisionPolicy, resolve_precision
 
@@ -64,6 +63,8 @@ class _DenseMaskedDelta(nn.Module):
 
 def _apply_dense_mask(model: nn.Module, ratio: float) -> int:
     """The naive implementation: a full-size trainable delta times a 0/1 mask on each q/v matrix."""
+    from rmask_tune.masking import apply_random_masking, masked_layers, remove_random_masking  # peft: on use
+
     info = apply_random_masking(model, ratio=ratio)
     masks = {}
     for name, layer in masked_layers(model).items():

@@ -479,7 +479,8 @@ def csr_add(*args, **kwargs):
 
 def test_spops_call_passes_the_factors_in_spops_orientation(spops_package):
     from rmask_tune.masking.backends import spops_sampled_product
-    from rmask_tune.masking.layer import RandomMaskingLinear, value_gradient
+    from rmask_tune.masking import RandomMaskingLinear
+    from rmask_tune.masking.layer import value_gradient
 
     spops_package(SPOPS_REFERENCE)
     layer = tiny_model("tiny-gpt2").transformer.h[0].attn.c_attn  # (out, in) = (768, 256), stored (256, 768)

@@ -270,6 +270,7 @@ def test_half_precision_forward_and_autocast_adapter_dtype(case, dtype, autocast
     model.add_adapter("other", config, autocast_adapter_dtype=autocast)
     expected = {torch.float32 if autocast else dtype}
     assert adapter_dtypes(model) == expected
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".other" in n)  # cast, still inactive
     assert torch.isfinite(case.out(model)).all()
     model(case.inputs()).float().sum().backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and model.prefix in n]

@@ -15,8 +15,14 @@ from safetensors import safe_open
 
 from rmask_tune import RandomMaskingConfig
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking import DifferentBaseWarning, apply_random_masking, load_adapter, masked_layers, save_adapter
-from rmask_tune.masking.layer import RandomMaskingLinear
+from rmask_tune.masking import (
+    DifferentBaseWarning,
+    RandomMaskingLinear,
+    apply_random_masking,
+    load_adapter,
+    masked_layers,
+    save_adapter,
+)
 from rmask_tune.models import load_model, tiny_model
 
 TINY = ["tiny-llama", "tiny-opt", "tiny-gpt2"]

@@ -18,10 +18,10 @@ from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.config import RandomMaskingConfig
-from rmask_tune.masking.layer import is_masked
 from rmask_tune.masking.legacy import load_legacy_adapter
 from rmask_tune.masking.model import masked_layers
 from rmask_tune.masking.tuner import RandomMaskingModel
+from rmask_tune.masking.tuner_layer import is_masked
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

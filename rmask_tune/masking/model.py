@@ -13,9 +13,9 @@ from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.config import RandomMaskingConfig
-from rmask_tune.masking.layer import is_masked
 from rmask_tune.masking.plan import MaskingInfo
 from rmask_tune.masking.tuner import RandomMaskingModel
+from rmask_tune.masking.tuner_layer import is_masked
 
 
 def apply_random_masking(

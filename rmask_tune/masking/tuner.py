@@ -19,7 +19,7 @@ from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.config import RandomMaskingConfig
-from rmask_tune.masking.layer import RandomMaskingLinear
+from rmask_tune.masking.tuner_layer import RandomMaskingLinear
 from rmask_tune.masking.peft_type import NAME, RMASK
 from rmask_tune.masking.plan import MaskingInfo, plan_random_masking
 from rmask_tune.masking.signature import base_signature, check_base, masks_checksum
@@ -75,6 +75,15 @@ class RandomMaskingModel(BaseTuner):
         """Plan the adapter's masks (each adapter peft injects passes here first); the targets are resolved."""
         self._planned = plan_adapter(self.model, peft_config)
         return peft_config
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """peft's cast to fp32, keeping which values train: peft puts a cast value back into the
+        ``ParameterDict`` as a new Parameter, which would make an inactive adapter trainable."""
+        layers = [m for m in self.model.modules() if isinstance(m, RandomMaskingLinear) and adapter_name in m.rmask_values]
+        trains = [layer.rmask_values[adapter_name].requires_grad for layer in layers]
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
+        for layer, flag in zip(layers, trains):
+            layer.rmask_values[adapter_name].requires_grad_(flag)
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
