@@ -104,7 +104,8 @@ def test_value_gradients_equal_a_dense_masked_reference(name, density, structure
     for name, layer in masked_layers(model).items():
         # rmask_flat indexes the weight as stored; rows and cols the (out, in) matrix: the same entries.
         out_in = layer.weight.t() if name.endswith("c_attn") else layer.weight
-        assert torch.equal(layer.weight.reshape(-1)[layer.mask.rmask_flat], out_in[layer.mask.rmask_rows, layer.mask.rmask_cols])
+        mask = layer.mask
+        assert torch.equal(layer.weight.reshape(-1)[mask.rmask_flat], out_in[mask.rmask_rows, mask.rmask_cols])
         dense = ref_params[name + ".weight"].grad.reshape(-1)[layer.mask.rmask_flat]
         torch.testing.assert_close(layer.values.grad, dense, rtol=1e-4, atol=1e-6)
 
@@ -195,7 +196,8 @@ def test_structured_masking_on_conv1d_lays_columns_out_in_the_out_in_view():
     for name, layer in layers.items():
         count = info.counts[name]
         out_features, in_features = layer.weight.shape[1], layer.weight.shape[0]  # Conv1D stores (in, out)
-        assert layer.mask.rmask_transposed and layer.mask.rmask_shape == (out_features, in_features) and count > out_features
+        mask = layer.mask
+        assert mask.rmask_transposed and mask.rmask_shape == (out_features, in_features) and count > out_features
         assert torch.equal(out_in_mask(layer), head_mask(layer.mask.rmask_shape, count))
         # (out, in) columns are stored rows: the mask is the stored weight's first entries, contiguous
         assert torch.equal(layer.mask.rmask_flat.sort().values, torch.arange(count))
@@ -363,7 +365,8 @@ def test_auto_path_follows_the_cost_model_and_the_choice_is_recorded():
     info = apply_random_masking(model, ratio=1e-4, seed=0)
     assert info.path == "auto" and info.to_dict()["path"] == "auto"  # recorded with the method's metrics
     layer = next(iter(masked_layers(model).values()))
-    few, many = int(0.5 * SPARSE_CROSSOVER / layer.mask.rmask_density), int(2 * SPARSE_CROSSOVER / layer.mask.rmask_density) + 1
+    density = layer.mask.rmask_density
+    few, many = int(0.5 * SPARSE_CROSSOVER / density), int(2 * SPARSE_CROSSOVER / density) + 1
     assert layer.uses_sparse_path(few, torch.float32) and not layer.uses_sparse_path(many, torch.float32)
     # a cast to the compute dtype copies the weight anyway: adding the delta to that copy is nearly free
     assert not layer.uses_sparse_path(few, torch.bfloat16)

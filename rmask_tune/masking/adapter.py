@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 from peft import PeftConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.tuners.tuners_utils import cast_adapter_dtype
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -20,7 +19,7 @@ from rmask_tune.errors import RmaskError
 from rmask_tune.masking.config import RandomMaskingConfig
 from rmask_tune.masking.legacy import load_legacy_adapter
 from rmask_tune.masking.model import masked_layers
-from rmask_tune.masking.tuner import RandomMaskingModel
+from rmask_tune.masking.tuner import inject
 from rmask_tune.masking.tuner_layer import is_masked
 
 CONFIG_NAME = "adapter_config.json"
@@ -90,8 +89,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     config.inference_mode = False
     if strict_base is not None:
         config.strict_base = strict_base
-    info = RandomMaskingModel(model, config, adapter_name)._planned[0]
-    cast_adapter_dtype(model, adapter_name, autocast_adapter_dtype=True)
+    info = inject(model, config, adapter_name)
     result = set_peft_model_state_dict(model, load_file(str(path / WEIGHTS_NAME)), adapter_name=adapter_name)
     missing = [key for key in result.missing_keys if ".rmask_values." in key]
     if missing or result.unexpected_keys:

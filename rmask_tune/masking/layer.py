@@ -1,13 +1,14 @@
 """Random Masking's kernels and one adapter's mask (``RandomMask``); no peft here.
 
 ``RandomMaskingLinear`` (``tuner_layer``) is the one layer class of Random Masking, used by
-``get_peft_model`` and by the trainer alike: a peft tuner layer that owns a frozen linear layer (``base_layer``: ``nn.Linear``, or HF's
-``Conv1D`` whose weight is stored (in, out)) and any number of named adapters. Each adapter has its own
-mask (``rmask_masks[name]``, a ``RandomMask``) and its own trainable values (``rmask_values[name]``, one
-value per masked entry, fp32 unless peft's ``autocast_adapter_dtype=False`` keeps the base dtype). The base
-weight keeps ``W0`` unless an adapter is merged. Every call applies ``W0 + delta`` (the active adapters'
-deltas added up) in the compute dtype (the autocast dtype when autocast is on, else the base weight's)
-along one of two paths (``rmask_path``; ``auto`` picks per call by ``sparse_is_cheaper``):
+``get_peft_model`` and by the trainer alike: a peft tuner layer that owns a frozen linear layer
+(``base_layer``: ``nn.Linear``, or HF's ``Conv1D`` whose weight is stored (in, out)) and any number of
+named adapters. Each adapter has its own mask (``rmask_masks[name]``, a ``RandomMask``) and its own
+trainable values (``rmask_values[name]``, one value per masked entry, fp32 unless peft's
+``autocast_adapter_dtype=False`` keeps the base dtype). The base weight keeps ``W0`` unless an adapter is
+merged. Every call applies ``W0 + delta`` (the active adapters' deltas added up) in the compute dtype
+(the autocast dtype when autocast is on, else the base weight's) along one of two paths (``rmask_path``;
+``auto`` picks per call by ``sparse_is_cheaper``):
 
 - ``dense``: build the effective weight ``W0 + delta`` (one copy of the weight) and run one matmul;
 - ``sparse``: ``y = x W0^T + x delta^T`` and ``grad_x = grad_y W0 + grad_y delta``, the delta applied

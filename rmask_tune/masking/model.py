@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from peft.tuners.tuners_utils import cast_adapter_dtype
 from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.config import RandomMaskingConfig
 from rmask_tune.masking.plan import MaskingInfo
-from rmask_tune.masking.tuner import RandomMaskingModel
+from rmask_tune.masking.tuner import inject
 from rmask_tune.masking.tuner_layer import is_masked
 
 
@@ -56,9 +55,7 @@ def apply_random_masking(
         ratio=ratio, density=density, target_modules=targets, seed=seed, structure=structure, sampling=sampling,
         backend=backend, path=path,
     )
-    info = RandomMaskingModel(model, config, adapter_name)._planned[0]  # peft's inject_adapter_in_model, keeping the plan
-    cast_adapter_dtype(model, adapter_name, autocast_adapter_dtype=True)
-    return info
+    return inject(model, config, adapter_name)
 
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:

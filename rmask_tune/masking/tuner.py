@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, cast_adapter_dtype
 from peft.utils import register_peft_method
 from torch import nn
 
@@ -72,14 +72,16 @@ class RandomMaskingModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}  # rmask_tune resolves the targets (None: attention q/v)
 
     def _prepare_adapter_config(self, peft_config: RandomMaskingConfig, model_config: dict) -> RandomMaskingConfig:
-        """Plan the adapter's masks (each adapter peft injects passes here first); the targets are resolved."""
-        self._planned = plan_adapter(self.model, peft_config)
+        """Plan the adapter's masks (each adapter peft injects passes here first) into ``last_plan``: the
+        ``MaskingInfo`` and each target's mask; the targets are resolved."""
+        self.last_plan = plan_adapter(self.model, peft_config)
         return peft_config
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         """peft's cast to fp32, keeping which values train: peft puts a cast value back into the
         ``ParameterDict`` as a new Parameter, which would make an inactive adapter trainable."""
-        layers = [m for m in self.model.modules() if isinstance(m, RandomMaskingLinear) and adapter_name in m.rmask_values]
+        layers = [m for m in self.model.modules()
+                  if isinstance(m, RandomMaskingLinear) and adapter_name in m.rmask_values]
         trains = [layer.rmask_values[adapter_name].requires_grad for layer in layers]
         super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
         for layer, flag in zip(layers, trains):
@@ -93,10 +95,10 @@ class RandomMaskingModel(BaseTuner):
         yield
 
     def _check_target_module_exists(self, peft_config: RandomMaskingConfig, key: str) -> bool:
-        return key in self._planned[1]
+        return key in self.last_plan[1]
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
-        info, masks = self._planned
+        info, masks = self.last_plan
         flat, density = masks[current_key]
         if isinstance(target, RandomMaskingLinear):
             target.update_layer(adapter_name, flat, density, info.backend, info.path, config.init_weights)
@@ -104,6 +106,14 @@ class RandomMaskingModel(BaseTuner):
         layer = RandomMaskingLinear(target, flat, density, info.backend, info.path, adapter_name, config.init_weights)
         layer.set_adapter(self.active_adapters)  # a further adapter on a fresh layer starts inactive, as on the others
         self._replace_module(parent, target_name, layer, target)
+
+
+def inject(model: nn.Module, config: RandomMaskingConfig, adapter_name: str = "default") -> MaskingInfo:
+    """Put adapter ``adapter_name`` into ``model`` itself, without a ``PeftModel`` wrapper (what peft's
+    ``inject_adapter_in_model`` does), with fp32 values; ``model.peft_config`` records the config."""
+    info = RandomMaskingModel(model, config, adapter_name).last_plan[0]
+    cast_adapter_dtype(model, adapter_name, autocast_adapter_dtype=True)
+    return info
 
 
 if RMASK not in PEFT_TYPE_TO_TUNER_MAPPING:
