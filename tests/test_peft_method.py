@@ -285,3 +285,24 @@ def test_save_adapter_without_recorded_masking_asks_for_it(tmp_path):
     model.set_submodule(name, RandomMaskingLinear(model.get_submodule(name), torch.arange(5), 5 / 256**2))
     with pytest.raises(RmaskError, match="records no Random Masking config"):
         save_adapter(model, tmp_path / "adapter")
+
+
+def test_a_run_folder_s_random_masking_adapter_is_found_and_another_method_s_is_not(tmp_path):
+    """``find_adapter`` (used by the landscape probe and the distance analysis) takes a run's ``adapter``
+    folder only when it holds a Random Masking adapter, and an older run's ``adapter.safetensors``."""
+    from peft import LoraConfig
+
+    from rmask_tune.masking.adapter import find_adapter, saved_values
+
+    rmask_run, lora_run, old_run = tmp_path / "rmask", tmp_path / "lora", tmp_path / "old"
+    model = tiny_model("tiny-opt")
+    apply_random_masking(model, ratio=1e-3, seed=3)
+    perturb(model)
+    save_adapter(model, rmask_run / "adapter")
+    get_peft_model(tiny_model("tiny-opt"), LoraConfig(target_modules=["q_proj"])).save_pretrained(lora_run / "adapter")
+    old_run.mkdir()
+    (old_run / "adapter.safetensors").write_bytes((rmask_run / "adapter" / "adapter_model.safetensors").read_bytes())
+    assert find_adapter(rmask_run) == rmask_run / "adapter" and find_adapter(lora_run) is None
+    assert find_adapter(old_run) == old_run / "adapter.safetensors" and find_adapter(tmp_path) is None
+    values = saved_values(find_adapter(rmask_run))
+    assert sum(t.numel() for t in values.values()) == sum(layer.values.numel() for layer in masked_layers(model).values())

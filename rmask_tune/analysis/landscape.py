@@ -221,7 +221,7 @@ def probe_run(run_dir: str | Path, settings: ProbeSettings | None = None) -> tup
     adapter (the peft folder ``adapter``, or an older run's ``adapter.safetensors``) through ``load_adapter``
     (which checks the base model and the mask).
     """
-    from rmask_tune.masking import load_adapter
+    from rmask_tune.masking.adapter import find_adapter, load_adapter
     from rmask_tune.trainer import prepare_trial
 
     settings = settings or ProbeSettings()
@@ -229,7 +229,7 @@ def probe_run(run_dir: str | Path, settings: ProbeSettings | None = None) -> tup
     config = read_run(run_dir)["config"]
     if config.get("method") not in MASKING_METHODS:
         raise RmaskError(f"run {run_dir} used method '{config.get('method')}'; the probe needs a masking method")
-    adapter = next((p for p in (run_dir / "adapter", run_dir / "adapter.safetensors") if p.exists()), None)
+    adapter = find_adapter(run_dir)
     if adapter is None:
         raise RmaskError(f"run {run_dir} has no Random Masking adapter (adapter/ or adapter.safetensors)")
     base = {key: config[key] for key in RUN_SETTINGS if key in config}

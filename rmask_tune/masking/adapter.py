@@ -7,18 +7,21 @@ Adapters written by earlier versions (one ``adapter.safetensors`` file) still lo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 from peft import PeftConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+import torch
 from torch import nn
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.config import RandomMaskingConfig
 from rmask_tune.masking.legacy import load_legacy_adapter
 from rmask_tune.masking.model import masked_layers
+from rmask_tune.masking.peft_type import NAME
 from rmask_tune.masking.tuner import inject
 from rmask_tune.masking.tuner_layer import is_masked
 
@@ -96,3 +99,20 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
         raise RmaskError(f"adapter {path} does not fit its own masks ({len(missing)} value tensors missing, "
                          f"{len(result.unexpected_keys)} unexpected)")
     return info.to_dict()
+
+
+def find_adapter(run_dir: str | os.PathLike) -> Path | None:
+    """A run folder's Random Masking adapter: its peft folder ``adapter`` when that holds a Random Masking
+    adapter (another method's is not one), else an older run's ``adapter.safetensors``; None without one."""
+    run_dir = Path(run_dir)
+    config = run_dir / "adapter" / CONFIG_NAME
+    if config.is_file() and json.loads(config.read_text()).get("peft_type") == NAME:
+        return run_dir / "adapter"
+    legacy = run_dir / "adapter.safetensors"
+    return legacy if legacy.is_file() else None
+
+
+def saved_values(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The trained values a saved Random Masking adapter (a peft folder or an older file) holds, by name."""
+    path = Path(path)
+    return load_file(str(path / WEIGHTS_NAME if path.is_dir() else path))
