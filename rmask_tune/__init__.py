@@ -9,7 +9,7 @@ _PEFT_NAMES = ("RandomMaskingConfig", "RandomMaskingModel")
 def __getattr__(name: str):
     """``RandomMaskingConfig`` and ``RandomMaskingModel`` (the peft method; registers it with peft)."""
     if name in _PEFT_NAMES:
-        from rmask_tune import peft_tuner
+        from rmask_tune.masking import tuner
 
-        return getattr(peft_tuner, name)
+        return getattr(tuner, name)
     raise AttributeError(f"module 'rmask_tune' has no attribute {name!r}")

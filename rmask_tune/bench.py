@@ -17,7 +17,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking import apply_random_masking, masked_layers, remove_random_masking
 from rmask_tune.methods import prepare_method
 from rmask_tune.precision import POLICIES, PrecisionPolicy, resolve_precision
 
@@ -67,11 +66,13 @@ class _DenseMaskedDelta(nn.Module):
 
 def _apply_dense_mask(model: nn.Module, ratio: float) -> int:
     """The naive implementation: a full-size trainable delta times a 0/1 mask on each q/v matrix."""
+    from rmask_tune.masking import apply_random_masking, masked_layers, remove_random_masking  # peft: on use
+
     info = apply_random_masking(model, ratio=ratio)
     masks = {}
     for name, layer in masked_layers(model).items():
         masks[name] = torch.zeros(layer.weight.numel(), dtype=layer.weight.dtype, device=layer.weight.device)
-        masks[name][layer.rmask_flat] = 1.0
+        masks[name][layer.mask.rmask_flat] = 1.0
     remove_random_masking(model, merge=False)
     for name, mask in masks.items():
         layer = model.get_submodule(name)

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rmask_tune.masking import masked_layers
 from rmask_tune.masking.backends import resolve_backend
-from rmask_tune.masking.layer import SPARSE_CROSSOVER, RandomMaskingLinear, compute_dtype
+from rmask_tune.masking.layer import SPARSE_CROSSOVER, RandomMask, compute_dtype, masked_linear
 
 STAGES = {"forward": "rmask.forward", "delta": "rmask.delta", "input_grad": "rmask.input_grad",
           "value_grad": "rmask.value_grad"}  # fmt: skip
@@ -48,6 +47,8 @@ class StageProfile:
 def profile_case(case, steps: int) -> StageProfile:
     """Profile ``steps`` training steps of a Random Masking bench case (``rmask_tune.bench._Case``)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if case.device_type == "cuda" else [])
+    from rmask_tune.masking import masked_layers  # peft: imported when a profile is asked for
+
     layers = masked_layers(case.model)
     took_sparse = {}
 
@@ -109,25 +110,27 @@ CROSSOVER_PATHS = ("dense", "sparse", "inplace")
 def layer_crossover(
     shape: tuple[int, int], rows: int, grid: tuple[float, ...], rounds: int = 20, dtype=torch.float32, device="cpu"
 ) -> list[CrossoverPoint]:
-    """Time one masked ``nn.Linear`` of ``shape`` (out, in) on ``rows`` input rows on each path, at each
-    ``rows x density`` of ``grid``, interleaved over ``rounds``: the measurement behind ``SPARSE_CROSSOVER``."""
+    """Time one masked ``nn.Linear`` of ``shape`` (out, in) on ``rows`` input rows (the masked product a
+    ``RandomMaskingLinear`` runs, fp32 values, the ``auto`` backend) on each path, at each ``rows x density``
+    of ``grid``, interleaved over ``rounds``: the measurement behind ``SPARSE_CROSSOVER``."""
     out_f, in_f = shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_f, generator=gen).to(device, dtype).requires_grad_(True)
+    backend = resolve_backend("auto", x.device)
     points = []
     for product in grid:
         k = max(1, round(product / rows * out_f * in_f))
         flat = torch.randperm(out_f * in_f, generator=gen)[:k].sort().values
-        layers = {}
+        masks = {}
         for path in CROSSOVER_PATHS:
-            base = torch.nn.Linear(in_f, out_f, bias=False).to(device, dtype)
-            backend = resolve_backend("auto", base.weight.device)
-            layers[path] = RandomMaskingLinear(base, flat, k / (out_f * in_f), backend=backend, path=path)
-        times = {path: [] for path in layers}
+            base = torch.nn.Linear(in_f, out_f, bias=False).to(device, dtype).requires_grad_(False)
+            masks[path] = RandomMask(base, flat, k / (out_f * in_f), backend=backend, path=path)
+        values = torch.zeros(k, device=device, requires_grad=True)
+        times = {path: [] for path in masks}
         for _ in range(rounds + 1):  # the first round warms up
-            for path, layer in layers.items():
+            for path, mask in masks.items():
                 start = time.perf_counter()
-                layer(x).sum().backward()
+                masked_linear(x, mask, values).sum().backward()
                 if device != "cpu":
                     torch.cuda.synchronize()
                 times[path].append(time.perf_counter() - start)

@@ -104,8 +104,8 @@ def test_distance_is_the_norm_of_the_trained_values_and_grows_with_lr(runs):
     rows = {lr: run_distance(path) for lr, path in dirs.items()}
     base = prepare_trial({**TINY, "method": "none", **SETTINGS.trial_overrides()})  # same base model, no mask
     model = base.accelerator.unwrap_model(base.model)
-    load_adapter(model, dirs[3e-2] / "adapter.safetensors")
-    values = torch.cat([layer.rmask_values.detach() for layer in masked_layers(model).values()])
+    load_adapter(model, dirs[3e-2] / "adapter")
+    values = torch.cat([layer.values.detach() for layer in masked_layers(model).values()])
     assert rows[3e-2].distance == pytest.approx(float(values.norm()), rel=1e-6)
     assert rows[3e-2].trainable_params == values.numel()
     assert rows[3e-2].distance > 5 * rows[1e-3].distance > 0

@@ -13,7 +13,7 @@ PACKAGE = REPO / "rmask_tune"
 LAYERS = (
     ("errors",),
     ("heads", "precision", "models", "resampling", "law", "law_record", "masking", "tasks", "files"),
-    ("peft_tuner", "methods", "law_search", "runstore", "bench_profile"),
+    ("methods", "law_search", "runstore", "bench_profile"),
     ("trainer",),
     ("analysis", "validation"),
     ("sweep",),

@@ -71,17 +71,17 @@ def test_masked_out_entries_bit_identical_after_adamw_and_deltas_start_at_zero(n
         opt.zero_grad()
     layers = masked_layers(model)
     for name, p in model.named_parameters():
-        if name.endswith("rmask_values"):
+        if ".rmask_values." in name:
             continue
         assert torch.equal(p, before[name.replace(".base_layer.", ".")]), name  # the base model is never written
     for name, layer in layers.items():
-        weight = effective_weight(layer, layer.rmask_values.detach(), torch.float32).reshape(-1)
+        weight = effective_weight(layer.mask, layer.values.detach(), torch.float32).reshape(-1)
         keep = torch.ones(weight.numel(), dtype=torch.bool)
-        keep[layer.rmask_flat] = False
+        keep[layer.mask.rmask_flat] = False
         assert torch.equal(weight[keep], before[name + ".weight"].reshape(-1)[keep])
-        expected = before[name + ".weight"].reshape(-1)[layer.rmask_flat] + layer.rmask_values.detach()
-        assert torch.equal(weight[layer.rmask_flat], expected)
-        assert layer.rmask_values.abs().sum() > 0
+        expected = before[name + ".weight"].reshape(-1)[layer.mask.rmask_flat] + layer.values.detach()
+        assert torch.equal(weight[layer.mask.rmask_flat], expected)
+        assert layer.values.abs().sum() > 0
 
 
 @PATHS
@@ -105,9 +105,10 @@ def test_value_gradients_equal_a_dense_masked_reference(name, density, structure
     for name, layer in masked_layers(model).items():
         # rmask_flat indexes the weight as stored; rows and cols the (out, in) matrix: the same entries.
         out_in = layer.weight.t() if name.endswith("c_attn") else layer.weight
-        assert torch.equal(layer.weight.reshape(-1)[layer.rmask_flat], out_in[layer.rmask_rows, layer.rmask_cols])
-        dense = ref_params[name + ".weight"].grad.reshape(-1)[layer.rmask_flat]
-        torch.testing.assert_close(layer.rmask_values.grad, dense, rtol=1e-4, atol=1e-6)
+        mask = layer.mask
+        assert torch.equal(layer.weight.reshape(-1)[mask.rmask_flat], out_in[mask.rmask_rows, mask.rmask_cols])
+        dense = ref_params[name + ".weight"].grad.reshape(-1)[layer.mask.rmask_flat]
+        torch.testing.assert_close(layer.values.grad, dense, rtol=1e-4, atol=1e-6)
 
 
 def test_masks_are_deterministic_from_seed_and_module_name():
@@ -116,10 +117,10 @@ def test_masks_are_deterministic_from_seed_and_module_name():
     apply_random_masking(b, ratio=1e-3, seed=7)
     apply_random_masking(c, ratio=1e-3, seed=8)
     la, lb, lc = masked_layers(a), masked_layers(b), masked_layers(c)
-    assert all(torch.equal(la[n].rmask_flat, lb[n].rmask_flat) for n in la)
-    assert not all(torch.equal(la[n].rmask_flat, lc[n].rmask_flat) for n in la)
+    assert all(torch.equal(la[n].mask.rmask_flat, lb[n].mask.rmask_flat) for n in la)
+    assert not all(torch.equal(la[n].mask.rmask_flat, lc[n].mask.rmask_flat) for n in la)
     names = list(la)
-    assert not torch.equal(la[names[0]].rmask_flat, la[names[2]].rmask_flat)
+    assert not torch.equal(la[names[0]].mask.rmask_flat, la[names[2]].mask.rmask_flat)
 
 
 def test_bernoulli_sampling_count_is_binomial():
@@ -134,8 +135,8 @@ def test_structured_masking_trains_whole_columns(name):
     model = tiny_model(name)
     info = apply_random_masking(model, ratio=0.01, structure="columns")
     for layer in masked_layers(model).values():
-        rows = layer.rmask_shape[0]  # a column of the (out, in) matrix: one input feature's fan-out
-        per_col = torch.bincount(layer.rmask_cols)
+        rows = layer.mask.rmask_shape[0]  # a column of the (out, in) matrix: one input feature's fan-out
+        per_col = torch.bincount(layer.mask.rmask_cols)
         assert set(per_col[per_col > 0].tolist()) == {rows}
     assert abs(info.ratio - 0.01) / 0.01 < 0.1
 
@@ -150,9 +151,9 @@ def head_mask(shape: tuple[int, int], count: int) -> torch.Tensor:
 def out_in_mask(layer) -> torch.Tensor:
     """The masked entries of ``layer``, read off the weight as stored through ``rmask_flat``, in (out, in) terms."""
     stored = torch.zeros(layer.weight.numel(), dtype=torch.bool)
-    stored[layer.rmask_flat] = True
+    stored[layer.mask.rmask_flat] = True
     stored = stored.view_as(layer.weight)
-    return stored.t() if layer.rmask_transposed else stored
+    return stored.t() if layer.mask.rmask_transposed else stored
 
 
 @pytest.mark.parametrize("ratio", [1e-5, 1e-3, 1e-2])
@@ -171,11 +172,11 @@ def test_structured_masking_gives_every_opt_matrix_the_same_density_as_leading_c
     assert info["trainable_params"] == setup.trainable_params == count_parameters(model, trainable_only=True)
     assert abs(info["trainable_params"] - round(ratio * total)) <= len(layers) / 2
     for layer in layers.values():
-        assert layer.rmask_shape == (256, 256)
-        assert torch.equal(out_in_mask(layer), head_mask(layer.rmask_shape, per_matrix))
+        assert layer.mask.rmask_shape == (256, 256)
+        assert torch.equal(out_in_mask(layer), head_mask(layer.mask.rmask_shape, per_matrix))
         full, partial = divmod(per_matrix, 256)
-        assert set(layer.rmask_cols.tolist()) == set(range(full + (partial > 0)))  # leading columns only
-        assert torch.bincount(layer.rmask_cols)[full:].tolist() == ([partial] if partial else [])
+        assert set(layer.mask.rmask_cols.tolist()) == set(range(full + (partial > 0)))  # leading columns only
+        assert torch.bincount(layer.mask.rmask_cols)[full:].tolist() == ([partial] if partial else [])
 
 
 def test_structured_masking_under_one_column_fills_the_top_of_the_first_column():
@@ -183,7 +184,7 @@ def test_structured_masking_under_one_column_fills_the_top_of_the_first_column()
     info = apply_random_masking(model, density=10 / (256 * 256), structure="head")
     assert set(info.counts.values()) == {10} and len(info.counts) == 8
     for layer in masked_layers(model).values():
-        assert layer.rmask_cols.tolist() == [0] * 10 and layer.rmask_rows.tolist() == list(range(10))
+        assert layer.mask.rmask_cols.tolist() == [0] * 10 and layer.mask.rmask_rows.tolist() == list(range(10))
     tiny = apply_random_masking(tiny_model("tiny-opt"), density=1e-9, structure="head")
     assert set(tiny.counts.values()) == {1}  # at least one entry per matrix
 
@@ -196,12 +197,13 @@ def test_structured_masking_on_conv1d_lays_columns_out_in_the_out_in_view():
     for name, layer in layers.items():
         count = info.counts[name]
         out_features, in_features = layer.weight.shape[1], layer.weight.shape[0]  # Conv1D stores (in, out)
-        assert layer.rmask_transposed and layer.rmask_shape == (out_features, in_features) and count > out_features
-        assert torch.equal(out_in_mask(layer), head_mask(layer.rmask_shape, count))
+        mask = layer.mask
+        assert mask.rmask_transposed and mask.rmask_shape == (out_features, in_features) and count > out_features
+        assert torch.equal(out_in_mask(layer), head_mask(layer.mask.rmask_shape, count))
         # (out, in) columns are stored rows: the mask is the stored weight's first entries, contiguous
-        assert torch.equal(layer.rmask_flat.sort().values, torch.arange(count))
-        stored = layer.weight.reshape(-1)[layer.rmask_flat]
-        assert torch.equal(layer.weight.t()[layer.rmask_rows, layer.rmask_cols], stored)
+        assert torch.equal(layer.mask.rmask_flat.sort().values, torch.arange(count))
+        stored = layer.weight.reshape(-1)[layer.mask.rmask_flat]
+        assert torch.equal(layer.weight.t()[layer.mask.rmask_rows, layer.mask.rmask_cols], stored)
 
 
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-gpt2"])
@@ -213,11 +215,11 @@ def test_structured_masked_forward_equals_a_dense_model_with_the_delta_in_the_he
     modules = dict(reference.named_modules())
     with torch.no_grad():
         for layer_name, layer in masked_layers(model).items():
-            layer.rmask_values.copy_(torch.randn(layer.rmask_values.shape, generator=gen))
+            layer.values.copy_(torch.randn(layer.values.shape, generator=gen))
             weight = modules[layer_name].weight
-            out_in = weight.t() if layer.rmask_transposed else weight
+            out_in = weight.t() if layer.mask.rmask_transposed else weight
             # values follow the (out, in) entries in row-major order, as boolean indexing reads them
-            out_in[head_mask(out_in.shape, info.counts[layer_name])] += layer.rmask_values
+            out_in[head_mask(out_in.shape, info.counts[layer_name])] += layer.values
         batch = lm_batch(model)
         torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(model(**batch).logits, tiny_model(name)(**batch).logits)
@@ -234,11 +236,11 @@ def test_random_columns_layout_keeps_the_earlier_structured_masks():
         assert setup.details["structure"] == "columns"
         ours, theirs = masked_layers(named), masked_layers(plain)
         assert ours.keys() == theirs.keys()
-        assert all(torch.equal(ours[n].rmask_flat, theirs[n].rmask_flat) for n in ours)
+        assert all(torch.equal(ours[n].mask.rmask_flat, theirs[n].mask.rmask_flat) for n in ours)
         for layer in ours.values():
-            per_col = torch.bincount(layer.rmask_cols)
+            per_col = torch.bincount(layer.mask.rmask_cols)
             assert set(per_col[per_col > 0].tolist()) == {256}  # random whole columns
-            assert not torch.equal(out_in_mask(layer), head_mask((256, 256), layer.rmask_flat.numel()))
+            assert not torch.equal(out_in_mask(layer), head_mask((256, 256), layer.mask.rmask_flat.numel()))
     sparse = prepare_method(tiny_model("tiny-opt"), "structured_masking", ratio=1e-4, layout="random-columns")
     assert len(sparse.details["counts"]) < len(sparse.details["targets"])  # whole columns: few matrices train
     with pytest.raises(RmaskError, match="columns masking at this ratio selects nothing"):
@@ -305,7 +307,7 @@ def test_merge_gives_a_plain_model_that_saves_and_reloads(name, tmp_path, path):
     apply_random_masking(model, ratio=1e-3, targets="all-linear", path=path)
     with torch.no_grad():
         for layer in masked_layers(model).values():
-            layer.rmask_values.add_(0.5)
+            layer.values.add_(0.5)
     batch = lm_batch(model)
     with torch.no_grad():
         trained = model(**batch).logits
@@ -326,7 +328,7 @@ def test_merge_gives_a_plain_model_that_saves_and_reloads(name, tmp_path, path):
 @pytest.mark.parametrize(("name", "structure"), [("tiny-llama", "random"), ("tiny-gpt2", "random"),
                                                ("tiny-llama", "head"), ("tiny-gpt2", "head")])
 def test_adapter_round_trip_size_and_mismatch_refusal(name, structure, tmp_path):
-    from rmask_tune.masking import load_adapter, save_adapter
+    from rmask_tune.masking import DifferentBaseWarning, load_adapter, save_adapter
 
     model = tiny_model(name)
     info = apply_random_masking(model, ratio=1e-3, seed=11, structure=structure)
@@ -340,17 +342,19 @@ def test_adapter_round_trip_size_and_mismatch_refusal(name, structure, tmp_path)
     model.eval()
     with torch.no_grad():
         trained = model(**batch).logits
-    path = save_adapter(model, tmp_path / "adapter.safetensors", info.to_dict())
-    assert path.stat().st_size < 4 * info.trainable_params + 8192
+    path = save_adapter(model, tmp_path / "adapter")
+    assert (path / "adapter_model.safetensors").stat().st_size < 4 * info.trainable_params + 8192
     with pytest.raises(RmaskError, match="already exists"):
-        save_adapter(model, path, info.to_dict())
+        save_adapter(model, path)
     fresh = tiny_model(name)
     loaded = load_adapter(fresh, path)
     assert loaded["trainable_params"] == info.trainable_params and loaded["structure"] == structure
     with torch.no_grad():
         assert torch.equal(fresh(**batch).logits, trained)
-    with pytest.raises(RmaskError, match="different base model"):
+    with pytest.warns(DifferentBaseWarning, match="different base model"):  # same architecture, other weights
         load_adapter(tiny_model(name, seed=1), path)
+    with pytest.raises(RmaskError, match="different base model"):
+        load_adapter(tiny_model(name, seed=1), path, strict_base=True)
     with pytest.raises(RmaskError, match="different base model"):
         load_adapter(tiny_model("tiny-opt"), path)
 
@@ -362,7 +366,8 @@ def test_auto_path_follows_the_cost_model_and_the_choice_is_recorded():
     info = apply_random_masking(model, ratio=1e-4, seed=0)
     assert info.path == "auto" and info.to_dict()["path"] == "auto"  # recorded with the method's metrics
     layer = next(iter(masked_layers(model).values()))
-    few, many = int(0.5 * SPARSE_CROSSOVER / layer.rmask_density), int(2 * SPARSE_CROSSOVER / layer.rmask_density) + 1
+    density = layer.mask.rmask_density
+    few, many = int(0.5 * SPARSE_CROSSOVER / density), int(2 * SPARSE_CROSSOVER / density) + 1
     assert layer.uses_sparse_path(few, torch.float32) and not layer.uses_sparse_path(many, torch.float32)
     # a cast to the compute dtype copies the weight anyway: adding the delta to that copy is nearly free
     assert not layer.uses_sparse_path(few, torch.bfloat16)
@@ -379,17 +384,17 @@ def test_auto_path_writes_the_delta_in_place_above_the_crossover_but_never_into_
     model = tiny_model("tiny-llama")
     apply_random_masking(model, ratio=1e-3, seed=0)
     layer = next(iter(masked_layers(model).values()))
-    many = int(2 * SPARSE_CROSSOVER / layer.rmask_density) + 1
-    assert layer.path_for(many, torch.float32) == "inplace" and layer.path_for(many, torch.bfloat16) == "dense"
+    many = int(2 * SPARSE_CROSSOVER / layer.mask.rmask_density) + 1
+    assert layer.mask.path_for(many, torch.float32) == "inplace"
+    assert layer.mask.path_for(many, torch.bfloat16) == "dense"
     tied = tiny_model("tiny-llama")
     tied.config.tie_word_embeddings = True
     tied.tie_weights()
     assert tied.lm_head.weight is tied.get_input_embeddings().weight
     apply_random_masking(tied, density=0.01, targets=["lm_head"], seed=0)
     head = masked_layers(tied)["lm_head"]
-    assert head.rmask_weight_shared and head.path_for(many, torch.float32) == "dense"
-    untied = dict(masked_layers(model))
-    assert not any(l.rmask_weight_shared for l in untied.values())
+    assert head.mask.rmask_weight_shared and head.mask.path_for(many, torch.float32) == "dense"
+    assert not any(l.mask.rmask_weight_shared for l in masked_layers(model).values())
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
@@ -402,32 +407,32 @@ def test_inplace_path_leaves_w0_in_the_base_weight_between_calls_and_after_a_fai
     layers = masked_layers(model)
     with torch.no_grad():
         for layer in layers.values():
-            layer.rmask_values.normal_(0, 0.1, generator=torch.Generator().manual_seed(4))
+            layer.values.normal_(0, 0.1, generator=torch.Generator().manual_seed(4))
     seen = {}
 
     def during_forward(layer, inputs, output):  # after the call: the delta is out of the base weight again
-        seen[layer] = torch.equal(layer.weight, before[_base_name(model, layer)])
+        seen[layer] = torch.equal(layer.base_layer.weight, before[_base_name(model, layer)])
 
     hooks = [layer.register_forward_hook(during_forward) for layer in layers.values()]
     batch = lm_batch(model)
     reference = tiny_model(name)
     with torch.no_grad():  # the reference: W0 + delta merged into plain weights
         for layer_name, layer in layers.items():
-            weight = effective_weight(layer, layer.rmask_values, torch.float32)
+            weight = effective_weight(layer.mask, layer.values, torch.float32)
             reference.get_submodule(layer_name).weight.copy_(weight)
     model(**batch).loss.backward()
     assert len(seen) == len(layers) and all(seen.values())
     for hook in hooks:
         hook.remove()
     for n, p in model.named_parameters():
-        if not n.endswith("rmask_values"):
+        if ".rmask_values." not in n:
             assert torch.equal(p, before[n.replace(".base_layer.", ".")]), n
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-5, atol=1e-5)
     layer = next(iter(layers.values()))
     with pytest.raises(RuntimeError):  # the matmul fails with the delta written in: W0 comes back all the same
-        layer(torch.ones(3, layer.rmask_shape[1] + 1))
-    assert torch.equal(layer.weight, before[_base_name(model, layer)])
+        layer(torch.ones(3, layer.in_features + 1))
+    assert torch.equal(layer.base_layer.weight, before[_base_name(model, layer)])
 
 
 def _base_name(model, layer) -> str:
@@ -444,9 +449,9 @@ def test_bf16_model_trains_fp32_values_on_cpu():
     model(**batch).loss.backward()
     reference(**batch).loss.backward()
     for name, layer in masked_layers(model).items():
-        assert layer.rmask_values.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
-        ref = masked_layers(reference)[name].rmask_values.grad
-        cos = torch.nn.functional.cosine_similarity(layer.rmask_values.grad, ref, dim=0)
+        assert layer.values.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
+        ref = masked_layers(reference)[name].values.grad
+        cos = torch.nn.functional.cosine_similarity(layer.values.grad, ref, dim=0)
         assert cos > 0.95, (name, cos)
 
 
@@ -456,9 +461,9 @@ def test_gpt2_default_targets_are_the_fused_c_attn_and_its_mask_spans_q_k_and_v(
     assert info.targets == [f"transformer.h.{i}.attn.c_attn" for i in range(4)]
     for layer in masked_layers(model).values():
         hidden = layer.weight.shape[0]
-        per_part = torch.bincount(layer.rmask_rows // hidden, minlength=3)  # output rows: q, k, v blocks
+        per_part = torch.bincount(layer.mask.rmask_rows // hidden, minlength=3)  # output rows: q, k, v blocks
         assert per_part.numel() == 3
-        assert (abs(per_part / layer.rmask_rows.numel() - 1 / 3) < 0.05).all(), per_part
+        assert (abs(per_part / layer.mask.rmask_rows.numel() - 1 / 3) < 0.05).all(), per_part
 
 
 def test_tiny_gemma_resolves_q_v_targets_with_exact_counts():
@@ -478,7 +483,7 @@ def test_tiny_gemma_resolves_q_v_targets_with_exact_counts():
         assert info.targets == [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
         assert info.trainable_params == count_parameters(model, trainable_only=True) == round(ratio * total)
     model(**lm_batch(model)).loss.backward()
-    assert all(layer.rmask_values.grad.abs().sum() > 0 for layer in masked_layers(model).values())
+    assert all(layer.values.grad.abs().sum() > 0 for layer in masked_layers(model).values())
 
 
 @pytest.fixture
@@ -502,7 +507,7 @@ def test_backend_selection_torch_auto_and_missing_spops(spops_package, monkeypat
         model = tiny_model("tiny-opt")
         info = apply_random_masking(model, ratio=1e-3, backend=backend)
         assert info.backend == resolved
-        assert {layer.rmask_backend for layer in masked_layers(model).values()} == {resolved}
+        assert {layer.mask.rmask_backend for layer in masked_layers(model).values()} == {resolved}
     with monkeypatch.context() as without_numba:
         without_numba.setattr("rmask_tune.masking.backends.numba_available", lambda: False)
         assert apply_random_masking(tiny_model("tiny-opt"), ratio=1e-3, backend="auto").backend == "torch"
@@ -547,13 +552,14 @@ def csr_add(*args, **kwargs):
 
 def test_spops_call_passes_the_factors_in_spops_orientation(spops_package):
     from rmask_tune.masking.backends import spops_sampled_product
-    from rmask_tune.masking.layer import RandomMaskingLinear, value_gradient
+    from rmask_tune.masking import RandomMaskingLinear
+    from rmask_tune.masking.layer import value_gradient
 
     spops_package(SPOPS_REFERENCE)
     layer = tiny_model("tiny-gpt2").transformer.h[0].attn.c_attn  # (out, in) = (768, 256), stored (256, 768)
     gen = torch.Generator().manual_seed(0)
     layer = RandomMaskingLinear(layer, torch.randperm(layer.weight.numel(), generator=gen)[:3000].sort().values, 0.02)
     grad_out, x = torch.randn(64, 768, generator=gen), torch.randn(64, 256, generator=gen)
-    expected = value_gradient(grad_out, x, layer)  # torch's own kernel
-    got = spops_sampled_product(layer.rmask_crow, layer.rmask_cols, grad_out, x)
+    expected = value_gradient(grad_out, x, layer.mask)  # torch's own kernel
+    got = spops_sampled_product(layer.mask.rmask_crow, layer.mask.rmask_cols, grad_out, x)
     torch.testing.assert_close(got, expected)

@@ -42,12 +42,12 @@ def lm_batch(model, batch=2, seq=16, seed=0):
 def masked_model(name, path):
     model = tiny_model(name)
     apply_random_masking(model, ratio=1e-2, seed=0, path=path)
-    assert {layer.rmask_path for layer in masked_layers(model).values()} == {path}
+    assert {layer.mask.rmask_path for layer in masked_layers(model).values()} == {path}
     return model
 
 
 def values_of(model):
-    return {name: layer.rmask_values.detach().clone() for name, layer in masked_layers(model).items()}
+    return {name: layer.values.detach().clone() for name, layer in masked_layers(model).items()}
 
 
 def dense_reference(name, model):
@@ -59,7 +59,7 @@ def dense_reference(name, model):
     with torch.no_grad():
         for module_name, layer in masked_layers(model).items():
             weight = reference.get_submodule(module_name).weight
-            weight.view(-1)[layer.rmask_flat] += layer.rmask_values
+            weight.view(-1)[layer.mask.rmask_flat] += layer.values
             weight.requires_grad_(True)
     return reference
 
@@ -80,9 +80,9 @@ def assert_matches_dense_reference(name, model, batch):
     out.loss.backward()
     ref_out.loss.backward()
     for module_name, layer in masked_layers(model).items():
-        dense = reference.get_submodule(module_name).weight.grad.view(-1)[layer.rmask_flat]
+        dense = reference.get_submodule(module_name).weight.grad.view(-1)[layer.mask.rmask_flat]
         assert dense.abs().sum() > 0, module_name
-        torch.testing.assert_close(layer.rmask_values.grad, dense, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(layer.values.grad, dense, rtol=1e-4, atol=1e-6)
     model.zero_grad(set_to_none=True)
 
 
@@ -100,7 +100,7 @@ def test_every_optimizer_changes_the_outputs_and_matches_a_dense_reference(name,
     batch = lm_batch(model)
     start, before = values_of(model), logits(model, batch)  # a forward first: a cached weight would go stale
     params = [p for p in model.parameters() if p.requires_grad]
-    assert {id(p) for p in params} == {id(layer.rmask_values) for layer in masked_layers(model).values()}
+    assert {id(p) for p in params} == {id(layer.values) for layer in masked_layers(model).values()}
     opt = OPTIMIZERS[optimizer](params)
     model.train()
     for _ in range(3):
@@ -115,20 +115,20 @@ def test_every_optimizer_changes_the_outputs_and_matches_a_dense_reference(name,
 
 def _add_data(model):
     for layer in masked_layers(model).values():
-        layer.rmask_values.data.add_(0.05)
+        layer.values.data.add_(0.05)
 
 
 def _copy(model):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for layer in masked_layers(model).values():
-            layer.rmask_values.copy_(0.05 * torch.randn(layer.rmask_values.shape, generator=gen))
+            layer.values.copy_(0.05 * torch.randn(layer.values.shape, generator=gen))
 
 
 def _load_state_dict(model):
     state = model.state_dict()
     gen = torch.Generator().manual_seed(2)
-    changed = {k: 0.05 * torch.randn(v.shape, generator=gen) for k, v in state.items() if k.endswith("rmask_values")}
+    changed = {k: 0.05 * torch.randn(v.shape, generator=gen) for k, v in state.items() if ".rmask_values." in k}
     assert len(changed) == len(masked_layers(model))
     model.load_state_dict({**state, **changed})
     assert all(torch.equal(model.get_parameter(k), v) for k, v in changed.items())
@@ -171,7 +171,7 @@ def test_trainer_fused_adamw_bf16_trains_and_evaluates_like_the_dense_reference(
     batch = lm_batch(model)
     start, before = values_of(model), logits(model, batch)
     model = train_with_trainer(model, tmp_path)
-    assert all(layer.rmask_values.dtype == torch.float32 for layer in masked_layers(model).values())
+    assert all(layer.values.dtype == torch.float32 for layer in masked_layers(model).values())
     assert_moved(model, start, before, batch)
     assert_matches_dense_reference("tiny-llama", model, batch)
 

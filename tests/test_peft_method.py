@@ -15,8 +15,14 @@ from safetensors import safe_open
 
 from rmask_tune import RandomMaskingConfig
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking import apply_random_masking, load_adapter, masked_layers, save_adapter
-from rmask_tune.masking.layer import RandomMaskingLinear
+from rmask_tune.masking import (
+    DifferentBaseWarning,
+    RandomMaskingLinear,
+    apply_random_masking,
+    load_adapter,
+    masked_layers,
+    save_adapter,
+)
 from rmask_tune.models import load_model, tiny_model
 
 TINY = ["tiny-llama", "tiny-opt", "tiny-gpt2"]
@@ -89,15 +95,15 @@ def test_same_masks_and_exact_count_as_the_project(name, capsys):
     layers = {n.removeprefix(PEFT_PREFIX): layer for n, layer in masked_layers(model).items()}
     assert list(layers) == info.targets
     for layer_name, twin_layer in masked_layers(twin).items():
-        assert torch.equal(layers[layer_name].rmask_flat, twin_layer.rmask_flat)
+        assert torch.equal(layers[layer_name].mask.rmask_flat, twin_layer.mask.rmask_flat)
     assert trainable_line(capsys, model) == info.trainable_params == sum(info.counts.values())
-    assert config.base_fingerprint is None  # the user's config is not filled in: it can be used again
+    assert model.peft_config["default"] is config and config.base_fingerprint  # the user's config, filled in
     assert model.peft_config["default"].masked_modules == info.targets
 
 
 def test_minilm_counts_masks_and_its_new_head(capsys):
     model = get_peft_model(base_model("minilm-l6"), rmask_config("minilm-l6"))
-    masked = sum(layer.rmask_values.numel() for layer in masked_layers(model).values())
+    masked = sum(layer.values.numel() for layer in masked_layers(model).values())
     head = model.base_model.model.classifier.modules_to_save["default"]
     assert masked == round(1e-3 * sum(p.numel() for p in base_model("minilm-l6").parameters()))
     assert trainable_line(capsys, model) == masked + sum(p.numel() for p in head.parameters())
@@ -118,7 +124,7 @@ def test_save_pretrained_then_from_pretrained_gives_the_same_outputs(name, tmp_p
     assert isinstance(PeftConfig.from_pretrained(str(tmp_path)), RandomMaskingConfig)
 
     loaded = PeftModel.from_pretrained(base_model(name), str(tmp_path))
-    assert {layer.rmask_path for layer in masked_layers(loaded).values()} == {path}
+    assert {layer.mask.rmask_path for layer in masked_layers(loaded).values()} == {path}
     assert torch.equal(outputs(loaded, inputs), expected)
     for param in loaded.parameters():
         assert not param.requires_grad  # loaded for inference unless is_trainable=True
@@ -133,7 +139,7 @@ def test_saved_adapter_is_the_fp32_values_only(name, tmp_path):
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     assert all(key.endswith(".rmask_values") and t.dtype == torch.float32 for key, t in tensors.items())
     values = sum(t.numel() for t in tensors.values())
-    assert values == sum(layer.rmask_values.numel() for layer in masked_layers(model).values())
+    assert values == sum(layer.values.numel() for layer in masked_layers(model).values())
     header = weights.stat().st_size - 4 * values
     assert 0 < header < 160 * len(tensors)  # names, shapes and offsets only: no indices
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -141,10 +147,14 @@ def test_saved_adapter_is_the_fp32_values_only(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_a_different_base_or_mask_is_refused(name, tmp_path):
+def test_a_different_base_is_a_warning_unless_strict_and_a_different_mask_is_refused(name, tmp_path):
     get_peft_model(base_model(name), rmask_config(name)).save_pretrained(tmp_path)
-    with pytest.raises(RmaskError, match="different base model"):
+    with pytest.warns(DifferentBaseWarning, match="different base model"):
         PeftModel.from_pretrained(base_model(name, seed=1), str(tmp_path))
+    strict = PeftConfig.from_pretrained(str(tmp_path))
+    strict.strict_base = True
+    with pytest.raises(RmaskError, match="different base model"):
+        PeftModel.from_pretrained(base_model(name, seed=1), str(tmp_path), config=strict)
     config_file = tmp_path / "adapter_config.json"
     saved = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**saved, "seed": 5}))
@@ -183,10 +193,15 @@ def test_merge_adapter_unmerge_and_disable_are_exact(path):
     assert torch.equal(outputs(model, batch(model)), adapted)
 
 
-def test_a_second_adapter_is_refused():
+def test_a_second_adapter_gets_its_own_mask_from_its_seed():
     model = get_peft_model(base_model("tiny-llama"), rmask_config("tiny-llama"))
-    with pytest.raises(RmaskError, match="one Random Masking adapter"):
-        model.add_adapter("other", rmask_config("tiny-llama", seed=1))
+    model.add_adapter("other", rmask_config("tiny-llama", seed=1))
+    twin = base_model("tiny-llama")
+    apply_random_masking(twin, ratio=1e-3, seed=1)
+    for layer_name, twin_layer in masked_layers(twin).items():
+        layer = masked_layers(model)[PEFT_PREFIX + layer_name]
+        assert torch.equal(layer.rmask_masks["other"].rmask_flat, twin_layer.mask.rmask_flat)
+        assert not torch.equal(layer.rmask_masks["default"].rmask_flat, twin_layer.mask.rmask_flat)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -196,7 +211,7 @@ def test_hf_trainer_with_fused_adamw_trains_the_values_only(name, tmp_path):
 
     model = get_peft_model(base_model(name), rmask_config(name))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    values = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("rmask_values")}
+    values = {n: p.detach().clone() for n, p in model.named_parameters() if ".rmask_values." in n}
     data = [{k: v[i] for k, v in batch(model, size=8, seed=i).items()} for i in range(8)]
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
@@ -216,7 +231,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, path):
         model.train()
         model.zero_grad()
         model(**batch(model)).loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if n.endswith("rmask_values")}
+        return {n: p.grad.clone() for n, p in model.named_parameters() if ".rmask_values." in n}
 
     model = get_peft_model(base_model("tiny-llama"), rmask_config("tiny-llama", path=path))
     plain = value_grads(model)
@@ -257,16 +272,37 @@ def test_save_adapter_needs_no_masking_info(tmp_path):
     model = tiny_model("tiny-opt")
     apply_random_masking(model, ratio=1e-3, seed=3)
     perturb(model)
-    path = save_adapter(model, tmp_path / "adapter.safetensors")
+    path = save_adapter(model, tmp_path / "adapter")
     fresh = tiny_model("tiny-opt")
     assert load_adapter(fresh, path)["seed"] == 3
     for layer_name, layer in masked_layers(model).items():
-        assert torch.equal(masked_layers(fresh)[layer_name].rmask_values, layer.rmask_values)
+        assert torch.equal(masked_layers(fresh)[layer_name].values, layer.values)
 
 
 def test_save_adapter_without_recorded_masking_asks_for_it(tmp_path):
     model = tiny_model("tiny-opt")
     name = "model.decoder.layers.0.self_attn.q_proj"
     model.set_submodule(name, RandomMaskingLinear(model.get_submodule(name), torch.arange(5), 5 / 256**2))
-    with pytest.raises(RmaskError, match="pass masking="):
-        save_adapter(model, tmp_path / "adapter.safetensors")
+    with pytest.raises(RmaskError, match="records no Random Masking config"):
+        save_adapter(model, tmp_path / "adapter")
+
+
+def test_a_run_folder_s_random_masking_adapter_is_found_and_another_method_s_is_not(tmp_path):
+    """``find_adapter`` (used by the landscape probe and the distance analysis) takes a run's ``adapter``
+    folder only when it holds a Random Masking adapter, and an older run's ``adapter.safetensors``."""
+    from peft import LoraConfig
+
+    from rmask_tune.masking.adapter import find_adapter, saved_values
+
+    rmask_run, lora_run, old_run = tmp_path / "rmask", tmp_path / "lora", tmp_path / "old"
+    model = tiny_model("tiny-opt")
+    apply_random_masking(model, ratio=1e-3, seed=3)
+    perturb(model)
+    save_adapter(model, rmask_run / "adapter")
+    get_peft_model(tiny_model("tiny-opt"), LoraConfig(target_modules=["q_proj"])).save_pretrained(lora_run / "adapter")
+    old_run.mkdir()
+    (old_run / "adapter.safetensors").write_bytes((rmask_run / "adapter" / "adapter_model.safetensors").read_bytes())
+    assert find_adapter(rmask_run) == rmask_run / "adapter" and find_adapter(lora_run) is None
+    assert find_adapter(old_run) == old_run / "adapter.safetensors" and find_adapter(tmp_path) is None
+    values = saved_values(find_adapter(rmask_run))
+    assert sum(t.numel() for t in values.values()) == sum(layer.values.numel() for layer in masked_layers(model).values())

@@ -39,7 +39,7 @@ def dense_reference(name: str, masked: torch.nn.Module) -> torch.nn.Module:
     for layer_name, layer in masked_layers(masked).items():
         weight = reference.get_submodule(layer_name).weight
         with torch.no_grad():
-            weight.view(-1)[layer.rmask_flat] += layer.rmask_values.detach()
+            weight.view(-1)[layer.mask.rmask_flat] += layer.values.detach()
         weight.requires_grad_(True)
     return reference
 
@@ -65,7 +65,7 @@ def test_masked_layer_agrees_with_a_dense_fp32_reference(name, structure, weight
     apply_random_masking(model, ratio=1e-2, seed=1, structure=structure, path=path)
     with torch.no_grad():  # deltas of a trained size, so that they matter in the comparison
         for layer in masked_layers(model).values():
-            layer.rmask_values.normal_(0, 0.05, generator=torch.Generator().manual_seed(2))
+            layer.values.normal_(0, 0.05, generator=torch.Generator().manual_seed(2))
     reference = dense_reference(name, model)
     batch = lm_batch(model.config.vocab_size)
     compute_dtype = HALF[compute] if compute else HALF[weights]
@@ -77,10 +77,10 @@ def test_masked_layer_agrees_with_a_dense_fp32_reference(name, structure, weight
     tolerance = max(TOLERANCE[compute_dtype], TOLERANCE[HALF[weights]])
     assert relative_error(out.logits, expected.logits) < tolerance
     for layer_name, layer in masked_layers(model).items():
-        assert layer.rmask_values.dtype == torch.float32 and layer.rmask_values.grad.dtype == torch.float32
+        assert layer.values.dtype == torch.float32 and layer.values.grad.dtype == torch.float32
         assert layer.weight.dtype == HALF[weights]  # the base layer keeps its storage dtype
-        dense = reference.get_submodule(layer_name).weight.grad.reshape(-1)[layer.rmask_flat]
-        assert relative_error(layer.rmask_values.grad, dense) < 10 * tolerance, layer_name
+        dense = reference.get_submodule(layer_name).weight.grad.reshape(-1)[layer.mask.rmask_flat]
+        assert relative_error(layer.values.grad, dense) < 10 * tolerance, layer_name
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse", "inplace"])
@@ -98,8 +98,8 @@ def test_every_value_gradient_kernel_under_autocast(density, compute, path, back
     loss.backward()
     reference(**batch).loss.backward()
     for layer_name, layer in masked_layers(model).items():
-        dense = reference.get_submodule(layer_name).weight.grad.reshape(-1)[layer.rmask_flat]
-        assert relative_error(layer.rmask_values.grad, dense) < 10 * TOLERANCE[compute], layer_name
+        dense = reference.get_submodule(layer_name).weight.grad.reshape(-1)[layer.mask.rmask_flat]
+        assert relative_error(layer.values.grad, dense) < 10 * TOLERANCE[compute], layer_name
     with torch.no_grad(), torch.autocast("cpu", dtype=compute):  # the no-grad (evaluation) call takes the path too
         assert relative_error(model(**batch).logits, reference(**batch).logits) < TOLERANCE[compute]
 
@@ -111,8 +111,8 @@ def test_half_precision_forward_keeps_small_deltas_in_the_master_values():
     layer = next(iter(masked_layers(model).values()))
     with torch.no_grad():
         for _ in range(1000):
-            layer.rmask_values.add_(1e-6)
-    assert torch.allclose(layer.rmask_values, torch.full_like(layer.rmask_values, 1e-3), rtol=1e-3)
+            layer.values.add_(1e-6)
+    assert torch.allclose(layer.values, torch.full_like(layer.values, 1e-3), rtol=1e-3)
 
 
 def test_precision_policies_say_what_they_store_compute_and_train_in():
@@ -229,33 +229,67 @@ def test_an_adapter_trained_in_one_precision_loads_on_the_base_in_another(tmp_pa
     info = apply_random_masking(model, ratio=1e-3, seed=4)
     with torch.no_grad():
         for layer in masked_layers(model).values():
-            layer.rmask_values.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
-    path = save_adapter(model, tmp_path / "adapter.safetensors", info.to_dict())
+            layer.values.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    path = save_adapter(model, tmp_path / "adapter")
     fresh = tiny_model("tiny-llama", dtype=HALF[loaded_in])
-    load_adapter(fresh, path)
-    assert all(torch.equal(fresh_layer.rmask_values, layer.rmask_values)
+    assert load_adapter(fresh, path)["trainable_params"] == info.trainable_params
+    assert all(torch.equal(fresh_layer.values, layer.values)
                for fresh_layer, layer in zip(masked_layers(fresh).values(), masked_layers(model).values()))  # fmt: skip
     with pytest.raises(Exception, match="different base model"):
-        load_adapter(tiny_model("tiny-llama", seed=1, dtype=HALF[loaded_in]), path)
+        load_adapter(tiny_model("tiny-llama", seed=1, dtype=HALF[loaded_in]), path, strict_base=True)
+
+
+def write_legacy_adapter(model, info, path, version):
+    """An ``adapter.safetensors`` file of format ``version`` (1 or 2) as earlier versions wrote it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from rmask_tune.masking.legacy import FORMATS
+    from rmask_tune.masking.signature import base_fingerprint, base_signature, index_checksum
+
+    layers = masked_layers(model)
+    settings = ("requested_ratio", "requested_density", "seed", "structure", "sampling", "targets")
+    structure, sample = base_signature(model)
+    meta = {
+        "format": FORMATS[version - 1],
+        "masking": json.dumps({key: info.to_dict()[key] for key in settings}),
+        "fingerprint": structure if version == 2 else base_fingerprint(model),
+        "index_checksums": json.dumps({n: index_checksum(layer.mask.rmask_flat) for n, layer in layers.items()}),
+    }
+    if version == 2:
+        meta["base_sample"] = json.dumps([float(f"{v:.6g}") for v in sample.tolist()])
+    values = {name: layer.values.detach().float().contiguous() for name, layer in layers.items()}
+    save_file(values, str(path), metadata=meta)
+    return path
 
 
 def test_a_format_1_adapter_still_loads_on_its_exact_base(tmp_path):
     """Adapters written before the dtype-tolerant signature carry a hash of names, shapes and values."""
-    from safetensors.torch import load_file, save_file
-
-    from rmask_tune.masking import base_fingerprint, load_adapter, save_adapter
-    from rmask_tune.masking.adapter import FORMATS
+    from rmask_tune.masking import load_adapter
 
     model = tiny_model("tiny-llama")
     info = apply_random_masking(model, ratio=1e-3, seed=4)
-    path = save_adapter(model, tmp_path / "new.safetensors", info.to_dict())
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata()
-    legacy = {**{k: v for k, v in meta.items() if k != "base_sample"}, "format": FORMATS[0],
-              "fingerprint": base_fingerprint(tiny_model("tiny-llama"))}  # fmt: skip
-    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=legacy)
+    write_legacy_adapter(model, info, tmp_path / "old.safetensors", 1)
     assert load_adapter(tiny_model("tiny-llama"), tmp_path / "old.safetensors")["seed"] == 4
     with pytest.raises(Exception, match="different base model"):
         load_adapter(tiny_model("tiny-llama", dtype=torch.bfloat16), tmp_path / "old.safetensors")
+
+
+@pytest.mark.parametrize("loaded_in", ["fp32", "bf16"])
+def test_a_format_2_adapter_still_loads_on_its_base_in_any_precision(tmp_path, loaded_in):
+    """The single-file adapters of earlier versions (format 2) load their values, on their own base only."""
+    from rmask_tune.masking import load_adapter
+
+    model = tiny_model("tiny-llama")
+    info = apply_random_masking(model, ratio=1e-3, seed=4)
+    with torch.no_grad():
+        for layer in masked_layers(model).values():
+            layer.values.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    path = write_legacy_adapter(model, info, tmp_path / "adapter.safetensors", 2)
+    fresh = tiny_model("tiny-llama", dtype=HALF[loaded_in])
+    assert load_adapter(fresh, path)["trainable_params"] == info.trainable_params
+    assert all(torch.equal(fresh_layer.values, layer.values)
+               for fresh_layer, layer in zip(masked_layers(fresh).values(), masked_layers(model).values()))  # fmt: skip
+    with pytest.raises(Exception, match="different base model"):
+        load_adapter(tiny_model("tiny-llama", seed=1), path)

@@ -89,7 +89,7 @@ def test_random_masking_trains_the_image_mlps_and_leaves_the_text_side_and_head_
     trainable = [name for name, p in trial.model.named_parameters() if p.requires_grad]
     targets = trial.setup.details["targets"]
     assert targets == [f"vision_model.encoder.layers.{i}.mlp.{fc}" for i in range(2) for fc in ("fc1", "fc2")]
-    assert trainable == [f"{target}.rmask_values" for target in targets]
+    assert trainable == [f"{target}.rmask_values.default" for target in targets]
     result = train_trial(trial)
     assert result["status"] == "finished" and result["optimizer_steps"] == 4
     after = dict(trial.model.named_parameters())

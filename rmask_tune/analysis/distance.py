@@ -1,7 +1,7 @@
 """How far training moved: the L2 norm of the trained deltas (the adapter values) of finished runs.
 
 Masked values start at zero, so the norm of the saved values is the distance from the pretrained
-weights. Runs are ``rmask-tune train`` output folders (metrics.json + adapter.safetensors) or a folder
+weights. Runs are ``rmask-tune train`` output folders (metrics.json + the adapter) or a folder
 holding such folders, e.g. a sweep's ``<storage_path>/trials`` (the sweep logs only metrics.json to
 MLflow, so distances are read from the trial folders on disk).
 """
@@ -54,15 +54,15 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 def run_distance(run_dir: str | Path) -> RunDistance:
     """The distance travelled by one finished Random Masking run."""
-    from safetensors.torch import load_file
+    from rmask_tune.masking.adapter import find_adapter, saved_values
 
     run_dir = Path(run_dir)
     metrics = read_run(run_dir)
-    adapter = run_dir / "adapter.safetensors"
-    if not adapter.is_file():
+    adapter = find_adapter(run_dir)
+    if adapter is None:
         method = metrics["config"].get("method")
-        raise RmaskError(f"run {run_dir} ({method}) has no adapter.safetensors: no masked deltas to measure")
-    values = load_file(str(adapter))
+        raise RmaskError(f"run {run_dir} ({method}) has no Random Masking adapter: no masked deltas to measure")
+    values = saved_values(adapter)
     count = sum(t.numel() for t in values.values())
     squares = sum(float(t.double().pow(2).sum()) for t in values.values())
     config = metrics["config"]

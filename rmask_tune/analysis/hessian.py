@@ -123,7 +123,7 @@ class MaskedHessian:
         self.fd_step = fd_step
         self.fd_step_mode = fd_step_mode
         self.fd_loss_change = fd_loss_change
-        self.params = [layer.rmask_values for layer in self.layers]
+        self.params = [layer.values for layer in self.layers]
         self.dim = sum(p.numel() for p in self.params)
         self.device = self.params[0].device
         self.steps: list[float] = []
@@ -152,7 +152,7 @@ class MaskedHessian:
 
     def parameter_norm(self) -> float:
         """``||W0 + delta||`` over the masked entries: the scale of the relative finite-difference step."""
-        weights = (layer.weight.detach().reshape(-1)[layer.rmask_flat].float() + layer.rmask_values.detach()
+        weights = (layer.weight.detach().reshape(-1)[layer.mask.rmask_flat].float() + layer.values.detach()
                    for layer in self.layers)
         return math.sqrt(sum(float(w.pow(2).sum()) for w in weights))
 

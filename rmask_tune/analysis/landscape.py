@@ -218,9 +218,10 @@ def probe_run(run_dir: str | Path, settings: ProbeSettings | None = None) -> tup
     """The top eigenvalue for a finished run's mask, at initialization and at its trained values.
 
     The model, task, mask and data seed are the run's; the trained values come from its
-    ``adapter.safetensors`` through ``load_adapter`` (which checks the base model and the mask).
+    adapter (the peft folder ``adapter``, or an older run's ``adapter.safetensors``) through ``load_adapter``
+    (which checks the base model and the mask).
     """
-    from rmask_tune.masking import load_adapter
+    from rmask_tune.masking.adapter import find_adapter, load_adapter
     from rmask_tune.trainer import prepare_trial
 
     settings = settings or ProbeSettings()
@@ -228,9 +229,9 @@ def probe_run(run_dir: str | Path, settings: ProbeSettings | None = None) -> tup
     config = read_run(run_dir)["config"]
     if config.get("method") not in MASKING_METHODS:
         raise RmaskError(f"run {run_dir} used method '{config.get('method')}'; the probe needs a masking method")
-    adapter = run_dir / "adapter.safetensors"
-    if not adapter.is_file():
-        raise RmaskError(f"run {run_dir} has no adapter.safetensors")
+    adapter = find_adapter(run_dir)
+    if adapter is None:
+        raise RmaskError(f"run {run_dir} has no Random Masking adapter (adapter/ or adapter.safetensors)")
     base = {key: config[key] for key in RUN_SETTINGS if key in config}
     base.update(settings.trial_overrides())
     init = probe_trial(prepare_trial(base), "init", settings, run=str(run_dir))

@@ -196,7 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     distance = _action(
         actions, "distance", _distance,
         help="L2 norm of the trained deltas vs ratio, from finished runs",
-        description="Reads metrics.json and adapter.safetensors of each run folder (or of each run folder "
+        description="Reads metrics.json and the Random Masking adapter of each run folder (or of each run folder "
         "inside a given folder, e.g. a sweep's trials folder).",
     )
     distance.add_argument("runs", nargs="+", metavar="RUN_DIR")

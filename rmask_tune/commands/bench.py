@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace) -> None:
         from rmask_tune.masking import apply_random_masking, masked_layers
 
         apply_random_masking(model, ratio=max(ratios))
-        shape = max((layer.rmask_shape for layer in masked_layers(model).values()), key=lambda s: s[0] * s[1])
+        shape = max((layer.mask.rmask_shape for layer in masked_layers(model).values()), key=lambda s: s[0] * s[1])
         rows = args.batch_size * args.seq_len
         crossover = (shape, rows, layer_crossover(shape, rows, (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)))
     if args.json:

@@ -1,10 +1,14 @@
-"""``RandomMaskingLinear``: a wrapper that owns a frozen linear layer and trains a sparse delta on it.
+"""Random Masking's kernels and one adapter's mask (``RandomMask``); no peft here.
 
-The wrapped ``base_layer`` (``nn.Linear``, or HF's ``Conv1D`` whose weight is stored (in, out)) keeps
-``W0``: only the ``inplace`` path writes to it, within one call, and restores it bit for bit. The trainable state is ``rmask_values``, one fp32 master value per
-masked entry. Every call applies ``W0 + delta`` in the compute dtype (the autocast dtype when autocast
-is on, else the base weight's) along one of three paths (``rmask_path``; ``auto`` picks per call by
-``choose_path``):
+``RandomMaskingLinear`` (``tuner_layer``) is the one layer class of Random Masking, used by
+``get_peft_model`` and by the trainer alike: a peft tuner layer that owns a frozen linear layer
+(``base_layer``: ``nn.Linear``, or HF's ``Conv1D`` whose weight is stored (in, out)) and any number of
+named adapters. Each adapter has its own mask (``rmask_masks[name]``, a ``RandomMask``) and its own
+trainable values (``rmask_values[name]``, one value per masked entry, fp32 unless peft's
+``autocast_adapter_dtype=False`` keeps the base dtype). The base weight keeps ``W0`` unless an adapter is
+merged (or, on the ``inplace`` path, within one call). Every call applies ``W0 + delta`` (the active
+adapters' deltas added up) in the compute dtype (the autocast dtype when autocast is on, else the base
+weight's) along one of three paths (``rmask_path``; ``auto`` picks per call by ``choose_path``):
 
 - ``dense``: build the effective weight ``W0 + delta`` (one copy of the weight) and run one matmul;
 - ``sparse``: ``y = x W0^T + x delta^T`` and ``grad_x = grad_y W0 + grad_y delta``, the delta applied
@@ -13,7 +17,7 @@ is on, else the base weight's) along one of three paths (``rmask_path``; ``auto`
   call and put the ``W0`` entries back right after it (in forward, and again in backward): no copy of
   the weight, only the masked entries move. Between calls the base weight holds exactly ``W0``.
 
-On both paths:
+On every path:
 
 - any optimizer trains it (fused or foreach AdamW, SGD, Adafactor, 8-bit optimizers) and so do direct
   edits of the values (``.data``, ``copy_``, ``load_state_dict``): nothing is cached between calls;
@@ -23,8 +27,9 @@ On both paths:
   compiled loop; else a gather of the two factors for very few entries, a sampled product on a CSR pattern
   at low density; a dense product then a gather at high density), always accumulated in fp32.
 
-Masks, ``rmask_rows`` / ``rmask_cols``, the CSR pattern and ``rmask_shape`` are in (out, in) terms for
-both layer kinds; ``rmask_flat`` indexes the base weight as stored.
+The kernels below read one adapter's mask (a ``RandomMask``): ``rmask_rows`` / ``rmask_cols``, the CSR
+pattern and ``rmask_shape`` are in (out, in) terms for both layer kinds; ``rmask_flat`` indexes the base
+weight as stored.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ def _stage(name: str):
     return record_function(name) if torch.autograd.profiler._is_profiler_enabled else contextlib.nullcontext()
 
 
-def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: RandomMaskingLinear) -> torch.Tensor:
+def value_gradient(grad_out: torch.Tensor, x: torch.Tensor, layer: RandomMask) -> torch.Tensor:
     """d loss / d values: (grad_out^T x) at the masked (out, in) entries only, in fp32."""
     g = grad_out.reshape(-1, grad_out.shape[-1])
     a = x.reshape(-1, x.shape[-1])
@@ -111,7 +116,7 @@ def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def effective_weight(layer: RandomMaskingLinear, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def effective_weight(layer: RandomMask, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``W0 + delta`` as stored by the base layer, in ``dtype``: a new tensor (the base weight is untouched).
 
     The masked entries are ``W0 + values`` summed in fp32 and rounded once to ``dtype``, so zero values
@@ -123,7 +128,7 @@ def effective_weight(layer: RandomMaskingLinear, values: torch.Tensor, dtype: to
     return weight.index_put_((layer.rmask_flat,), merged).view_as(w0)
 
 
-def choose_path(layer: RandomMaskingLinear, rows: int, dtype: torch.dtype) -> str:
+def choose_path(layer: RandomMask, rows: int, dtype: torch.dtype) -> str:
     """The ``auto`` path's cost model (see ``SPARSE_CROSSOVER``): dense when a cast to ``dtype`` copies the
     weight anyway, else sparse below the crossover and inplace above it (dense for a shared base weight)."""
     if layer.weight.dtype != dtype:
@@ -134,7 +139,7 @@ def choose_path(layer: RandomMaskingLinear, rows: int, dtype: torch.dtype) -> st
 
 
 @contextlib.contextmanager
-def delta_written_in(layer: RandomMaskingLinear, values: torch.Tensor):
+def delta_written_in(layer: RandomMask, values: torch.Tensor):
     """Within the block the base weight holds ``W0 + delta`` at the masked entries (summed in fp32 and
     rounded once to the weight's dtype, as ``effective_weight`` does); after it, ``W0`` again, bit for bit."""
     weight = layer.base_layer.weight.detach()
@@ -155,7 +160,7 @@ def add_sparse_product(out: torch.Tensor, source: torch.Tensor, values: torch.Te
     return out.index_add_(-1, put, source.index_select(-1, take) * values.to(out.dtype))
 
 
-def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
+def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMask,
                   dtype: torch.dtype) -> torch.Tensor:
     """``x W0^T + b + x delta^T`` with the delta applied from the indices; ordinary (differentiable) torch ops."""
     y = _linear(x, layer.base_layer.weight.detach().to(dtype), bias, layer.rmask_transposed)
@@ -163,14 +168,14 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | No
         return add_sparse_product(y, x, values, layer.rmask_cols, layer.rmask_rows)
 
 
-def inplace_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
+def inplace_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMask,
                    dtype: torch.dtype) -> torch.Tensor:
     """One matmul with the base weight itself, the delta written into it for the call."""
     with delta_written_in(layer, values) as weight:
         return _linear(x, weight.to(dtype), bias, layer.rmask_transposed)
 
 
-def dense_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMaskingLinear,
+def dense_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: RandomMask,
                  dtype: torch.dtype) -> torch.Tensor:
     """One matmul with the effective weight ``W0 + delta``."""
     with _stage("rmask.delta"):
@@ -186,7 +191,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tr
 LINEARS = {"dense": dense_linear, "sparse": sparse_linear, "inplace": inplace_linear}
 
 
-def _input_gradient(grad_out: torch.Tensor, values: torch.Tensor, layer: RandomMaskingLinear, path: str):
+def _input_gradient(grad_out: torch.Tensor, values: torch.Tensor, layer: RandomMask, path: str):
     """``grad_out (W0 + delta)`` as stored in (out, in) terms, on the path the forward took."""
     if path == "inplace":
         with delta_written_in(layer, values) as weight:
@@ -227,27 +232,24 @@ class _MaskedLinearFunction(torch.autograd.Function):
         return grad_x, grad_values, grad_bias, None, None, None
 
 
-class RandomMaskingLinear(nn.Module):
-    """A frozen linear-like ``base_layer`` plus trainable fp32 deltas (starting at zero) at ``flat``.
+class RandomMask(nn.Module):
+    """One adapter's mask on one base layer: what the kernels read, as non-persistent buffers (rebuilt from
+    the seed, never saved) and plain attributes.
 
     ``flat`` holds sorted row-major indices into the (out, in) matrix; ``density`` is their share of it;
     ``backend`` (``torch``, ``numba`` or ``spops``) computes the sampled value gradient; ``path`` (``auto``,
-    ``dense``, ``sparse`` or ``inplace``, see the module docstring) applies the delta. ``rmask_info`` is the
-    ``MaskingInfo`` that ``apply_random_masking`` made the layer with (how to rebuild the masks).
+    ``dense``, ``sparse`` or ``inplace``, see the module docstring) applies the delta. ``base_layer`` is the
+    owning layer's base layer, held as a plain reference (the layer owns it, so it is not registered twice).
+    ``weight_shared``: another module uses the same base weight, so ``auto`` never writes into it.
     """
 
-    rmask_info = None
-    rmask_weight_shared = False  # set by the builders when another module uses the same base weight
-
-    def __init__(
-        self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch", path: str = "auto"
-    ):
+    def __init__(self, base_layer: nn.Module, flat: torch.Tensor, density: float, backend: str = "torch",
+                 path: str = "auto", weight_shared: bool = False):
         super().__init__()
+        self.rmask_weight_shared = weight_shared
         if path not in PATHS:
             raise RmaskError(f"unknown path '{path}'; choose one of {', '.join(PATHS)}")
-        self.rmask_path = path
-        self.base_layer = base_layer
-        base_layer.weight.requires_grad_(False)
+        object.__setattr__(self, "base_layer", base_layer)
         rows_n, cols_n = out_in_shape(base_layer)
         device = base_layer.weight.device
         flat = flat.to(device)
@@ -256,22 +258,23 @@ class RandomMaskingLinear(nn.Module):
         self.rmask_transposed = is_conv1d(base_layer)
         self.rmask_density = density
         self.rmask_backend = backend
+        self.rmask_path = path
         self.register_buffer("rmask_flat", cols * rows_n + rows if self.rmask_transposed else flat, persistent=False)
         self.register_buffer("rmask_rows", rows, persistent=False)
         self.register_buffer("rmask_cols", cols, persistent=False)
         crow = torch.zeros(rows_n + 1, dtype=torch.int64, device=device)
         crow[1:] = torch.bincount(rows, minlength=rows_n).cumsum(0)
         self.register_buffer("rmask_crow", crow, persistent=False)
-        self.rmask_values = nn.Parameter(torch.zeros(flat.numel(), dtype=torch.float32, device=device))
 
     @property
     def weight(self) -> torch.Tensor:
-        """The base layer's (frozen, pretrained) weight."""
+        """The base layer's weight."""
         return self.base_layer.weight
 
     @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
+    def index(self) -> torch.Tensor:
+        """The masked entries as sorted row-major indices into the (out, in) matrix (what it was made from)."""
+        return self.rmask_rows * self.rmask_shape[1] + self.rmask_cols
 
     def path_for(self, rows: int, dtype: torch.dtype) -> str:
         """The path a call on ``rows`` input rows computing in ``dtype`` takes."""
@@ -281,42 +284,21 @@ class RandomMaskingLinear(nn.Module):
         """Whether a call on ``rows`` input rows computing in ``dtype`` takes the sparse path."""
         return self.path_for(rows, dtype) == "sparse"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = compute_dtype(x, self.weight)
-        bias = self.bias.to(dtype) if self.bias is not None else None
-        x = x.to(dtype)
-        path = self.path_for(x.numel() // x.shape[-1], dtype)
-        with torch.autocast(x.device.type, enabled=False), _stage("rmask.forward"):
-            if _plain_autograd:
-                return dense_linear(x, self.rmask_values, bias, self, dtype)
-            if not torch.is_grad_enabled():
-                return LINEARS[path](x, self.rmask_values, bias, self, dtype)
-            return _MaskedLinearFunction.apply(x, self.rmask_values, bias, self, dtype, path)
-
-    @torch.no_grad()
-    def fold_delta(self) -> torch.Tensor:
-        """Write ``W0 + delta`` into the base layer's weight (in its own dtype); returns the ``W0`` entries
-        it overwrote, for ``unfold_delta``. The forward must not add the delta again while it is folded."""
-        weight = self.base_layer.weight
-        original = weight.view(-1)[self.rmask_flat].clone()
-        weight.copy_(effective_weight(self, self.rmask_values.detach(), weight.dtype))
-        return original
-
-    @torch.no_grad()
-    def unfold_delta(self, original: torch.Tensor) -> None:
-        """Put back the ``W0`` entries ``fold_delta`` overwrote: the base weight is exactly ``W0`` again."""
-        self.base_layer.weight.view(-1)[self.rmask_flat] = original
-
-    def merged_base_layer(self) -> nn.Module:
-        """The base layer with ``W0 + delta`` written into its weight (in its own dtype); the wrapper is spent."""
-        self.fold_delta()
-        return self.base_layer
-
     def extra_repr(self) -> str:
-        return (f"trainable={self.rmask_values.numel()}, density={self.rmask_density:.3g}, "
+        return (f"entries={self.rmask_flat.numel()}, density={self.rmask_density:.3g}, "
                 f"backend={self.rmask_backend}, path={self.rmask_path}")
 
 
-def is_masked(module: nn.Module) -> bool:
-    """True for a layer that carries Random Masking deltas."""
-    return isinstance(module, RandomMaskingLinear)
+def masked_linear(x: torch.Tensor, mask: RandomMask, values: torch.Tensor) -> torch.Tensor:
+    """``x (W0 + delta)^T + b``, the delta ``values`` at ``mask``'s entries, on the path the mask picks."""
+    dtype = compute_dtype(x, mask.weight)
+    bias = mask.base_layer.bias
+    bias = bias.to(dtype) if bias is not None else None
+    x = x.to(dtype)
+    path = mask.path_for(x.numel() // x.shape[-1], dtype)
+    with torch.autocast(x.device.type, enabled=False), _stage("rmask.forward"):
+        if _plain_autograd:
+            return dense_linear(x, values, bias, mask, dtype)
+        if not torch.is_grad_enabled():
+            return LINEARS[path](x, values, bias, mask, dtype)
+        return _MaskedLinearFunction.apply(x, values, bias, mask, dtype, path)

@@ -56,8 +56,16 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """All linear-like modules of ``model`` by qualified name, in model order."""
-    return {name: m for name, m in model.named_modules() if name and is_linear_like(m)}
+    """All linear-like modules of ``model`` by qualified name, in model order; a module wrapped by an adapter
+    layer (peft's ``base_layer``) is listed under the wrapper's name."""
+    found = {}
+    for name, module in model.named_modules():
+        if not name or "base_layer" in name.split("."):
+            continue
+        base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+        if is_linear_like(base):
+            found[name] = base
+    return found
 
 
 def shared_weights(model: nn.Module) -> set[int]:
@@ -131,3 +139,15 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] | None = None
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters; ``model.parameters()`` yields tied weights once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def is_base_parameter(name: str) -> bool:
+    """Whether the parameter ``name`` belongs to the base model, not to an adapter peft added (a tuner
+    layer's own parameters, or a ``modules_to_save`` copy)."""
+    parts = name.split(".")
+    return "modules_to_save" not in parts and not any(part.startswith("rmask_") for part in parts)
+
+
+def count_base_parameters(model: nn.Module) -> int:
+    """Number of the base model's parameters, whatever adapters ``model`` carries."""
+    return sum(p.numel() for name, p in model.named_parameters() if is_base_parameter(name))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import nn
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.masking import apply_random_masking
 from rmask_tune.methods.setup import MethodSetup
 
 # structured_masking's ``layout`` option -> the masking structure (see apply_random_masking).
@@ -13,6 +12,8 @@ LAYOUTS = {"head": "head", "random-columns": "columns"}
 
 
 def _masking_setup(method: str, model: nn.Module, **settings) -> MethodSetup:
+    from rmask_tune.masking import apply_random_masking  # imports peft, which takes seconds
+
     info = apply_random_masking(model, **settings)
     return MethodSetup(method, model, info.trainable_params, info.total_params, info.to_dict())
 

@@ -67,10 +67,11 @@ def save_trained_state(trial, path: Path, best_epoch: int | None) -> tuple[list[
         return [], "full fine-tuning: the weights are as large as the model and are not saved"
     model = trial.accelerator.unwrap_model(trial.model)
     written = []
-    if masked_layers(model):
-        save_adapter(model, path / "adapter.safetensors", trial.setup.details)
-        written.append("adapter.safetensors")
-    is_peft = hasattr(model, "peft_config")
+    masked = bool(masked_layers(model))  # peft layers injected into the model itself: its head is not in the adapter
+    if masked:
+        save_adapter(model, path / "adapter")
+        written.append("adapter")
+    is_peft = hasattr(model, "peft_config") and not masked
     if is_peft:
         model.save_pretrained(path / "adapter")
         written.append("adapter")
@@ -85,7 +86,7 @@ def save_trained_state(trial, path: Path, best_epoch: int | None) -> tuple[list[
     extra = {
         name: param.detach().float().contiguous().cpu()
         for name, param in model.named_parameters()
-        if param.requires_grad and not name.endswith("rmask_values") and (not by_library or name in trial.head_params)
+        if param.requires_grad and ".rmask_values." not in name and (not by_library or name in trial.head_params)
     }
     if extra:
         write_atomic(path / "trainable.safetensors", save(extra))

@@ -9,7 +9,7 @@ from peft.config import PeftConfig
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.masking.sampling import SAMPLINGS, STRUCTURES
-from rmask_tune.peft_tuner.peft_type import RMASK
+from rmask_tune.masking.peft_type import RMASK
 
 
 @dataclass
@@ -20,9 +20,11 @@ class RandomMaskingConfig(PeftConfig):
     or ``density`` (the fraction of each target matrix). The other settings mean what they mean in
     ``rmask_tune.masking.apply_random_masking``, which makes the same masks from the same settings.
 
-    The last four fields are filled in when the adapter is made and saved with it: on loading, the masks
-    are rebuilt from the seed and checked against ``masks_checksum``, and a base model that does not match
-    ``base_fingerprint`` / ``base_sample`` is refused. The saved weights are then the fp32 values only.
+    The last four fields are filled in (in this object, which becomes ``peft_config[name]``) when the
+    adapter is made, and saved with it. On loading, the masks are rebuilt from the seed and checked against
+    ``masks_checksum``; a base model whose parameter names or shapes differ from ``base_fingerprint`` is
+    refused, and one of the same architecture whose values differ from ``base_sample`` gets a
+    ``DifferentBaseWarning`` (an error with ``strict_base=True``). The saved weights are the values only.
     """
 
     ratio: Optional[float] = field(default=None, metadata={"help": "Fraction of all model parameters to train."})
@@ -39,6 +41,14 @@ class RandomMaskingConfig(PeftConfig):
     sampling: str = field(default="exact", metadata={"help": f"Entry count: one of {', '.join(SAMPLINGS)}."})
     backend: str = field(default="auto", metadata={"help": "Value-gradient kernels: auto, torch, numba or spops."})
     path: str = field(default="auto", metadata={"help": "How the delta is applied: auto, dense, sparse or inplace."})
+    init_weights: bool = field(
+        default=True, metadata={"help": "True: values start at zero (the adapter changes nothing); False: small "
+                                        "random values (for tests that need a non-identity adapter)."}
+    )
+    strict_base: bool = field(
+        default=False, metadata={"help": "Refuse, instead of warning, a base of the same architecture whose "
+                                         "weights differ from the one the adapter was made on."}
+    )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules trained in full and saved with the adapter (a new head)."}
     )
