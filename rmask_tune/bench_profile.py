@@ -141,7 +141,7 @@ def layer_crossover(
 
 def format_crossover(shape: tuple[int, int], rows: int, points: list[CrossoverPoint]) -> str:
     lines = [f"the paths of one {shape[0]}x{shape[1]} layer on {rows} rows (forward + backward, median ms); "
-             f"auto takes sparse below rows x density = {SPARSE_CROSSOVER}, inplace above it",
+             f"auto takes inplace (on a shared weight: sparse below rows x density = {SPARSE_CROSSOVER}, dense above)",
              f"{'rows x density':>15}{'entries':>9}{'dense':>9}{'sparse':>9}{'inplace':>9}"
              f"{'sparse/inplace':>16}"]  # fmt: skip
     for p in points:

@@ -368,9 +368,10 @@ def test_auto_path_follows_the_cost_model_and_the_choice_is_recorded():
     layer = next(iter(masked_layers(model).values()))
     density = layer.mask.rmask_density
     few, many = int(0.5 * SPARSE_CROSSOVER / density), int(2 * SPARSE_CROSSOVER / density) + 1
-    assert layer.uses_sparse_path(few, torch.float32) and not layer.uses_sparse_path(many, torch.float32)
+    # the delta written into the weight for the call: the cheapest path at every size measured
+    assert layer.mask.path_for(few, torch.float32) == layer.mask.path_for(many, torch.float32) == "inplace"
     # a cast to the compute dtype copies the weight anyway: adding the delta to that copy is nearly free
-    assert not layer.uses_sparse_path(few, torch.bfloat16)
+    assert layer.mask.path_for(few, torch.bfloat16) == "dense"
     forced = tiny_model("tiny-llama")
     apply_random_masking(forced, ratio=1e-4, seed=0, path="dense")
     assert not any(l.uses_sparse_path(1, torch.float32) for l in masked_layers(forced).values())
@@ -378,22 +379,20 @@ def test_auto_path_follows_the_cost_model_and_the_choice_is_recorded():
         apply_random_masking(tiny_model("tiny-llama"), ratio=1e-4, path="fast")
 
 
-def test_auto_path_writes_the_delta_in_place_above_the_crossover_but_never_into_a_shared_weight():
+def test_a_shared_base_weight_is_never_written_auto_takes_sparse_or_dense_there():
     from rmask_tune.masking.layer import SPARSE_CROSSOVER
 
-    model = tiny_model("tiny-llama")
-    apply_random_masking(model, ratio=1e-3, seed=0)
-    layer = next(iter(masked_layers(model).values()))
-    many = int(2 * SPARSE_CROSSOVER / layer.mask.rmask_density) + 1
-    assert layer.mask.path_for(many, torch.float32) == "inplace"
-    assert layer.mask.path_for(many, torch.bfloat16) == "dense"
     tied = tiny_model("tiny-llama")
     tied.config.tie_word_embeddings = True
     tied.tie_weights()
     assert tied.lm_head.weight is tied.get_input_embeddings().weight
     apply_random_masking(tied, density=0.01, targets=["lm_head"], seed=0)
-    head = masked_layers(tied)["lm_head"]
-    assert head.mask.rmask_weight_shared and head.mask.path_for(many, torch.float32) == "dense"
+    head = masked_layers(tied)["lm_head"].mask
+    few, many = int(0.5 * SPARSE_CROSSOVER / head.rmask_density), int(2 * SPARSE_CROSSOVER / head.rmask_density) + 1
+    assert head.rmask_weight_shared
+    assert head.path_for(few, torch.float32) == "sparse" and head.path_for(many, torch.float32) == "dense"
+    model = tiny_model("tiny-llama")
+    apply_random_masking(model, ratio=1e-3, seed=0)
     assert not any(l.mask.rmask_weight_shared for l in masked_layers(model).values())
 
 

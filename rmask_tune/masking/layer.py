@@ -55,13 +55,14 @@ GATHER_MAX_WORK = 1 << 18
 _SDDMM_DTYPES = (torch.float32, torch.float64)
 PATHS = ("auto", "dense", "sparse", "inplace")
 # The cost model of ``auto`` (``choose_path``): when the compute dtype differs from the weight's, the cast
-# copies the weight anyway and the dense path adds the delta to that copy (nearly free). Otherwise the dense
-# path would copy the weight (out x in elements) only to add the delta; the sparse path gathers, multiplies
-# and scatters rows x k elements (a gathered element costs about 1 / SPARSE_CROSSOVER copied ones); the
-# inplace path moves 3 x k elements and no copy. So: sparse when rows x density < SPARSE_CROSSOVER, else
-# inplace (dense where the base weight is shared with another module, which must never see the delta).
-# Measured on CPU in fp32 (docs/speed.md: ``rmask-tune bench --profile`` prints the per-layer crossover,
-# ``python -m rmask_tune.gpu_check`` times the paths on a GPU).
+# copies the weight anyway and the dense path adds the delta to that copy (nearly free). Otherwise the
+# inplace path moves 3 x k elements and copies nothing, and it was the fastest of the three at every
+# rows x density measured (0.005-0.5, docs/speed.md), so it is taken unless the base weight is shared with
+# another module (which must never see the delta). There the dense path would copy the weight (out x in
+# elements) only to add the delta and the sparse path gathers, multiplies and scatters rows x k elements
+# (a gathered element costs about 1 / SPARSE_CROSSOVER copied ones): sparse below the crossover, dense
+# above it. Measured on CPU in fp32 (``rmask-tune bench --profile`` prints the per-layer curve of the three
+# paths, ``python -m rmask_tune.gpu_check`` times them on a GPU).
 SPARSE_CROSSOVER = 0.05
 
 _plain_autograd = False
@@ -130,12 +131,12 @@ def effective_weight(layer: RandomMask, values: torch.Tensor, dtype: torch.dtype
 
 def choose_path(layer: RandomMask, rows: int, dtype: torch.dtype) -> str:
     """The ``auto`` path's cost model (see ``SPARSE_CROSSOVER``): dense when a cast to ``dtype`` copies the
-    weight anyway, else sparse below the crossover and inplace above it (dense for a shared base weight)."""
+    weight anyway, else inplace; for a shared base weight sparse below the crossover and dense above it."""
     if layer.weight.dtype != dtype:
         return "dense"
-    if rows * layer.rmask_density < SPARSE_CROSSOVER:
-        return "sparse"
-    return "dense" if layer.rmask_weight_shared else "inplace"
+    if not layer.rmask_weight_shared:
+        return "inplace"
+    return "sparse" if rows * layer.rmask_density < SPARSE_CROSSOVER else "dense"
 
 
 @contextlib.contextmanager
