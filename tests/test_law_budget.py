@@ -187,7 +187,7 @@ def test_leave_one_budget_out_never_sees_the_held_out_budget(budget_report):
     assert {r.steps for r in rows} == set(BUDGETS) and all(r.source == BUDGET_TERM for r in rows)
     for row in rows:
         rest = fit_shared([p for p in points if p["steps"] != row.steps])  # the law without that budget
-        pair = rest.pairs.index(f"m/{row['task']}")
+        pair = rest.pairs.index(f"m/{row.task}")
         expected = rest.centre(rest.offsets[pair], row.ratio, row.steps)
         assert math.log10(row.predicted_lr) == pytest.approx(expected)
         assert expected != pytest.approx(law.shared.centre(law.shared.offsets[pair], row.ratio, row.steps))
