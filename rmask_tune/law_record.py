@@ -3,38 +3,50 @@ validation, and the Hessian probe's calibration.
 
 Each record reads itself from law.json's JSON (``from_json``, on a file ``rmask_tune.law.load_law`` has checked
 against its schema, ``rmask_tune.files.law``) and writes itself back (``to_json``) key for key, so a law.json
-keeps its content through a load and a save. An optional field that is None is not written: law.json files from
-before it lack the key. Keys rmask-tune does not know are kept in ``extra`` and written back.
+keeps its content through a load and a save. An optional field that is None is not written (law.json files from
+before it lack the key) unless the JSON it was read from held it as null. Keys rmask-tune does not know are kept
+in ``extra`` and written back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any, ClassVar
+
+from rmask_tune.errors import RmaskError
 
 
 @dataclass(frozen=True)
 class _Record:
-    """A law.json section: its fields in file order, then ``extra``."""
+    """A law.json section: its fields in file order, then ``extra``; ``nulls`` names the optional fields its JSON
+    held as null (written back as null)."""
 
     _WRITE_NONE: ClassVar[frozenset[str]] = frozenset()  # fields written as null rather than left out
+    _KEYS: ClassVar[dict[str, str]] = {}  # a field's JSON key where it differs from its name
+
+    nulls: frozenset[str] = field(default=frozenset(), kw_only=True, repr=False, compare=False)
 
     def to_json(self) -> dict:
         out = {}
         for f in fields(self):
-            if f.name == "extra":
+            if f.name in ("extra", "nulls"):
                 continue
             value = getattr(self, f.name)
-            if value is None and f.name not in self._WRITE_NONE:
+            if value is None and f.name not in self._WRITE_NONE and f.name not in self.nulls:
                 continue
-            out[f.name] = _plain(value)
+            out[self._KEYS.get(f.name, f.name)] = _plain(value)
         return {**out, **getattr(self, "extra", {})}
 
     @classmethod
     def from_json(cls, d: dict) -> Any:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        values = {k: cls._read(k, v) for k, v in d.items() if k in known}
-        return cls(**values, extra={k: v for k, v in d.items() if k not in known})
+        names = {cls._KEYS.get(f.name, f.name): f.name for f in fields(cls)}
+        names = {key: name for key, name in names.items() if name not in ("extra", "nulls")}
+        values = {names[k]: cls._read(names[k], v) for k, v in d.items() if k in names}
+        nulls = frozenset(names[k] for k, v in d.items() if k in names and v is None)
+        try:
+            return cls(**values, extra={k: v for k, v in d.items() if k not in names}, nulls=nulls)
+        except TypeError as e:
+            raise RmaskError(f"law.json: a {cls.__name__} entry is malformed ({e})") from None
 
     @classmethod
     def _read(cls, key: str, value: Any) -> Any:
@@ -118,6 +130,37 @@ class ExcludedCell(_Record):
 
 
 @dataclass(frozen=True)
+class HeldOutRow(_Record):
+    """One held-out cell scored (``rmask_tune.validation``): the LR predicted for it (from ``source``, JSON key
+    ``from``) against its measured curve: distance from the best grid LR in half-decade ``error_steps``, ``regret``
+    in points, ``beyond_grid`` when the prediction lies outside the swept LRs; ``in_law`` whether the cell is one
+    of the law's points. ``steps`` its budget (None: no budget); ``c`` and ``lambda_max`` for the Hessian
+    predictor's rows."""
+
+    _KEYS: ClassVar[dict[str, str]] = {"source": "from"}
+
+    model: str
+    task: str
+    ratio: float
+    _: KW_ONLY
+    steps: int | None = None
+    source: str | None = None
+    c: float | None = None
+    lambda_max: float | None = None
+    in_law: bool | None = None  # None in law.json from before it
+    predicted_lr: float
+    best_grid_lr: float
+    error_steps: float
+    regret: float
+    beyond_grid: bool
+    extra: dict = field(default_factory=dict)
+
+
+def _rows(value: list[dict] | None) -> list[HeldOutRow] | None:
+    return None if value is None else [HeldOutRow.from_json(row) for row in value]
+
+
+@dataclass(frozen=True)
 class HeldOutStats(_Record):
     """Mean and worst error (grid steps) and regret (points) over held-out cells (``rmask_tune.validation``)."""
 
@@ -150,9 +193,13 @@ class HessianValidation(_Record):
 
     probes: int
     held_out: bool
-    rows: list[dict]
-    within_model_rows: list[dict]
+    rows: list[HeldOutRow]
+    within_model_rows: list[HeldOutRow]
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _read(cls, key: str, value: Any) -> Any:
+        return _rows(value) if key in ("rows", "within_model_rows") else value
 
 
 def _summaries(value: dict) -> dict[str, ValidationSummary | None]:
@@ -162,14 +209,14 @@ def _summaries(value: dict) -> dict[str, ValidationSummary | None]:
 @dataclass(frozen=True)
 class Validation(_Record):
     """How far the law's (and the Hessian predictor's) LRs land on held-out cells: the rows per held-out cell
-    (dicts of ``rmask_tune.validation``), and their summaries by kind (``leave_one_task_out``, ...)."""
+    (``HeldOutRow``), and their summaries by kind (``leave_one_task_out``, ...)."""
 
     _WRITE_NONE: ClassVar[frozenset[str]] = frozenset({"hessian_predictor"})
 
-    leave_one_task_out: list[dict]
-    leave_one_ratio_out: list[dict]
+    leave_one_task_out: list[HeldOutRow]
+    leave_one_ratio_out: list[HeldOutRow]
     summary: dict[str, ValidationSummary | None]
-    leave_one_budget_out: list[dict] | None = None  # only with optima at two or more budgets
+    leave_one_budget_out: list[HeldOutRow] | None = None  # only with optima at two or more budgets
     hessian_predictor: HessianValidation | None = None
     extra: dict = field(default_factory=dict)
 
@@ -177,15 +224,39 @@ class Validation(_Record):
     def _read(cls, key: str, value: Any) -> Any:
         if key == "summary":
             return _summaries(value)
+        if key.startswith("leave_one_"):
+            return _rows(value)
         return HessianValidation.from_json(value) if key == "hessian_predictor" and value is not None else value
+
+
+@dataclass(frozen=True)
+class CalibrationPoint(_Record):
+    """An optimum the probe's ``c`` was calibrated on (``rmask_tune.analysis.predict.calibration_pair``): its
+    ``lr`` and the ``lambda_max`` its probe repeats measured (their geometric mean, each repeat, their spread, the
+    finite-difference steps taken; None for exact HVPs), and ``c / lambda_max``'s distance from ``lr`` in grid
+    steps, with ``c`` from every point (``error_steps``) and without this one (``loo_error_steps``)."""
+
+    model: str | None = None
+    task: str | None = None
+    ratio: float | None = None
+    _: KW_ONLY
+    lr: float
+    lambda_max: float
+    lambda_max_repeats: list[float] | None = None
+    lambda_max_sd: float | None = None
+    lambda_max_range: list[float] | None = None
+    step_range: list[float] | None = None
+    predicted_lr: float | None = None
+    error_steps: float | None = None
+    loo_error_steps: float | None = None
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ProbeCalibration(_Record):
     """The Hessian probe's constant ``c`` (``lr = c / lambda_max``, ``rmask_tune.analysis.predict``): ``c`` over
     every calibration point, per model, the points' log10 scatter around it, its spread over probe repeats,
-    the probe settings it was measured with (``probe``, reused by a prediction) and the points (dicts of
-    ``calibration_pair`` with their errors)."""
+    the probe settings it was measured with (``probe``, reused by a prediction) and the points."""
 
     c: float
     n: int | None = None
@@ -201,8 +272,12 @@ class ProbeCalibration(_Record):
     c_sd: float | None = None
     c_range: list[float] | None = None
     probe: dict | None = None
-    points: list[dict] | None = None
+    points: list[CalibrationPoint] | None = None
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _read(cls, key: str, value: Any) -> Any:
+        return [CalibrationPoint.from_json(p) for p in value] if key == "points" and value is not None else value
 
 
 @dataclass(frozen=True)

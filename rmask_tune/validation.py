@@ -34,7 +34,7 @@ import numpy as np
 from rmask_tune.analysis.predict import calibrate
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import fit_shared, offset_spread, point_budgets
-from rmask_tune.law_record import HeldOutStats, ValidationSummary
+from rmask_tune.law_record import HeldOutRow, HeldOutStats, ValidationSummary
 
 GRID_STEP = 0.5  # decades
 
@@ -48,7 +48,8 @@ def _cells(points: list[dict]) -> set[tuple]:
 
 
 def _score(predicted_log10: float, lrs: list[float], means: list[float]) -> dict:
-    """Error in grid steps and regret (points) of training at 10**predicted_log10 on a measured curve."""
+    """Error in grid steps and regret (points) of training at 10**predicted_log10 on a measured curve (a
+    ``HeldOutRow``'s score fields)."""
     x = np.log10(lrs)
     y = np.asarray(means, dtype=float)
     best = int(np.argmax(y))
@@ -65,7 +66,7 @@ WITHIN_MODEL = "mean offset of the model's other tasks"
 ACROSS_MODELS = "mean offset of the other models' tasks"
 
 
-def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
+def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[HeldOutRow]:
     """One row per held-out cell: ``curves[(model, task, ratio, steps)] = (lrs, mean dev metric)``. A pair with curves
     but no point in the law (every cell failed its rules) is held out too, predicted from the whole law."""
     rows, in_law = [], _cells(points)
@@ -83,13 +84,12 @@ def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float]
         for (m, task, ratio, steps), (lrs, means) in _measured(curves):
             if f"{m}/{task}" != held or len(lrs) < 2:
                 continue
-            rows.append({"model": m, "task": task, "ratio": ratio, **_budget(steps), "from": source,
-                         "in_law": (m, task, ratio, steps) in in_law,
-                         **_score(fit.centre(offset, ratio, steps), lrs, means)})
+            rows.append(HeldOutRow(m, task, ratio, steps=steps, source=source, in_law=(m, task, ratio, steps) in in_law,
+                                   **_score(fit.centre(offset, ratio, steps), lrs, means)))
     return rows
 
 
-def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
+def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[HeldOutRow]:
     """One row per held-out cell: every pair's point at one ratio hidden at a time, predicted from its own offset."""
     rows, in_law = [], _cells(points)
     for ratio in sorted({p["ratio"] for p in points}):
@@ -103,8 +103,8 @@ def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float
             if r != ratio or pair not in fit.pairs or len(lrs) < 2:
                 continue
             predicted = fit.centre(fit.offsets[fit.pairs.index(pair)], ratio, steps)
-            rows.append({"model": m, "task": task, "ratio": ratio, **_budget(steps), "from": "own offset, other ratios",
-                         "in_law": (m, task, r, steps) in in_law, **_score(predicted, lrs, means)})
+            rows.append(HeldOutRow(m, task, ratio, steps=steps, source="own offset, other ratios",
+                                   in_law=(m, task, r, steps) in in_law, **_score(predicted, lrs, means)))
     return rows
 
 
@@ -114,7 +114,7 @@ BUDGET_TERM = "own offset, budget term fitted on the other budgets"
 NO_BUDGET_TERM = "own offset at the other budget (one budget left: no budget term)"
 
 
-def leave_one_budget_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[dict]:
+def leave_one_budget_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[HeldOutRow]:
     """One row per held-out cell: every optimum at one budget hidden at a time, that budget's cells predicted from
     the law refitted on the other budgets only (empty unless every point has a budget and there are two or more)."""
     budgets = point_budgets(points)
@@ -133,8 +133,8 @@ def leave_one_budget_out(points: list[dict], curves: dict[tuple, tuple[list[floa
             if steps != held or pair not in fit.pairs or len(lrs) < 2:
                 continue
             predicted = fit.centre(fit.offsets[fit.pairs.index(pair)], ratio, steps)
-            rows.append({"model": m, "task": task, "ratio": ratio, "steps": steps, "from": source,
-                         "in_law": (m, task, ratio, steps) in in_law, **_score(predicted, lrs, means)})
+            rows.append(HeldOutRow(m, task, ratio, steps=steps, source=source, in_law=(m, task, ratio, steps) in in_law,
+                                   **_score(predicted, lrs, means)))
     return rows
 
 
@@ -142,11 +142,6 @@ def _measured(curves: dict[tuple, tuple]) -> list[tuple[tuple, tuple]]:
     """The curves as ``((model, task, ratio, steps), (lrs, means))`` in that order (a key without steps: None)."""
     keyed = [((*key, None)[:4], curve) for key, curve in curves.items()]
     return sorted(keyed, key=lambda item: (*item[0][:3], item[0][3] or 0))
-
-
-def _budget(steps: int | None) -> dict:
-    """A row's budget, when the curve has one."""
-    return {} if steps is None else {"steps": steps}
 
 
 def _curve_of(curves: dict, model: str, task: str, ratio: float) -> tuple[list[float], list[float]]:
@@ -158,7 +153,7 @@ def _curve_of(curves: dict, model: str, task: str, ratio: float) -> tuple[list[f
 def probe_leave_one_task_out(
     calibration: list[dict], probed: list[dict], curves: dict[tuple, tuple[list[float], list[float]]],
     within_model: bool = False,
-) -> tuple[list[dict], bool]:
+) -> tuple[list[HeldOutRow], bool]:
     """Rows for ``lr = c / lambda_max`` on the ``probed`` cells (``model``, ``task``, ``ratio``, ``lambda_max``)
     with a curve, and whether they are held out. Held out: ``c`` refitted on the ``calibration`` pairs
     (``lambda_max``, ``lr``) of every other (model, task), of all models (the predictor is meant for models
@@ -180,38 +175,38 @@ def probe_leave_one_task_out(
                 continue
         c = calibrate((p["lambda_max"], p["lr"]) for p in fit_on)
         source = "c of the same model's other tasks" if within_model else "c of the other tasks' optima"
-        rows.append({"model": probe["model"], "task": probe["task"], "ratio": probe["ratio"],
-                     "from": source if held_out else "c in-sample", "c": c,
-                     "lambda_max": probe["lambda_max"], "in_law": (probe["model"], probe["task"], probe["ratio"]) in in_law,
-                     **_score(math.log10(c / probe["lambda_max"]), lrs, means)})
+        rows.append(HeldOutRow(probe["model"], probe["task"], probe["ratio"], source=source if held_out else "c in-sample",
+                               c=c, lambda_max=probe["lambda_max"],
+                               in_law=(probe["model"], probe["task"], probe["ratio"]) in in_law,
+                               **_score(math.log10(c / probe["lambda_max"]), lrs, means)))
     return rows, held_out
 
 
-def summarize_validation(rows: list[dict]) -> ValidationSummary | None:
+def summarize_validation(rows: list[HeldOutRow]) -> ValidationSummary | None:
     """Mean and worst error (grid steps) and regret (points) over the rows, and (``law_cells``) over the rows
     whose cell is one of the law's points."""
     summary = _summary(rows)
     if summary is None:
         return None
-    law_cells = _summary([r for r in rows if r["in_law"]])
+    law_cells = _summary([r for r in rows if r.in_law])
     return ValidationSummary(**summary, law_cells=None if law_cells is None else HeldOutStats(**law_cells))
 
 
-def summarize_by_source(rows: list[dict]) -> dict[str, ValidationSummary | None]:
+def summarize_by_source(rows: list[HeldOutRow]) -> dict[str, ValidationSummary | None]:
     """Leave-one-task-out summaries within a model and across models, when the rows hold both kinds."""
-    within = [r for r in rows if r["from"] == WITHIN_MODEL]
-    across = [r for r in rows if r["from"] == ACROSS_MODELS]
+    within = [r for r in rows if r.source == WITHIN_MODEL]
+    across = [r for r in rows if r.source == ACROSS_MODELS]
     if not (within and across):
         return {}
     return {"leave_one_task_out_within_model": summarize_validation(within),
             "leave_one_task_out_across_models": summarize_validation(across)}
 
 
-def _summary(rows: list[dict]) -> dict | None:
+def _summary(rows: list[HeldOutRow]) -> dict | None:
     if not rows:
         return None
-    errors = [r["error_steps"] for r in rows]
-    regrets = [r["regret"] for r in rows]
+    errors = [r.error_steps for r in rows]
+    regrets = [r.regret for r in rows]
     return {"cells": len(rows), "mean_error_steps": float(np.mean(errors)), "max_error_steps": float(max(errors)),
             "mean_regret": float(np.mean(regrets)), "max_regret": float(max(regrets)),
-            "beyond_grid": sum(r["beyond_grid"] for r in rows)}
+            "beyond_grid": sum(r.beyond_grid for r in rows)}

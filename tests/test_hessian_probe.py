@@ -170,7 +170,7 @@ def test_calibration_and_recommend_probe_the_loss_each_cell_trained_on(tmp_path,
              "loss_settings": loss}  # fmt: skip
     path = tmp_path / "law.json"
     Law(pooled=None, models={}, points=[LawPoint.from_json(point)]).save(path)
-    measured = calibrate_law(path, CHECK).points[0]["lambda_max"]
+    measured = calibrate_law(path, CHECK).points[0].lambda_max
     assert measured == probe_ratio("tiny-llama", "SST-2", 1e-4, CHECK, loss).lambda_max
     assert measured != pytest.approx(probe_ratio("tiny-llama", "SST-2", 1e-4, CHECK).lambda_max, rel=0.05)
     assert json.loads((tmp_path / "probes.json").read_text())["probes"][0]["loss_settings"] == loss

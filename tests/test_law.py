@@ -157,3 +157,26 @@ def test_every_committed_law_json_loads_and_saves_back_the_same(committed, tmp_p
     if original["format"] == "rmask-tune law v1":
         original = {"shared": None, "tasks": {}, **original, "format": "rmask-tune law v2"}
     assert json.loads(again.read_text()) == original
+
+
+def test_held_out_rows_and_calibration_points_load_typed_and_keep_their_keys(tmp_path):
+    """law.json's held-out rows and calibration points load as records (``from`` as ``source``); a null the file
+    holds is written back as null, a key it lacks stays absent, and a row missing a score is a one-line error."""
+    d = json.loads((REPO / "reports" / "law-across-tasks" / "law.json").read_text())
+    row = d["validation"]["leave_one_task_out"][0]
+    point = d["probe_calibration"]["points"][0]
+    point["loo_error_steps"] = None
+    del point["step_range"]
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps(d))
+    law = load_law(path)
+    typed = law.validation.leave_one_task_out[0]
+    assert (typed.model, typed.source, typed.regret, typed.in_law) == (row["model"], row["from"], row["regret"],
+                                                                      row["in_law"])
+    assert law.probe_calibration.points[0].loo_error_steps is None
+    law.save(tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == d
+    del d["validation"]["leave_one_task_out"][0]["regret"]
+    path.write_text(json.dumps(d))
+    with pytest.raises(RmaskError, match="HeldOutRow entry is malformed.*regret"):
+        load_law(path)

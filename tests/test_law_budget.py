@@ -184,22 +184,22 @@ def test_leave_one_budget_out_never_sees_the_held_out_budget(budget_report):
     law = load_law(budget_report / "law.json")
     rows = law.validation.leave_one_budget_out
     points = law.point_json()
-    assert {r["steps"] for r in rows} == set(BUDGETS) and all(r["from"] == BUDGET_TERM for r in rows)
+    assert {r.steps for r in rows} == set(BUDGETS) and all(r.source == BUDGET_TERM for r in rows)
     for row in rows:
-        rest = fit_shared([p for p in points if p["steps"] != row["steps"]])  # the law without that budget
-        pair = rest.pairs.index(f"m/{row['task']}")
-        expected = rest.centre(rest.offsets[pair], row["ratio"], row["steps"])
-        assert math.log10(row["predicted_lr"]) == pytest.approx(expected)
-        assert expected != pytest.approx(law.shared.centre(law.shared.offsets[pair], row["ratio"], row["steps"]))
+        rest = fit_shared([p for p in points if p["steps"] != row.steps])  # the law without that budget
+        pair = rest.pairs.index(f"m/{row.task}")
+        expected = rest.centre(rest.offsets[pair], row.ratio, row.steps)
+        assert math.log10(row.predicted_lr) == pytest.approx(expected)
+        assert expected != pytest.approx(law.shared.centre(law.shared.offsets[pair], row.ratio, row.steps))
     summary = law.validation.summary["leave_one_budget_out"]
     assert summary.cells == len(rows) == 18 and summary.mean_error_steps < 1.5
     # Two budgets leave one to fit on: no budget term; the other budget's law as it is, labelled so.
     two = [p for p in points if p["steps"] != 200]
     from rmask_tune.validation import leave_one_budget_out
 
-    curves = {(r["model"], r["task"], r["ratio"], r["steps"]): ([r["best_grid_lr"] / 10, r["best_grid_lr"]], [0.5, 0.6])
-              for r in rows if r["steps"] != 200}
-    assert {r["from"] for r in leave_one_budget_out(two, curves)} == {NO_BUDGET_TERM}
+    curves = {(r.model, r.task, r.ratio, r.steps): ([r.best_grid_lr / 10, r.best_grid_lr], [0.5, 0.6])
+              for r in rows if r.steps != 200}
+    assert {r.source for r in leave_one_budget_out(two, curves)} == {NO_BUDGET_TERM}
     text = (budget_report / "README.md").read_text()
     assert "Leave-one-budget-out: every optimum at one training budget is hidden" in text
     assert "the held-out budget's optima are out of the fit" in text

@@ -161,30 +161,30 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
     # A cell without signal (flat up to noise), which the rules kept out of the law: scored, and marked so.
     curves[("m", "SST-2", 1e-5)] = ([10.0**e for e in np.arange(-2, 1.01, 0.5)], list(0.5 + rng.normal(0, 0.01, 7)))
     tasks = leave_one_task_out(points, curves)
-    assert len(tasks) == 10 and {r["task"] for r in tasks} == set(offsets)
-    assert [r["ratio"] for r in tasks if not r["in_law"]] == [1e-5]
+    assert len(tasks) == 10 and {r.task for r in tasks} == set(offsets)
+    assert [r.ratio for r in tasks if not r.in_law] == [1e-5]
     law_cells = summarize_validation(tasks).law_cells
-    in_law = [r for r in tasks if r["in_law"]]
-    assert law_cells.cells == 9 and law_cells.mean_regret == pytest.approx(np.mean([r["regret"] for r in in_law]))
+    in_law = [r for r in tasks if r.in_law]
+    assert law_cells.cells == 9 and law_cells.mean_regret == pytest.approx(np.mean([r.regret for r in in_law]))
     # A task none of whose cells entered the law: still predicted as a new task, from the whole law.
     curves[("m", "WiC", 1e-3)] = ([10.0**e for e in np.arange(-3, 0.01, 0.5)], list(0.5 + rng.normal(0, 0.01, 7)))
-    wic = [r for r in leave_one_task_out(points, curves) if r["task"] == "WiC"]
+    wic = [r for r in leave_one_task_out(points, curves) if r.task == "WiC"]
     shared = fit_shared(points)
-    assert len(wic) == 1 and not wic[0]["in_law"] and wic[0]["from"] == WITHIN_MODEL
+    assert len(wic) == 1 and not wic[0].in_law and wic[0].source == WITHIN_MODEL
     offset = offset_spread(np.asarray(shared.offsets), np.asarray(shared.cov).diagonal()[:-1])[0]
-    assert wic[0]["predicted_lr"] == pytest.approx(10.0 ** (offset + shared.b * (-3 - shared.x0)))
+    assert wic[0].predicted_lr == pytest.approx(10.0 ** (offset + shared.b * (-3 - shared.x0)))
     del curves[("m", "SST-2", 1e-5)], curves[("m", "WiC", 1e-3)]
     tasks = leave_one_task_out(points, curves)
     # RTE's offset is 0.43 decades above the others' mean: about one grid step off, a little regret.
-    rte = [r for r in tasks if r["task"] == "RTE"]
-    assert all(0.4 <= r["error_steps"] <= 1.7 for r in rte)
-    assert all(0 < r["regret"] < 8 for r in rte)
+    rte = [r for r in tasks if r.task == "RTE"]
+    assert all(0.4 <= r.error_steps <= 1.7 for r in rte)
+    assert all(0 < r.regret < 8 for r in rte)
     ratios_out = leave_one_ratio_out(points, curves)
     assert len(ratios_out) == 9
     summary = summarize_validation(ratios_out)
     assert summary.mean_error_steps < 0.6 and summary.max_regret < 2
     assert summarize_validation(tasks).mean_regret > summary.mean_regret
-    assert {r["from"] for r in tasks} == {WITHIN_MODEL} and summarize_by_source(tasks) == {}
+    assert {r.source for r in tasks} == {WITHIN_MODEL} and summarize_by_source(tasks) == {}
     # A second model with one task in the law: its cells are predicted from the first model's tasks, and
     # the summary keeps that cross-family prediction apart from the within-model ones.
     for r in ratios:
@@ -193,10 +193,10 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
         curves[("m2", "SST-2", r)] = (lrs, [accuracy_curve(truth)(lr) for lr in lrs])
         points.append({"model": "m2", "task": "SST-2", "ratio": r, "se": 0.1, "log10_lr": truth})
     tasks = leave_one_task_out(points, curves)
-    across = [r for r in tasks if r["from"] == ACROSS_MODELS]
-    assert {r["model"] for r in across} == {"m2"} and len(across) == 3
-    assert all(r["error_steps"] > 1.2 for r in across)  # m2's offset is 1 decade above m's tasks' mean
+    across = [r for r in tasks if r.source == ACROSS_MODELS]
+    assert {r.model for r in across} == {"m2"} and len(across) == 3
+    assert all(r.error_steps > 1.2 for r in across)  # m2's offset is 1 decade above m's tasks' mean
     split = summarize_by_source(tasks)
     assert split["leave_one_task_out_within_model"].cells == 9
     assert split["leave_one_task_out_across_models"].mean_error_steps == pytest.approx(
-        np.mean([r["error_steps"] for r in across]))
+        np.mean([r.error_steps for r in across]))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from rmask_tune.analysis.probes import PROBES_FILE, add_probes, probe_entry
 from rmask_tune.errors import RmaskError
-from rmask_tune.law_record import ProbeCalibration
+from rmask_tune.law_record import CalibrationPoint, ProbeCalibration
 
 if TYPE_CHECKING:
     from rmask_tune.analysis.landscape import ProbeSettings
@@ -78,7 +78,7 @@ def constant_for(calibration: ProbeCalibration, model: str) -> ProbeConstant:
     scatter = calibration.log10_sd or 0.0
     if model in by_model:
         c = by_model[model]
-        own = [math.log10(p["lr"] * p["lambda_max"] / c) for p in points if p.get("model") == model]
+        own = [math.log10(p.lr * p.lambda_max / c) for p in points if p.model == model]
         sd = _sample_sd(own) if len(own) >= 2 else scatter
         return ProbeConstant(c, sd, f"c of {model}'s own optima ({len(own)})")
     c, sd = calibration.c, scatter
@@ -194,7 +194,7 @@ def calibration_entry(pairs: list[dict], probe: dict, source: str, **extra) -> P
         c_repeats=c_repeats,
         **_spread("c", c_repeats),
         probe=probe,
-        points=[{**pair, **error} for pair, error in zip(pairs, errors)],
+        points=[CalibrationPoint.from_json({**pair, **error}) for pair, error in zip(pairs, errors)],
     )
 
 

@@ -101,10 +101,10 @@ def _calibrate(args: argparse.Namespace) -> None:
         print(json.dumps(entry.to_json(), indent=1))
     else:
         for point in entry.points:
-            loo = point["loo_error_steps"]
+            loo = point.loo_error_steps
             print(
-                f"{point['model']} {point['task']} ratio {point['ratio']:.3g}: swept optimum {point['lr']:.3g}, "
-                f"predicted {point['predicted_lr']:.3g} ({point['error_steps']:+.2f} half-decade steps"
+                f"{point.model} {point.task} ratio {point.ratio:.3g}: swept optimum {point.lr:.3g}, "
+                f"predicted {point.predicted_lr:.3g} ({point.error_steps:+.2f} half-decade steps"
                 + ("" if loo is None else f"; {loo:+.2f} with c fitted on the other points") + ")"
             )
         loo_mean = entry.mean_abs_loo_error_steps

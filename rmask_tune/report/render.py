@@ -8,7 +8,7 @@ import html
 from dataclasses import dataclass
 
 from rmask_tune.analysis.probes import PROBES_FILE
-from rmask_tune.law_record import ExcludedCell, HeldOutStats, LawPoint, Validation, ValidationSummary
+from rmask_tune.law_record import ExcludedCell, HeldOutRow, HeldOutStats, LawPoint, Validation, ValidationSummary
 from rmask_tune.report.figures import SCALE
 from rmask_tune.report.paper_table import SeedStats, paper_tables, seed_stats
 from rmask_tune.report.summary import LAW_METHOD, Summary, fmt_lr, fmt_pct, row_label, slug
@@ -251,12 +251,12 @@ def _validation(law) -> list:
             if summary.get(split):
                 blocks.append(("p", f"{title}, {name}: {_held_out_summary(summary[split])}."))
         source = key in ("leave_one_task_out", "leave_one_budget_out")
-        budget = key == "leave_one_budget_out" or len({r.get("steps") for r in rows}) > 1
+        budget = key == "leave_one_budget_out" or len({r.steps for r in rows}) > 1
         blocks.append(("table", Table(["Model", "Task", "Ratio"] + (["Steps"] if budget else []) + _HELD_OUT_HEADER
                                       + (["From"] if source else []),
-                                      [[r["model"], r["task"], f"{r['ratio']:.3g}"]
-                                       + ([str(r.get("steps", "—"))] if budget else []) + _held_out_cells(r)
-                                       + ([r["from"]] if source else []) for r in rows])))
+                                      [[r.model, r.task, f"{r.ratio:.3g}"]
+                                       + (["—" if r.steps is None else str(r.steps)] if budget else [])
+                                       + _held_out_cells(r) + ([r.source] if source else []) for r in rows])))
     return blocks
 
 
@@ -265,9 +265,9 @@ _LOTO_SPLITS = (("leave_one_task_out_within_model", "from the same model's other
 _HELD_OUT_HEADER = ["Predicted LR", "Best grid LR", "Error (steps)", "Regret (points)", "In law"]
 
 
-def _held_out_cells(row: dict) -> list[str]:
-    return [fmt_lr(row["predicted_lr"]) + ("*" if row["beyond_grid"] else ""), fmt_lr(row["best_grid_lr"]),
-            f"{row['error_steps']:.2f}", f"{row['regret']:.1f}", "yes" if row.get("in_law") else "no"]
+def _held_out_cells(row: HeldOutRow) -> list[str]:
+    return [fmt_lr(row.predicted_lr) + ("*" if row.beyond_grid else ""), fmt_lr(row.best_grid_lr),
+            f"{row.error_steps:.2f}", f"{row.regret:.1f}", "yes" if row.in_law else "no"]
 
 
 def _held_out_summary(overall: ValidationSummary) -> str:
@@ -308,8 +308,8 @@ def _hessian_predictor(law) -> list:
               + (f"; left out: {', '.join(left_out)}" if left_out else "")
               + "). law.json's probe_calibration holds it for `rmask-tune recommend --probe`."),
         ("table", Table(["Model", "Task", "Ratio", "lr*", "lambda_max", "lr* · lambda_max"],
-                        [[p["model"], p["task"], f"{p['ratio']:.3g}", fmt_lr(p["lr"]), f"{p['lambda_max']:.4g}",
-                          f"{p['lr'] * p['lambda_max']:.3g}"] for p in calibration.points])),
+                        [[p.model, p.task, f"{p.ratio:.3g}", fmt_lr(p.lr), f"{p.lambda_max:.4g}",
+                          f"{p.lr * p.lambda_max:.3g}"] for p in calibration.points])),
     ]
     rows, overall = predictor.rows, validation.summary["hessian_predictor"]
     if predictor.held_out:
@@ -338,9 +338,9 @@ def _hessian_predictor(law) -> list:
     return blocks + ([_predictor_table(within)] if within else [])
 
 
-def _predictor_table(rows: list[dict]):
+def _predictor_table(rows: list[HeldOutRow]):
     return ("table", Table(["Model", "Task", "Ratio", "c used", "lambda_max"] + _HELD_OUT_HEADER,
-                           [[r["model"], r["task"], f"{r['ratio']:.3g}", f"{r['c']:.4g}", f"{r['lambda_max']:.4g}"]
+                           [[r.model, r.task, f"{r.ratio:.3g}", f"{r.c:.4g}", f"{r.lambda_max:.4g}"]
                             + _held_out_cells(r) for r in rows]))
 
 
