@@ -1,9 +1,10 @@
-"""Where a Random Masking step goes: its stages under torch.profiler, and the dense/sparse crossover of one layer.
+"""Where a Random Masking step goes: its stages under torch.profiler, and the cost of one layer on each path.
 
 The masked layer labels its stages (``rmask.forward``, ``rmask.delta``, ``rmask.input_grad``,
 ``rmask.value_grad``; ``rmask_tune.masking.layer``) and torch labels the optimizer step, so a profile
 of a few steps splits the step into them; the rest is the frozen model's own forward and backward.
-``rmask.delta`` (the weight assembly on the dense path, the sparse products on the sparse one) runs
+``rmask.delta`` (the weight assembly on the dense path, the index writes on the inplace path, the sparse
+products on the sparse one) runs
 inside the forward and the input gradient, and is counted in them too.
 """
 

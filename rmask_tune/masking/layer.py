@@ -117,6 +117,12 @@ def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def masked_entries(w0: torch.Tensor, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``W0 + values`` at the masked entries, summed in fp32 and rounded once to ``dtype`` (zero values give
+    back ``W0`` exactly)."""
+    return (w0.float() + values).to(dtype)
+
+
 def effective_weight(layer: RandomMask, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``W0 + delta`` as stored by the base layer, in ``dtype``: a new tensor (the base weight is untouched).
 
@@ -124,7 +130,7 @@ def effective_weight(layer: RandomMask, values: torch.Tensor, dtype: torch.dtype
     give back ``W0`` exactly.
     """
     w0 = layer.base_layer.weight.detach()
-    merged = (w0.reshape(-1)[layer.rmask_flat].float() + values).to(dtype)
+    merged = masked_entries(w0.reshape(-1)[layer.rmask_flat], values, dtype)
     weight = w0.to(dtype, copy=True).reshape(-1)  # the one copy, also when the cast makes one anyway
     return weight.index_put_((layer.rmask_flat,), merged).view_as(w0)
 
@@ -147,7 +153,7 @@ def delta_written_in(layer: RandomMask, values: torch.Tensor):
     flat = weight.view(-1)
     with _stage("rmask.delta"):
         w0 = flat.index_select(0, layer.rmask_flat)
-        flat.index_put_((layer.rmask_flat,), (w0.float() + values.detach()).to(flat.dtype))
+        flat.index_put_((layer.rmask_flat,), masked_entries(w0, values.detach(), flat.dtype))
     try:
         yield weight
     finally:
