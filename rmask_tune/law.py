@@ -288,10 +288,28 @@ def offset_spread(offsets: np.ndarray, variances: np.ndarray) -> tuple[float, fl
     return float(np.average(offsets, weights=w)), float(math.sqrt(1 / np.sum(w))), float(math.sqrt(between2))
 
 
+def usual_budget(points: list[dict]) -> int | None:
+    """The budget (optimizer steps) most of ``points`` were measured at (ties: the larger); None when there are no
+    points or any does not say."""
+    budgets = [p.get("steps") for p in points]
+    if not budgets or None in budgets:
+        return None
+    return max(set(budgets), key=lambda steps: (budgets.count(steps), steps))
+
+
 def point_budgets(points: list[dict]) -> list[int] | None:
     """The distinct budgets (optimizer steps) of ``points``, sorted; None when any point does not say."""
     budgets = {p.get("steps") for p in points}
     return None if None in budgets else sorted(budgets)
+
+
+def _budget_varies_within_a_pair(points: list[dict]) -> bool:
+    """Whether some (model, task) has optima at two or more budgets: only then do the points tell the budget
+    exponent g apart from the pairs' offsets (pairs each at its own budget leave g unidentified)."""
+    budgets: dict[str, set] = {}
+    for p in points:
+        budgets.setdefault(f"{p['model']}/{p['task']}", set()).add(p["steps"])
+    return any(len(steps) >= 2 for steps in budgets.values())
 
 
 def _weighted_fit(design: np.ndarray, y: np.ndarray, se2: np.ndarray, dof: int):
@@ -311,7 +329,7 @@ def _weighted_fit(design: np.ndarray, y: np.ndarray, se2: np.ndarray, dof: int):
 
 def fit_shared(points: list[dict]) -> SharedFit:
     """Fit one exponent across (model, task) pairs with an offset per pair, by weighted least squares; with
-    points at two or more budgets (each point's ``steps``), one budget exponent ``g`` too, and the interaction
+    points at two or more budgets (each point's ``steps``) within some pair, one budget exponent ``g`` too, and the interaction
     of ratio and budget (``b_change``) that tests whether b depends on the budget.
 
     Each point needs ``model``, ``task``, ``ratio``, ``log10_lr`` and ``se`` (``steps`` for the budget term; a point
@@ -329,7 +347,7 @@ def fit_shared(points: list[dict]) -> SharedFit:
     se2 = np.maximum(np.array([p["se"] for p in points], dtype=float), 1e-6) ** 2
     columns = [np.array([f"{p['model']}/{p['task']}" == pair for p in points], dtype=float) for pair in pairs]
     s = s0 = None
-    if budgets is not None and len(budgets) >= 2:
+    if budgets is not None and len(budgets) >= 2 and _budget_varies_within_a_pair(points):
         s = np.log10([p["steps"] for p in points])
         s0 = float(s.mean())
         columns.append(s - s0)
@@ -435,10 +453,9 @@ class Law:
         """The law's own budget (optimizer steps): the one most of its optima were measured at (ties: the larger;
         points that do not say: the largest fitted budget); None when the law does not know its budgets (a
         law.json from before budgets were recorded)."""
-        points = self.shared.points if self.shared is not None else self.point_json()
-        budgets = [p.get("steps") for p in points]
-        if budgets and None not in budgets:
-            return max(set(budgets), key=lambda steps: (budgets.count(steps), steps))
+        usual = usual_budget(self.shared.points if self.shared is not None else self.point_json())
+        if usual is not None:
+            return usual
         fitted = self.shared.steps_range if self.shared is not None else None
         return None if fitted is None else fitted[1]
 
@@ -613,9 +630,13 @@ def log_grid(centre: float, points: int = 5, decades: float = 1.0) -> list[float
 
 
 def narrow_grid(law: Law, ratio: float, model: str | None = None, points: int = 5, decades: float = 1.0,
-                task: str | None = None) -> list[float]:
+                task: str | None = None, steps: float | None = None) -> list[float]:
     """``points`` log-spaced LRs spanning ``decades`` decades, centred on the law's recommendation for
-    ``ratio`` on (``model``, ``task``) (the shared fit's; a v1 law.json, which has none, its single-line
-    fit's); ``points`` 1 is the recommendation alone, as check runs train it."""
-    centre = law.recommend(ratio, model, task).lr if law.shared is not None else law.predict(ratio, model)[0]
+    ``ratio`` on (``model``, ``task``) at the budget ``steps`` (the shared fit's; a law without a budget term
+    recommends for its own budget, and a v1 law.json, which has no shared fit, from its single-line fit);
+    ``points`` 1 is the recommendation alone, as check runs train it."""
+    if law.shared is not None:
+        centre = law.recommend(ratio, model, task, steps=steps).lr
+    else:
+        centre = law.predict(ratio, model)[0]
     return log_grid(centre, points, decades)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rmask_tune.errors import RmaskError
-from rmask_tune.law import Law, SharedFit, fit_shared, offset_spread
+from rmask_tune.law import Law, SharedFit, fit_shared, offset_spread, usual_budget
 from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, signal_test
 
 LAW_METHOD = "random_masking"
@@ -83,6 +83,11 @@ class SearchPrior:
     def pairs(self) -> set[str]:
         return {f"{p['model']}/{p['task']}" for p in self.points}
 
+    def budget(self) -> int | None:
+        """The budget (optimizer steps) most of the prior's optima were measured at (ties: the larger); None
+        when they do not say (a law.json from before budgets were recorded)."""
+        return usual_budget(self.points)
+
 
 @dataclass
 class Cell:
@@ -94,6 +99,7 @@ class Cell:
     pending: set[tuple[int, int]] = field(default_factory=set)
     unavailable: set[tuple[int, int]] = field(default_factory=set)  # ended without a result: not proposed again
     dev_examples: int = 0
+    steps: int | None = None  # the cell's training budget (optimizer steps); None: not known
     status: str = "searching"  # searching | located | no signal | done
 
     @property
@@ -125,11 +131,12 @@ def cell_to_dict(cell: Cell) -> dict:
     return {"id": [cell.id.model, cell.id.task, cell.id.method, cell.id.ratio], "grid": cell.grid,
             "results": [[i, s, v] for i, seeds in cell.results.items() for s, v in seeds.items()],
             "unavailable": sorted(cell.unavailable),
-            "dev_examples": cell.dev_examples, "status": cell.status}
+            "dev_examples": cell.dev_examples, "steps": cell.steps, "status": cell.status}
 
 
 def cell_from_dict(d: dict) -> Cell:
-    cell = Cell(CellId(*d["id"]), list(d["grid"]), dev_examples=int(d["dev_examples"]), status=d["status"])
+    cell = Cell(CellId(*d["id"]), list(d["grid"]), dev_examples=int(d["dev_examples"]), steps=d.get("steps"),
+                status=d["status"])
     for i, s, v in d["results"]:
         cell.results.setdefault(int(i), {})[int(s)] = v
     cell.unavailable = {(int(i), int(s)) for i, s in d.get("unavailable", [])}
@@ -141,11 +148,12 @@ class LawSearch:
     or None when every cell is waiting on pending trials; ``observe`` takes a trial's best dev value."""
 
     def __init__(self, cells: dict[CellId, list[float]], prior: SearchPrior | None = None,
-                 settings: SearchSettings | None = None, dev_examples: dict[CellId, int] | None = None):
+                 settings: SearchSettings | None = None, dev_examples: dict[CellId, int] | None = None,
+                 steps: dict[CellId, int | None] | None = None):
         self.settings = settings or SearchSettings()
         self.prior = prior or SearchPrior([])
-        self.cells = {cid: Cell(cid, sorted(grid), dev_examples=(dev_examples or {}).get(cid, 0))
-                      for cid, grid in cells.items()}
+        self.cells = {cid: Cell(cid, sorted(grid), dev_examples=(dev_examples or {}).get(cid, 0),
+                                steps=(steps or {}).get(cid)) for cid, grid in cells.items()}
         self._fit_cache: tuple[int, SharedFit | None] | None = None
 
     # --- what to run next -------------------------------------------------------------------------------
@@ -255,8 +263,9 @@ class LawSearch:
             estimate = optimum_with_interval(bootstrap_cell(records, samples=200, seed=0))
             if estimate.at_edge:
                 continue
+            budget = {} if cell.steps is None else {"steps": cell.steps}
             points.append({"model": cell.id.model, "task": cell.id.task, "ratio": cell.id.ratio,
-                           "log10_lr": estimate.log10_lr, "se": estimate.se, "searched": True})
+                           "log10_lr": estimate.log10_lr, "se": estimate.se, **budget, "searched": True})
         return points
 
     def fit(self) -> SharedFit | None:
@@ -272,20 +281,24 @@ class LawSearch:
         return fit
 
     def predict(self, cid: CellId) -> float | None:
-        """The log10 LR the law predicts for a Random Masking cell, or None (no prediction: bracket from scratch)."""
+        """The log10 LR the law predicts for a Random Masking cell, or None (no prediction: bracket from scratch).
+
+        At the cell's budget when the fit has a budget term (the prior's points and the located optima span two
+        or more budgets within a pair); without one, at the budgets its points were measured at."""
         if cid.method != self.settings.law_method or cid.ratio is None:
             return None
         fit = self.fit()
         if fit is None:
             return None
-        dx = math.log10(cid.ratio) - fit.x0
+        steps = self.cells[cid].steps if cid in self.cells else None
+        steps = steps if steps is not None else self.prior.budget()
         if cid.pair in fit.pairs:
-            return fit.offsets[fit.pairs.index(cid.pair)] + fit.b * dx
+            return fit.centre(fit.offsets[fit.pairs.index(cid.pair)], cid.ratio, steps)
         mine = [i for i, p in enumerate(fit.pairs) if p.split("/", 1)[0] == cid.model]
         if not mine:
             return None
         offset, _, _ = offset_spread(np.asarray(fit.offsets)[mine], np.asarray(fit.cov).diagonal()[mine])
-        return offset + fit.b * dx
+        return fit.centre(offset, cid.ratio, steps)
 
     # --- results --------------------------------------------------------------------------------------------
     def observe(self, cid: CellId, lr: float | None, seed: int, dev: float | None, dev_examples: int = 0) -> None:

@@ -239,30 +239,99 @@ def test_a_budget_term_without_its_budgets_is_refused(budget_report, tmp_path):
     assert done.one_line_error and "shared: g, s0 and steps_range come together" in done.err
 
 
+def _without_budgets(value):
+    """A law.json's content as written before budgets were recorded: no ``steps`` anywhere."""
+    if isinstance(value, dict):
+        return {k: _without_budgets(v) for k, v in value.items() if k not in ("steps", "steps_range")}
+    if isinstance(value, list):
+        return [_without_budgets(v) for v in value]
+    return value
+
+
 def test_a_law_without_budget_term_recommends_as_before(tmp_path):
     committed = REPO / "reports" / "law-across-tasks" / "law.json"
-    law = load_law(committed)
+    old = tmp_path / "old" / "law.json"  # the committed law as it was written before budgets were recorded
+    old.parent.mkdir()
+    old.write_text(json.dumps(_without_budgets(json.loads(committed.read_text()))))
+    law = load_law(old)
     shared = law.shared
     assert shared.g is None and law.budget() is None
     # Before budgets: the pair's own offset, b, and the t-quantile interval, as the committed file gives them.
     before = json.loads(committed.read_text())["shared"]
     i = before["pairs"].index("smollm2-135m/SST-2")
     centre = before["offsets"][i] + before["b"] * (math.log10(1e-4) - before["x0"])
-    plain = cli(["recommend", "--law", committed, "--model", "smollm2-135m", "--task", "SST-2", "--ratio", "1e-4",
+    plain = cli(["recommend", "--law", old, "--model", "smollm2-135m", "--task", "SST-2", "--ratio", "1e-4",
                  "--json"])
     assert plain.code == 0 and plain.err == ""
     answer = json.loads(plain.out)
     assert math.log10(answer["lr"]) == pytest.approx(centre) and "budget" not in answer
-    steps = cli(["recommend", "--law", committed, "--model", "smollm2-135m", "--task", "SST-2", "--ratio", "1e-4",
+    steps = cli(["recommend", "--law", old, "--model", "smollm2-135m", "--task", "SST-2", "--ratio", "1e-4",
                  "--steps", "625", "--json"])
     assert steps.code == 0 and json.loads(steps.out)["lr"] == answer["lr"]
     assert "the law has no budget term" in steps.err and "not for --steps 625" in steps.err
-    # Its own budget, known once a law records it, asks for no warning.
-    law_at_64 = json.loads(committed.read_text())
-    for p in law_at_64["points"] + law_at_64["shared"]["points"]:
-        p["steps"] = 64
-    (tmp_path / "law.json").write_text(json.dumps(law_at_64))
-    ask = ["recommend", "--law", tmp_path / "law.json", "--model", "smollm2-135m", "--task", "SST-2", "--ratio", "1e-4"]
+    # The committed law records its one budget (64 steps): no budget term, the same LR, and its own budget asks
+    # for no warning.
+    assert load_law(committed).budget() == 64 and load_law(committed).shared.g is None
+    ask = ["recommend", "--law", committed, "--model", "smollm2-135m", "--task", "SST-2", "--ratio", "1e-4"]
     own = cli(ask + ["--steps", "64", "--json"])
     assert own.code == 0 and own.err == "" and json.loads(own.out)["lr"] == answer["lr"]
     assert "the LR is for its own budget of 64 steps, not for --steps 625" in cli(ask + ["--steps", "625"]).err
+
+
+def test_pairs_each_at_their_own_budget_leave_the_budget_term_out():
+    # g is told apart from the offsets only by a pair measured at two budgets; without one the fit keeps b alone.
+    points = [{"model": "m", "task": task, "ratio": r, "steps": steps, "se": 0.05,
+               "log10_lr": truth(task, r, steps)} for task, steps in (("SST-2", 64), ("RTE", 625)) for r in RATIOS]
+    fit = fit_shared(points)
+    assert fit.g is None and fit.b_change is None and fit.b == pytest.approx(B, abs=1e-6)
+    assert fit.steps_range == (64, 625)
+    both = fit_shared(points + [{**points[0], "steps": 625, "log10_lr": truth("SST-2", RATIOS[0], 625)}])
+    assert both.g == pytest.approx(G, abs=1e-6)
+
+
+def _budget_sweep(tmp_path, epochs: int, train: int):
+    from rmask_tune.sweep.validate import load_space
+
+    path = tmp_path / f"budget-{epochs}x{train}.yaml"
+    path.write_text(f"""\
+name: budget-{epochs}x{train}
+models: [tiny-llama]
+tasks: [SST-2]
+methods:
+  random_masking: {{ratios: ["0.1%"], lr: {{min: 1e-4, max: 1e-1, per_decade: 2}}}}
+training: {{epochs: {epochs}, batch_size: 8}}
+data: {{data_dir: {DATA}, train_examples: {train}, dev_examples: 8, test_examples: 8}}
+storage_path: {tmp_path / 'runs'}
+""")
+    return load_space(path)
+
+
+def test_lr_from_centres_on_the_sweeps_budget_and_says_when_it_extrapolates(budget_report, tmp_path, capsys):
+    from rmask_tune.law import narrow_grid
+    from rmask_tune.sweep.resolve import SweepOptions, resolve_space
+
+    law_json = str(budget_report / "law.json")
+    law = load_law(law_json)
+    for (epochs, train), steps, outside in (((5, 320), 200, False), ((2, 8000), 2000, True)):
+        space = resolve_space(_budget_sweep(tmp_path, epochs, train), SweepOptions(lr_from=law_json))
+        assert space.budget("SST-2", "random_masking") == steps
+        (cell,) = space.cells()
+        assert list(cell.lrs) == narrow_grid(law, 1e-3, steps=steps)  # tiny-llama is new to the law: pooled
+        assert list(cell.lrs) != narrow_grid(law, 1e-3)  # the law's own budget (625 steps) is not this sweep's
+        err = capsys.readouterr().err
+        assert ("outside the budgets the law was fitted on (64 to 625 steps)" in err) is outside
+
+
+def test_a_prior_without_budget_term_says_for_which_budget_it_speaks(tmp_path, capsys):
+    from rmask_tune.sweep.resolve import SweepOptions, resolve_space
+
+    committed = REPO / "reports" / "law-across-tasks" / "law.json"
+    old = tmp_path / "old-law.json"
+    old.write_text(json.dumps(_without_budgets(json.loads(committed.read_text()))))
+    for law, said in ((committed, "its learning rates are for 64 steps, and this sweep trains 200 steps; the search "
+                                  "starts from those optima and fits the budget exponent once it locates one"),
+                      (old, "cannot learn a budget exponent (refit the law with `rmask-tune report`")):
+        resolve_space(_budget_sweep(tmp_path, 5, 320), SweepOptions(prior=str(law)))
+        assert said in capsys.readouterr().err
+    resolve_space(_budget_sweep(tmp_path, 2, 256), SweepOptions(prior=str(committed)))  # its own budget: silent
+    assert capsys.readouterr().err == ""

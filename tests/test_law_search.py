@@ -174,3 +174,32 @@ def test_recommend_outside_the_law_prints_the_law_search_to_run(tmp_path, capsys
     assert (space.file.models, space.file.tasks, space.file.search.type) == (["minilm-l6"], ["CB"], "law")
     assert main(["recommend", "--law", str(law), "--model", "smollm2-135m", "--task", "SST-2", "--ratio", "1e-4"]) == 0
     assert "not in the law" not in capsys.readouterr().out  # a pair the law has: no search to run
+
+
+def test_a_new_budget_starts_from_the_prior_and_learns_the_budget_exponent_from_its_first_ratio():
+    # The prior: the pair's optima at 64 steps. At 640 steps every optimum sits half a decade higher (g = 0.5).
+    ratios = (1e-2, 1e-3, 1e-4)
+    at_64 = {r: -3.0 - (math.log10(r) + 2) for r in ratios}
+    prior = SearchPrior([{"model": "m", "task": "T", "ratio": r, "log10_lr": v, "se": 0.05, "steps": 64}
+                         for r, v in at_64.items()])
+    optima = {CellId("m", "T", "random_masking", r): v + 0.5 for r, v in at_64.items()}
+    grid = cells(ratios)
+    search = LawSearch(grid, prior, SearchSettings(seeds=(0,)), {c: 1000 for c in grid}, {c: 640 for c in grid})
+    ran = run(search, optima)
+    per_cell = {cid: [lr for c, lr, _ in ran if c == cid] for cid in optima}
+    first = CellId("m", "T", "random_masking", 1e-2)
+    assert math.log10(per_cell[first][0]) == pytest.approx(at_64[1e-2], abs=1e-3)  # the prior's 64-step optimum
+    assert search.fit().g == pytest.approx(0.5, abs=0.02)  # learned from the first located ratio
+    for cid in optima:
+        nearest = min(GRID, key=lambda lr: abs(math.log10(lr) - optima[cid]))
+        assert search.choice(cid) == nearest
+        if cid != first:  # the later ratios start on their optimum at this budget: three trials each
+            assert per_cell[cid][0] == nearest and len(per_cell[cid]) == 3
+    assert all(p["steps"] == 640 for p in search.located_points())
+    restored = LawSearch.from_dict(json.loads(json.dumps(search.to_dict())))
+    assert {c.steps for c in restored.cells.values()} == {640}
+    # Without budgets the located optima pull the pair's one offset halfway: the third ratio starts a grid step off.
+    blind = LawSearch(grid, SearchPrior([{k: v for k, v in p.items() if k != "steps"} for p in prior.points]),
+                      SearchSettings(seeds=(0,)), {c: 1000 for c in grid})
+    assert len([c for c, _, _ in run(blind, optima) if c.method != "none"]) > len(
+        [c for c, _, _ in ran if c.method != "none"])

@@ -7,7 +7,8 @@ import pytest
 
 from rmask_tune.cli import main
 from rmask_tune.sweep import load_space
-from rmask_tune.sweep.cost import FULL_FT_FACTOR, MODEL_COSTS, STEP_FLOOR_S, TRAIN_SPLIT_SIZES, sweep_cost
+from rmask_tune.sweep.budget import TRAIN_SPLIT_SIZES
+from rmask_tune.sweep.cost import FULL_FT_FACTOR, MODEL_COSTS, STEP_FLOOR_S, sweep_cost
 from paths import REPO
 
 SPACES = REPO / "search_spaces"

@@ -112,8 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="run only the grid's trials that SOURCE (a sweep export, sweep folder or YAML; repeatable) "
                             "did not end (finished, diverged or stopped by ASHA) with the same configuration and "
                             "settings: a sitting on a machine without the earlier sittings' runs/. ASHA then ranks a "
-                            "trial only against the peers of its cell that run in this sitting. Grid search only; "
-                            "not with --resume")
+                            "trial only against the peers of its cell that run in this sitting; a law search observes "
+                            "SOURCE's results as its own. Grid or law search, not optuna; not with --resume")
     sweep.add_argument("--join", action="store_true",
                        help="add this sweep's trials to an MLflow experiment that already holds another sweep's "
                             "(only when both have the same settings; default: refuse)")

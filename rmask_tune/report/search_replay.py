@@ -70,6 +70,7 @@ class ReplayCell:
     test_at: dict[float, float] = field(default_factory=dict)  # mean test metric over the grid's seeds per LR
     # (an LR none of whose trials has a test metric, all stopped early or diverged, counts as the worst)
     dev_examples: int = 0
+    steps: int | None = None  # the budget its trials recorded (optimizer steps); None: they do not say
 
     def answer(self, lr: float | None, seed: int) -> Answer | None:
         """The recorded trial at a grid LR (an LR off the grid is an error), or None when the grid lacks it."""
@@ -166,7 +167,9 @@ def replay_cell(cid: CellId, trials: list[Trial]) -> ReplayCell:
         test_at.setdefault(lr, min(test_at.values(), default=math.nan))
     examples = [int(float(t.record.params["dev_examples"])) for t in kept if t.record and t.record.params.get("dev_examples")]
     choice = curve.best_lr if curve.best_lr is not None and math.isfinite(test_at.get(curve.best_lr, math.nan)) else None
-    return ReplayCell(cid, grid, sorted({t.seed for t in kept}), by_slot, choice, test_at, max(examples or [0]))
+    budgets = {t.steps for t in kept}
+    steps = budgets.pop() if len(budgets) == 1 else None
+    return ReplayCell(cid, grid, sorted({t.seed for t in kept}), by_slot, choice, test_at, max(examples or [0]), steps)
 
 
 # --- searchers --------------------------------------------------------------------------------------------
@@ -196,7 +199,7 @@ def law_search(row: Row, prior: SearchPrior) -> RowResult:
         cells[row.frozen.id] = row.frozen
     seeds = tuple(sorted({s for c in cells.values() for s in c.seeds}))
     search = LawSearch({cid: c.grid for cid, c in cells.items()}, prior, SearchSettings(seeds=seeds),
-                       {cid: c.dev_examples for cid, c in cells.items()})
+                       {cid: c.dev_examples for cid, c in cells.items()}, {cid: c.steps for cid, c in cells.items()})
     ran: dict[CellId, list[Trial]] = defaultdict(list)
     epochs = 0
     while (proposal := search.propose()) is not None:
@@ -258,7 +261,7 @@ def tpe_search(row: Row, total: int, seed: int) -> RowResult:
 
 def guided(row: Row, prior: SearchPrior) -> RowResult:
     """``--lr-from``: the grid LRs nearest the law's recommendation and its half-decade neighbours, every seed."""
-    search = LawSearch({c.id: c.grid for c in row.cells}, prior)
+    search = LawSearch({c.id: c.grid for c in row.cells}, prior, steps={c.id: c.steps for c in row.cells})
     choices, used, epochs = {}, 0, 0
     for cell in row.cells:
         centre = search.predict(cell.id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rmask_tune.sweep.budget import trial_steps
 from rmask_tune.trainer.config import TrialConfig
 
 REFERENCE_BATCH = 8
@@ -72,15 +73,6 @@ TASK_TOKENS = {
     **{name: (197, 1) for name in ("CIFAR-10", "GTSRB", "MNIST", "SVHN", "RESISC45")},
 }
 
-# Size of each task's full training split (the records a split is sampled from; MultiRC: answer rows),
-# from the datasets' own releases; a sweep cannot use more training examples than these.
-TRAIN_SPLIT_SIZES = {
-    "SST-2": 67_349, "RTE": 2_490, "CB": 250, "BoolQ": 9_427, "WSC": 554, "WiC": 5_428, "MultiRC": 27_243,
-    "COPA": 400, "ReCoRD": 100_730, "SQuAD": 87_599, "DROP": 77_409, "CIFAR-10": 50_000,
-    "GTSRB": 26_640, "MNIST": 60_000, "SVHN": 73_257, "RESISC45": 18_900,
-}
-
-
 @dataclass
 class SweepCost:
     """The estimate of a whole sweep; ``unpriced`` names the models without a stated cost."""
@@ -89,13 +81,6 @@ class SweepCost:
     steps: int
     gpu_hours: float
     unpriced: list[str]
-
-
-def trial_steps(config: TrialConfig) -> int:
-    """Optimizer steps of one trial trained for all its epochs, on ``min(train_examples, full split)`` examples."""
-    if config.method == "none":
-        return 0
-    return config.optimizer_steps(min(config.train_examples, TRAIN_SPLIT_SIZES.get(config.task, config.train_examples)))
 
 
 def trial_seconds(config: TrialConfig, cost: ModelCost) -> float:

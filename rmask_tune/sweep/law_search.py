@@ -26,8 +26,9 @@ class LawSearcher(Searcher):
         self.cells: dict[CellId, Cell] = {CellId(c.model, c.task, c.method, c.ratio): c for c in space.cells()}
         settings = space.settings()
         dev = {cid: int({**settings, **space.task_settings(cid.task)}.get("dev_examples") or 0) for cid in self.cells}
+        steps = {cid: space.budget(cid.task, cid.method) for cid in self.cells}
         self.search = LawSearch({cid: list(c.lrs) for cid, c in self.cells.items()}, prior,
-                                SearchSettings(seeds=tuple(space.file.seeds)), dev)
+                                SearchSettings(seeds=tuple(space.file.seeds)), dev, steps)
         for point, value in zip(space.done, space.done_dev):
             cid = CellId(point["model"], point["task"], point["method"], point["ratio"])
             self.search.observe(cid, point["lr"], point["seed"], value)

@@ -99,9 +99,20 @@ class SweepSpace:
 
         if self.law is not None and method == self.law.method and ratio is not None:
             known = model in self.law.models_known()
+            steps = None if task is None else self.budget(task, method)
             return tuple(narrow_grid(self.law, ratio, model if known else None, points=self.law_points,
-                                     task=task if known else None))
+                                     task=task if known else None, steps=steps))
         return tuple(self.file.methods[method].lrs(ratio) or ())
+
+    def budget(self, task: str, method: str) -> int | None:
+        """The optimizer steps a trial of ``method`` on ``task`` trains for all its epochs (its budget, as the
+        trial records it); None for a method that trains nothing."""
+        from rmask_tune.sweep.budget import trial_steps
+        from rmask_tune.trainer.config import TrialConfig
+
+        point = {"model": self.file.models[0], "task": task, "method": method, **self.task_settings(task)}
+        config = TrialConfig.from_dict({**self.settings(), **point})
+        return trial_steps(config) or None
 
     def cell_settings(self, task: str, method: str) -> tuple[tuple[str, Any], ...]:
         """A cell's own trial settings: its task's ``task_settings`` and its method's ``options``."""

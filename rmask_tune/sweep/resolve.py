@@ -51,7 +51,7 @@ def resolve_space(space: SweepSpace, options: SweepOptions) -> SweepSpace:
         file=space.file.model_copy(update={"search": search}),
         law=None if options.lr_from is None else _lr_law(options.lr_from, space),
         law_points=options.lr_points or LR_POINTS,
-        prior=_prior(search),
+        prior=_prior(search, space),
         resume=options.resume,
     )
     resolved.cells()  # every cell's grid now: a law that gives no usable LR fails before anything is written
@@ -77,14 +77,16 @@ def _search(space: SweepSpace, prior: str | None):
     return LawGuidedSearch(type="law", prior=prior)
 
 
-def _prior(search):
+def _prior(search, space: SweepSpace):
     """A law search's prior, read from its law.json now (None without one: plain bracketing)."""
     from rmask_tune.law import load_law
     from rmask_tune.law_search import SearchPrior
 
     if not isinstance(search, LawGuidedSearch) or search.prior is None:
         return None
-    return SearchPrior.from_law(load_law(search.prior), note=f"law {search.prior}")
+    law = load_law(search.prior)
+    _say_budget(law, search.prior, space, "--prior")
+    return SearchPrior.from_law(law, note=f"law {search.prior}")
 
 
 def _lr_law(path: str, space: SweepSpace):
@@ -99,4 +101,39 @@ def _lr_law(path: str, space: SweepSpace):
         print(f"rmask-tune: warning: {path} has never seen {', '.join(unseen)}; their grids centre on the pooled "
               "law, which can miss an unseen model by several grid steps (calibrate with "
               "`rmask-tune recommend --anchor` first)", file=sys.stderr)
+    _say_budget(law, path, space, "--lr-from")
     return law
+
+
+def _say_budget(law, path: str, space: SweepSpace, option: str) -> None:
+    """One line on stderr when the law's budget and the sweep's differ: a law with a budget term extrapolated
+    beyond the budgets it was fitted on, or a law without one whose LRs are for another budget than the sweep
+    trains (``--lr-from``'s grids centre there; a ``--prior`` search starts there and, from the first ratio it
+    locates at the sweep's budget, fits the budget exponent itself)."""
+    if law.shared is None:
+        return
+    budgets = sorted({b for task in space.file.tasks if (b := space.budget(task, law.method)) is not None})
+    if law.shared.g is not None:
+        outside = [b for b in budgets if not law.steps_in_range(b)]
+        if outside:
+            low, high = law.shared.steps_range
+            print(f"rmask-tune: warning: {option} {path}: this sweep trains {_steps(outside)}, outside the budgets the "
+                  f"law was fitted on ({low} to {high} steps); its budget term is extrapolated", file=sys.stderr)
+        return
+    own = law.budget()
+    if own is not None and budgets in ([], [own]):
+        return
+    at = f"{own} steps" if own is not None else "the budget it was fitted at (its law.json does not say which)"
+    if option == "--lr-from":
+        then = "the narrow grids centre there and may miss this budget's optima"
+    elif own is None:
+        then = ("the search starts from those optima and cannot learn a budget exponent (refit the law with "
+                "`rmask-tune report` to record its budgets)")
+    else:
+        then = "the search starts from those optima and fits the budget exponent once it locates one at this budget"
+    print(f"rmask-tune: warning: {option} {path} has no budget term: its learning rates are for {at}, and this sweep "
+          f"trains {_steps(budgets)}; {then}", file=sys.stderr)
+
+
+def _steps(budgets: list[int]) -> str:
+    return " and ".join(f"{b} steps" for b in budgets)
