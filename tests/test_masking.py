@@ -521,6 +521,28 @@ def test_backend_selection_torch_auto_and_missing_spops(spops_package, monkeypat
     assert not masked_layers(model) and count_parameters(model, trainable_only=True) == count_parameters(model)
 
 
+def test_the_numba_backend_keeps_to_the_trials_threads():
+    # A Ray Tune trial trains in a worker thread with PyTorch on its CPUs (1 here). numba's OpenMP pool shares
+    # PyTorch's libgomp: launched from such a thread it used to set the thread's OpenMP count to numba's pool size,
+    # so PyTorch ran the rest of the trial on every core beside the other trials (4x slower sweeps on 2 cores).
+    import threading
+
+    seen = []
+
+    def train_step():
+        torch.set_num_threads(1)
+        model = tiny_model("tiny-opt")
+        apply_random_masking(model, ratio=1e-2, backend="numba")
+        ids = torch.randint(0, model.config.vocab_size, (2, 8))
+        model(input_ids=ids, labels=ids).loss.backward()
+        seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=train_step)
+    worker.start()
+    worker.join()
+    assert seen == [1]
+
+
 def test_backend_spops_refuses_the_unrelated_pypi_spops_and_cpu_weights(spops_package):
     spops_package('"""A different project that happens to be called spops."""\n')
     with pytest.raises(RmaskError, match="is not IST-DASLab's .*no sddmm/csr_add"):

@@ -56,9 +56,21 @@ def _kernel():
 
 
 def numba_sampled_product(g: torch.Tensor, a: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``(g^T a)[rows, cols]`` for CPU tensors ``g`` (n x out) and ``a`` (n x in), summed in fp32."""
+    """``(g^T a)[rows, cols]`` for CPU tensors ``g`` (n x out) and ``a`` (n x in), summed in fp32, on as many threads
+    as PyTorch's intra-op pool has (``torch.get_num_threads()``, which a Ray trial's CPUs set), never more."""
+    import numba
+
     g = g.detach().float().contiguous()
     a = a.detach().float().contiguous()
     out = torch.empty(rows.numel(), dtype=torch.float32)
-    _kernel()(g.numpy(), a.numpy(), rows.numpy(), cols.numpy(), out.numpy(), CHUNK, TILE)
+    threads = torch.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        _kernel()(g.numpy(), a.numpy(), rows.numpy(), cols.numpy(), out.numpy(), CHUNK, TILE)
+    finally:
+        # numba's OpenMP pool shares PyTorch's libgomp, and launching it outside the main thread (a Ray Tune
+        # trial runs in one) sets that thread's OpenMP thread count to numba's pool size: PyTorch would then run
+        # every later op on all the machine's cores, beside the other trials' (4x slower steps, docs/speed.md).
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     return out
