@@ -142,7 +142,6 @@ def simulate(
         raise RmaskError(f"margin {margin} is not in (0, 1)")
     X, y = make_problem(n, d, seed)
     full_spectrum = np.linalg.eigvalsh(gram(X))[::-1]
-    lambda_full = float(full_spectrum[0])
     full_norm = float(np.linalg.norm(np.linalg.pinv(X) @ y))
     rows = []
     for p in ratios:

@@ -11,7 +11,7 @@ from rmask_tune.analysis.probes import PROBES_FILE
 from rmask_tune.law_record import ExcludedCell, HeldOutRow, HeldOutStats, LawPoint, Validation, ValidationSummary
 from rmask_tune.report.figures import SCALE
 from rmask_tune.report.paper_table import SeedStats, paper_tables, seed_stats
-from rmask_tune.report.summary import LAW_METHOD, Summary, fmt_lr, fmt_pct, row_label, slug
+from rmask_tune.report.summary import Summary, fmt_lr, fmt_pct, row_label, slug
 
 
 @dataclass

@@ -17,6 +17,7 @@ all three splits are carved from it, disjointly.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -81,13 +82,11 @@ def load_pools(task: str, source: Source, data_dir: str | Path | None) -> Pools:
         if not root.is_dir():
             raise RmaskError(f"data directory not found: {root}")
         return source.offline(root)
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("datasets") is None:
         raise RmaskError(
             f"no data for task {task}: pass --data-dir (a directory laid out like shared/data), "
             f"set ${DATA_DIR_ENV}, or install `datasets` to download it from the Hugging Face hub"
-        ) from None
+        )
     return source.hub()
 
 
