@@ -169,6 +169,11 @@ def test_budgets_from_separate_sweeps_join_in_one_report(budget_report, tmp_path
     assert "budget term: lr* ∝ steps^" in done.out and "leave-one-budget-out" in done.out
     joined, whole = (load_law(folder / "law.json").shared for folder in (tmp_path / "r", budget_report))
     assert [joined.g, joined.b, *joined.offsets] == pytest.approx([whole.g, whole.b, *whole.offsets])
+    # The compute section counts each budget on its own row (what the search spent at each budget).
+    readme = (tmp_path / "r" / "README.md").read_text()
+    assert "| Model | Method | Budget | Trials | Trial-epochs | Device hours |" in readme
+    for steps in BUDGETS:  # 2 tasks x 2 seeds x (3 ratios x 7 LRs) Random Masking trials per budget
+        assert f"| m | Random Masking | {steps} steps | 84 |" in readme
 
 
 def test_a_b_that_moves_with_the_budget_is_detected(tmp_path):

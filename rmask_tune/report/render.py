@@ -348,6 +348,7 @@ def _compute(summary: Summary) -> list:
     c = summary.compute
     stopped = c["stopped"]
     statuses = ", ".join(f"{n} {s}" for s, n in c["status"].items())
+    budget = ["Budget"] if len({g["steps"] for g in c["by_method"]}) > 1 else []
     blocks = [
         ("h2", "5. Compute"),
         ("table", Table(["Trials", "Trial-epochs", "Device hours", "Stopped early (ASHA)",
@@ -356,11 +357,16 @@ def _compute(summary: Summary) -> list:
                           str(stopped["epochs_run"]), str(stopped["epochs_saved"])]])),
         ("p", f"Trials by status: {statuses}. Device hours = sum of the trials' wall times."
               + (f" {c['missing_wall_time']} trial(s) have no wall time yet." if c["missing_wall_time"] else "")),
-        ("table", Table(["Model", "Method", "Trials", "Trial-epochs", "Device hours"],
-                        [[g["model"], row_label(g["method"], None), str(g["trials"]), str(g["trial_epochs"]),
-                          f"{g['device_hours']:.3f}"] for g in c["by_method"]])),
+        ("table", Table(["Model", "Method", *budget, "Trials", "Trial-epochs", "Device hours"],
+                        [[g["model"], row_label(g["method"], None), *([_budget(g["steps"])] if budget else []),
+                          str(g["trials"]), str(g["trial_epochs"]), f"{g['device_hours']:.3f}"]
+                         for g in c["by_method"]])),
     ]
     return blocks
+
+
+def _budget(steps: int | None) -> str:
+    return "—" if steps is None else f"{steps} steps"
 
 
 def _points(value: float | None) -> str:

@@ -327,13 +327,14 @@ def _compute(trials: list[Trial]) -> dict:
     stopped = [t for t in trials if t.status == "stopped"]
     by_method: dict[tuple, list[Trial]] = defaultdict(list)
     for t in trials:
-        by_method[(t.model, t.method)].append(t)
+        by_method[(t.model, t.method, t.steps)].append(t)
     return {
         **effort(trials),
         "status": dict(sorted(status.items())),
         "stopped": {"trials": len(stopped), "epochs_run": sum(t.epochs for t in stopped),
                     "epochs_saved": sum(max((t.planned_epochs or t.epochs) - t.epochs, 0) for t in stopped)},
-        "by_method": [{"model": m, "method": meth, **effort(g)} for (m, meth), g in sorted(by_method.items())],
+        "by_method": [{"model": m, "method": meth, "steps": steps, **effort(g)}
+                      for (m, meth, steps), g in sorted(by_method.items(), key=lambda kv: (*kv[0][:2], kv[0][2] or 0))],
     }
 
 
