@@ -23,6 +23,7 @@ from rmask_tune.runstore import reader
 from rmask_tune.runstore.export import EXPORT_FILE, encode_export
 from rmask_tune.runstore.reader import Trial, load_records, load_trials, trial_of
 from rmask_tune.runstore.record import Source
+from rmask_tune.report.gaps import method_gaps
 from rmask_tune.report.summary import Summary, law_curves, slug, summarize
 from rmask_tune.validation import probe_leave_one_task_out, summarize_validation
 
@@ -130,7 +131,7 @@ def build_report(source: str, tracking_uri: str | None = None, out: str | Path |
     law = law_of(summary)
     _hessian_predictor(law, probe_entries, law_curves(summary.curves.values()))
     title = f"rmask-tune report: {summary.experiment}"
-    content = blocks(summary, set(pngs), other)
+    content = blocks(summary, set(pngs), method_gaps(summary, samples=bootstrap, seed=seed), other)
     page, markdown = to_html(title, content, pngs), to_markdown(title, content)
     files = {**pngs, "law.json": law.to_json(out / "law.json"), "README.md": markdown.encode(),
              "index.html": page.encode()}

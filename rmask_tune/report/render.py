@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from rmask_tune.analysis.probes import PROBES_FILE
 from rmask_tune.law_record import ExcludedCell, HeldOutRow, HeldOutStats, LawPoint, Validation, ValidationSummary
 from rmask_tune.report.figures import SCALE
+from rmask_tune.report.gaps import MethodGap
 from rmask_tune.report.paper_table import SeedStats, paper_tables, seed_stats
-from rmask_tune.report.summary import Summary, fmt_lr, fmt_pct, row_label, slug
+from rmask_tune.report.summary import LAW_METHOD, Summary, fmt_lr, fmt_pct, row_label, slug
 
 
 @dataclass
@@ -62,6 +63,22 @@ def _paper_layout(summary: Summary) -> list:
                 for row in table.rows]
         out += [("p", f"{table.model}:"), ("table", Table(header, rows))]
     return out
+
+
+def _gaps(gaps: list[MethodGap]) -> list:
+    """Random Masking minus LoRA on test, paired by seed and test example (rmask_tune/report/gaps.py)."""
+    if not gaps:
+        return []
+    rows = [[g.model, g.task, _budget(g.steps), row_label(LAW_METHOD, g.ratio),
+             f"{g.gap * SCALE:+.1f} [{g.interval[0] * SCALE:+.1f}, {g.interval[1] * SCALE:+.1f}]", str(g.seeds),
+             "below LoRA" if g.interval[1] < 0 else "above LoRA" if g.interval[0] > 0 else "level (interval holds 0)"]
+            for g in gaps]
+    unpaired = "" if all(g.paired for g in gaps) else " Some seeds lacked per-example test results: drawn unpaired."
+    return [("h2", "1c. Random Masking against LoRA"),
+            ("p", f"Test metric (x{SCALE}) of Random Masking minus LoRA's, each at its best-dev LR, mean over the seeds "
+                  "both ran, with a 95% bootstrap interval (seeds and test examples resampled, the two sides on the "
+                  f"same draw: a paired difference).{unpaired}"),
+            ("table", Table(["Model", "Task", "Budget", "Method", "Gap to LoRA [95% CI]", "Seeds", "Reading"], rows))]
 
 
 def _results(summary: Summary) -> list:
@@ -399,13 +416,14 @@ def _versus(summary: Summary, other: Summary) -> list:
     ]
 
 
-def blocks(summary: Summary, names: set[str], versus: Summary | None = None) -> list:
-    """The whole report, in order; with ``versus``, a last section comparing the two sweeps' shared cells."""
+def blocks(summary: Summary, names: set[str], gaps: list[MethodGap], versus: Summary | None = None) -> list:
+    """The whole report, in order; ``gaps``: Random Masking against LoRA; with ``versus``, a last section comparing
+    the two sweeps' shared cells."""
     out: list = [("p", f"Experiment \"{summary.experiment}\" in {summary.tracking_uri}: {len(summary.trials)} trials, "
                        f"{len(summary.models)} model(s), {len(summary.tasks)} task(s).")]
     out += [("h2", "What is missing or partial"),
             ("list", summary.notes) if summary.notes else ("p", "Nothing: every trial of the grid has a result.")]
-    out += _results(summary) + _paper_layout(summary) + _sensitivity(summary, names) + _law(summary, names)
+    out += _results(summary) + _paper_layout(summary) + _gaps(gaps) + _sensitivity(summary, names) + _law(summary, names)
     out.append(("h2", "4. Trainable parameters vs performance"))
     if "params_vs_performance.png" in names:
         out.append(("figure", Figure("params_vs_performance.png", "Average test metric vs trainable parameters")))

@@ -166,7 +166,7 @@ def select_lr(trials: list[Trial]) -> Curve:
 
 
 # Per-example columns whose mean is the metric: the bootstrap's fast path.
-_MEAN_COLUMNS = {"accuracy": "correct", "f1": "f1", "em": "em"}
+MEAN_COLUMNS = {"accuracy": "correct", "f1": "f1", "em": "em"}
 
 
 def _dev_record(trial: Trial, floor: float | None) -> DevRecord:
@@ -179,7 +179,7 @@ def _dev_record(trial: Trial, floor: float | None) -> DevRecord:
         log = ExampleLog.from_dict(examples)
         epochs = [e for e in log.evaluations if e.split == "dev"]
         if epochs and "dev" in log.splits:
-            column = _MEAN_COLUMNS.get(trial.metric)
+            column = MEAN_COLUMNS.get(trial.metric)
             if column is not None and all(column in e.columns for e in epochs):
                 return DevRecord.from_scores(np.array([e.columns[column] for e in epochs], dtype=float), trial.dev)
             return DevRecord(trial.dev, epochs[0].size,
