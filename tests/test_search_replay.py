@@ -21,31 +21,36 @@ OFFSETS = {"T1": -1.5, "T2": -1.0}  # log10 lr* at log10 ratio -3.5: every optim
 DEV_EXAMPLES = 1000
 
 
-def optimum(task: str, ratio: float) -> float:
-    return OFFSETS[task] + B * (math.log10(ratio) + 3.5)
+def optimum(task: str, ratio: float, shift: float = 0.0) -> float:
+    """log10 lr*; ``shift``: how far (decades) a longer budget moves it."""
+    return OFFSETS[task] + B * (math.log10(ratio) + 3.5) + shift
 
 
-def grid(task: str, ratio: float) -> list[float]:
+def grid(task: str, ratio: float, shift: float = 0.0) -> list[float]:
     """Seven half-decade LRs, the optimum's nearest one a step above the middle (so not where a search starts
     without a prior)."""
-    centre = round(optimum(task, ratio) * 2) / 2 - 0.5
+    centre = round(optimum(task, ratio, shift) * 2) / 2 - 0.5
     return [float(f"{10 ** (centre + 0.5 * k):.3g}") for k in range(-3, 4)]
 
 
-def dev_value(task: str, ratio: float | None, lr: float | None, seed: int) -> float:
+def dev_value(task: str, ratio: float | None, lr: float | None, seed: int, shift: float = 0.0) -> float:
     noise = 0.001 * (seed - 1)
     if task == "FLAT" or ratio is None:
         return 0.5 + noise
-    distance = math.log10(lr) - optimum(task, ratio)
+    distance = math.log10(lr) - optimum(task, ratio, shift)
     if distance > 0.6:  # the cliff
         return 0.5 + noise
     return 0.85 - 0.2 * distance**2 + noise
 
 
-def record(n: int, task: str, method: str, ratio: float | None, lr: float | None, seed: int) -> RunRecord:
-    dev = dev_value(task, ratio, lr, seed)
+def record(n: int, task: str, method: str, ratio: float | None, lr: float | None, seed: int,
+           budget: tuple[int, float] | None = None) -> RunRecord:
+    """One trial; ``budget``: (its optimizer steps, the shift of the optima there)."""
+    dev = dev_value(task, ratio, lr, seed, budget[1] if budget else 0.0)
     params = {"model": "m1", "task": task, "method": method, "ratio": str(ratio), "lr": str(lr), "seed": str(seed),
               "metric": "accuracy", "epochs": "2", "dev_examples": str(DEV_EXAMPLES)}
+    if budget is not None:
+        params["budget_steps"] = str(budget[0])
     metrics = {"best_dev_metric": dev, "test_metric": dev - 0.02, "epochs_completed": 2.0}
     return RunRecord(f"run{n}", "FINISHED", n, n + 1, params, metrics, {"rmask.status": "finished"},
                      {"dev_metric": [(1, dev - 0.05), (2, dev)], "train_loss": []})
@@ -112,6 +117,41 @@ def test_the_replayed_pair_is_never_in_its_prior(rows):
     assert replay.prior_for(row, moved, "other pairs").points != other.points
     shifted_own = [{**p, "log10_lr": p["log10_lr"] + 1.0} if p["task"] == "T1" else p for p in points]
     assert replay.prior_for(row, shifted_own, "other pairs").points == other.points
+
+
+BUDGETS = {64: 0.0, 200: -1.0}  # at 200 steps every optimum lies a decade lower: two grid steps
+
+
+@pytest.mark.slow
+def test_an_export_of_two_budgets_replays_each_budget_on_its_own(tmp_path):
+    """Cells at two budgets are two rows, never one merged grid; each finds its own budget's optimum, and the
+    replayed pair leaves the prior at every budget."""
+    records = []
+    for steps, shift in BUDGETS.items():
+        for task in ("T1", "T2"):
+            for seed in SEEDS:
+                records.append(record(len(records), task, "none", None, None, seed, (steps, shift)))
+            for ratio in RATIOS:
+                for lr in grid(task, ratio, shift):
+                    for seed in SEEDS:
+                        records.append(record(len(records), task, "random_masking", ratio, lr, seed, (steps, shift)))
+    path = tmp_path / "budgets.json.gz"
+    path.write_bytes(encode_export("budgets", "none", records, 0))
+    found, points = replay.load_rows(str(path))
+    assert sorted((r.task, r.steps) for r in found) == [("T1", 64), ("T1", 200), ("T2", 64), ("T2", 200)]
+    assert {p["steps"] for p in points} == set(BUDGETS)
+    for row in found:
+        shift = BUDGETS[row.steps]
+        assert row.frozen is not None and row.frozen.steps == row.steps
+        prior = replay.prior_for(row, points, "other pairs")
+        assert {p["task"] for p in prior.points} == {"T1", "T2"} - {row.task}
+        assert {p["steps"] for p in prior.points} == set(BUDGETS)
+        result = replay.law_search(row, prior)
+        for cell in row.cells:
+            assert cell.steps == row.steps and len(cell.trials) == 7 * len(SEEDS)
+            nearest = min(cell.grid, key=lambda lr: abs(math.log10(lr) - optimum(row.task, cell.id.ratio, shift)))
+            assert cell.grid_choice == nearest and result.choices[cell.id] == nearest
+        assert set(result.outcomes.values()) == {"located"}
 
 
 def test_a_search_may_propose_only_the_grids_lrs(rows):

@@ -2,9 +2,9 @@
 
 A proposed (cell, LR, seed) is answered with the recorded trial at that grid LR and seed: its dev metric per
 epoch (a scheduler could stop it at any epoch), its test metric and its epochs. A searcher may propose only
-the export's grid LRs. For each (model, task, method) row, a searcher's choice per cell is the report's own
-model selection (``rmask_tune.report.summary.select_lr``) over the trials it ran, and is scored against the
-full grid's choice:
+the export's grid LRs. For each (model, task, method) row (one per budget), a searcher's choice per cell is the
+report's own model selection (``rmask_tune.report.summary.select_lr``) over the trials it ran, and is scored
+against the full grid's choice:
 
 - LR error: ``|log10 chosen - log10 grid choice|`` in half-decade grid steps;
 - test regret: the grid choice's test metric minus the chosen LR's, both the mean over *all* the grid's seeds
@@ -85,7 +85,8 @@ class ReplayCell:
 
 @dataclass
 class Row:
-    """A (model, task, method) of an export: its cells and the frozen model's (the signal reference)."""
+    """A (model, task, method) of an export at one budget: its cells and the frozen model's (the signal reference).
+    An export that joins budgets has a row per budget; the row's pair leaves the prior at every budget."""
 
     source: str
     model: str
@@ -93,6 +94,7 @@ class Row:
     method: str
     cells: list[ReplayCell]
     frozen: ReplayCell | None
+    steps: int | None = None  # the budget of its cells (optimizer steps); None: they do not say
 
     @property
     def pair(self) -> str:
@@ -133,21 +135,22 @@ def _key(lr: float | None) -> float | None:
 
 
 def load_rows(path: str) -> tuple[list[Row], list[dict]]:
-    """The export's rows (cells of three or more LRs) and its law's points (the report's rules)."""
+    """The export's rows (cells of three or more LRs, one row per budget) and its law's points (the report's rules)."""
     export = read_export(path)
     trials = [trial_of(r) for r in export.records]
     summary = summarize(trials, export.experiment, export.tracking_uri)
-    cells: dict[CellId, list[Trial]] = defaultdict(list)
+    cells: dict[tuple[CellId, int | None], list[Trial]] = defaultdict(list)
     for t in trials:
         if t.status in TERMINAL:
-            cells[CellId(t.model, t.task, t.method, t.ratio)].append(t)
-    built = {cid: replay_cell(cid, group) for cid, group in cells.items()}
+            cells[(CellId(t.model, t.task, t.method, t.ratio), t.steps)].append(t)
+    built = {key: replay_cell(key[0], group) for key, group in cells.items()}
     rows: dict[tuple, list[ReplayCell]] = defaultdict(list)
-    for cid, cell in built.items():
+    for (cid, steps), cell in built.items():
         if cid.method != NO_LR and len(cell.grid) >= MIN_GRID and cell.grid_choice is not None:
-            rows[(cid.model, cid.task, cid.method)].append(cell)
-    out = [Row(path, m, t, meth, sorted(cs, key=lambda c: -(c.id.ratio or 0)), built.get(CellId(m, t, NO_LR, None)))
-           for (m, t, meth), cs in sorted(rows.items(), key=lambda kv: (kv[0][2] != LAW_METHOD, kv[0]))]
+            rows[(cid.model, cid.task, cid.method, steps)].append(cell)
+    order = sorted(rows.items(), key=lambda kv: (kv[0][2] != LAW_METHOD, kv[0][:3], kv[0][3] or 0))
+    out = [Row(path, m, t, meth, sorted(cs, key=lambda c: -(c.id.ratio or 0)),
+               built.get((CellId(m, t, NO_LR, None), steps)), steps) for (m, t, meth, steps), cs in order]
     return out, summary.law.point_json()
 
 
@@ -168,8 +171,10 @@ def replay_cell(cid: CellId, trials: list[Trial]) -> ReplayCell:
     examples = [int(float(t.record.params["dev_examples"])) for t in kept if t.record and t.record.params.get("dev_examples")]
     choice = curve.best_lr if curve.best_lr is not None and math.isfinite(test_at.get(curve.best_lr, math.nan)) else None
     budgets = {t.steps for t in kept}
-    steps = budgets.pop() if len(budgets) == 1 else None
-    return ReplayCell(cid, grid, sorted({t.seed for t in kept}), by_slot, choice, test_at, max(examples or [0]), steps)
+    if len(budgets) > 1:
+        raise RmaskError(f"{cid}: a replayed cell holds trials of several budgets ({sorted(budgets, key=str)})")
+    return ReplayCell(cid, grid, sorted({t.seed for t in kept}), by_slot, choice, test_at, max(examples or [0]),
+                      budgets.pop() if budgets else None)
 
 
 # --- searchers --------------------------------------------------------------------------------------------
@@ -289,6 +294,7 @@ class RowSummary:
     model: str
     task: str
     method: str
+    steps: int | None  # the row's budget
     cells: int
     trials: float
     grid_trials: int
@@ -354,7 +360,7 @@ def _summarise_row(results: list[RowResult], target: str | None) -> RowSummary:
     scores = [r.cell_scores() for r in results]
     grid = full_grid(row)
     summary = RowSummary(
-        row.source, row.model, row.task, row.method, len(row.cells),
+        row.source, row.model, row.task, row.method, row.steps, len(row.cells),
         float(np.mean([r.trials for r in results])), grid.trials,
         float(np.mean([r.trial_epochs for r in results])), grid.trial_epochs,
         float(np.mean([s[0] for rep in scores for s in rep])), float(np.mean([s[1] for rep in scores for s in rep])),
@@ -428,13 +434,13 @@ def format_replay(summaries: list[SearcherSummary]) -> str:
             continue
         lines += ["", f"Law searcher, {PRIORS[s.prior]} (target: at most {TARGETS[s.prior]:.0%} of the grid's "
                       f"trials, regret mean <= {TARGET_REGRET_MEAN}, worst <= {TARGET_REGRET_WORST}):", "",
-                  "| Export | Model | Task | Cells | Trials | Grid trials | Trial-epochs | LR error | Regret mean "
-                  "| Regret worst | Oracle gap | Prior pairs | Misses |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| Export | Model | Task | Steps | Cells | Trials | Grid trials | Trial-epochs | LR error "
+                  "| Regret mean | Regret worst | Oracle gap | Prior pairs | Misses |", "|---" * 14 + "|"]
         for r in (r for r in s.rows if r.method == LAW_METHOD):
             pairs = ", ".join(r.prior_pairs or []) or "none"
-            lines.append(f"| {r.source} | {r.model} | {r.task} | {r.outcomes} | {r.trials:g} | {r.grid_trials} "
-                         f"| {r.trial_epochs:g} | {r.error_steps_mean:.2f} | {r.regret_mean:.2f} | {r.regret_worst:.2f} "
-                         f"| {r.oracle_gap_mean:.2f} | {pairs} (left out: {r.model}/{r.task}) | "
+            lines.append(f"| {r.source} | {r.model} | {r.task} | {r.steps or '—'} | {r.outcomes} | {r.trials:g} "
+                         f"| {r.grid_trials} | {r.trial_epochs:g} | {r.error_steps_mean:.2f} | {r.regret_mean:.2f} "
+                         f"| {r.regret_worst:.2f} | {r.oracle_gap_mean:.2f} | {pairs} (left out: {r.model}/{r.task}) | "
                          f"{'; '.join(r.misses) or 'meets the target'} |")
     law = next(s for s in summaries if s.searcher == "law")
     baselines = sorted({r.method for r in law.rows if r.method != LAW_METHOD})
