@@ -147,7 +147,8 @@ def test_law_errors_are_one_line_user_errors(law_file, tmp_path):
         load_law(tmp_path / "other.json")
 
 
-@pytest.mark.parametrize("committed", sorted((REPO / "reports").glob("*/law.json")), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("committed", sorted((REPO / "reports").rglob("law.json")),
+                         ids=lambda p: str(p.parent.relative_to(REPO / "reports")))
 def test_every_committed_law_json_loads_and_saves_back_the_same(committed, tmp_path):
     """law.json's one reader and one writer keep every committed report's law as it is, key for key (a v1 file
     comes back as v2: the same law, with no shared or per-task fits, which v1 did not have)."""
