@@ -8,14 +8,15 @@ import pytest
 
 from paths import REPO
 from rmask_tune.report import build_report, load_summary
-from rmask_tune.report.gaps import ExampleScores, method_gaps, paired_gap
+from rmask_tune.report.gaps import method_gaps, paired_gap
+from rmask_tune.report.summary import SplitScores
 from rmask_tune.resampling import DevRecord
 
 N = 1000
 
 
-def scores(correct: np.ndarray, uids: list | None) -> ExampleScores:
-    return ExampleScores(DevRecord.from_scores(correct), uids)
+def scores(correct: np.ndarray, uids: list | None) -> SplitScores:
+    return SplitScores(DevRecord.from_scores(correct), uids)
 
 
 def test_a_paired_gap_is_exact_and_narrower_than_an_unpaired_one():
@@ -37,7 +38,7 @@ def test_a_paired_gap_is_exact_and_narrower_than_an_unpaired_one():
     assert not apart.paired and apart.gap == pytest.approx(-0.05)
     assert (high - low) < 0.5 * (apart.interval[1] - apart.interval[0])
     # Without per-example results: binomial draws around each side's metric, unpaired.
-    bare = {s: ExampleScores(DevRecord(r.value, N)) for s, r in ours.items()}
+    bare = {s: SplitScores(DevRecord(r.record.value, N)) for s, r in ours.items()}
     binomial = paired_gap(bare, theirs, samples=400)
     assert not binomial.paired and binomial.gap == pytest.approx(-0.05)
     assert binomial.interval[0] < binomial.gap < binomial.interval[1]

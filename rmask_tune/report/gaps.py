@@ -16,10 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rmask_tune.report.summary import LAW_METHOD, MEAN_COLUMNS, Curve, Summary
-from rmask_tune.runstore.reader import Trial
-from rmask_tune.resampling import CONFIDENCE, DevRecord
-from rmask_tune.tasks.results import ExampleLog
+from rmask_tune.report.summary import LAW_METHOD, Curve, SplitScores, Summary, split_scores
+from rmask_tune.resampling import CONFIDENCE
 
 
 @dataclass
@@ -43,51 +41,20 @@ class MethodGap(PairedGap):
     baseline: str
 
 
-@dataclass
-class ExampleScores:
-    """One trial's test metric, drawn as the resampling draws a dev record (one evaluation: no epoch to choose),
-    and its test examples' ``uids`` when it recorded per-example results."""
-
-    record: DevRecord
-    uids: list | None = None
-
-    @property
-    def value(self) -> float:
-        return self.record.value
-
-
-def scores_of(trial: Trial) -> ExampleScores:
-    """The trial's test scores: per example from its results log, else its test metric on its test-example count."""
-    examples = trial.record.examples if trial.record is not None else None
-    if examples:
-        log = ExampleLog.from_dict(examples)
-        if "test" in log.splits and any(e.split == "test" for e in log.evaluations):
-            evaluation = log.find("test")
-            uids = list(log.splits["test"]["uid"])
-            column = MEAN_COLUMNS.get(trial.metric)
-            if column is not None and column in evaluation.columns:
-                return ExampleScores(DevRecord.from_scores(np.asarray(evaluation.columns[column], float), trial.test),
-                                     uids)
-            return ExampleScores(DevRecord(trial.test, len(uids),
-                                           lambda idx: np.array([log.scores(evaluation, idx)[trial.metric]])), uids)
-    size = trial.record.params.get("test_examples") if trial.record is not None else None
-    return ExampleScores(DevRecord(trial.test, int(float(size)) if size else 0))
-
-
-def _at_best(curve: Curve) -> dict[int, ExampleScores]:
-    """The curve's trials at its best-dev LR that have a test metric, by seed."""
-    return {t.seed: scores_of(t) for t in curve.trials.get(curve.best_lr, [])
+def _at_best(curve: Curve) -> dict[int, SplitScores]:
+    """The test scores of the curve's trials at its best-dev LR that have a test metric, by seed."""
+    return {t.seed: split_scores(t, "test", t.test) for t in curve.trials.get(curve.best_lr, [])
             if t.test is not None and math.isfinite(t.test)}
 
 
-def paired_gap(ours: dict[int, ExampleScores], theirs: dict[int, ExampleScores], *, samples: int = 1000,
+def paired_gap(ours: dict[int, SplitScores], theirs: dict[int, SplitScores], *, samples: int = 1000,
                seed: int = 0) -> PairedGap | None:
     """Ours minus theirs over the seeds both ran, with its percentile bootstrap interval; None when none did."""
     seeds = sorted(set(ours) & set(theirs))
     if not seeds:
         return None
     paired = {s: ours[s].uids is not None and ours[s].uids == theirs[s].uids for s in seeds}
-    observed = float(np.mean([ours[s].value - theirs[s].value for s in seeds]))
+    observed = float(np.mean([ours[s].record.value - theirs[s].record.value for s in seeds]))
     rng = np.random.default_rng(seed)
     draws = np.empty(samples)
     for b in range(samples):

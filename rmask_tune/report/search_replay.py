@@ -143,7 +143,7 @@ def load_rows(path: str) -> tuple[list[Row], list[dict]]:
     for t in trials:
         if t.status in TERMINAL:
             cells[(CellId(t.model, t.task, t.method, t.ratio), t.steps)].append(t)
-    built = {key: replay_cell(key[0], group) for key, group in cells.items()}
+    built = {(cid, steps): replay_cell(cid, group, steps) for (cid, steps), group in cells.items()}
     rows: dict[tuple, list[ReplayCell]] = defaultdict(list)
     for (cid, steps), cell in built.items():
         if cid.method != NO_LR and len(cell.grid) >= MIN_GRID and cell.grid_choice is not None:
@@ -154,9 +154,9 @@ def load_rows(path: str) -> tuple[list[Row], list[dict]]:
     return out, summary.law.point_json()
 
 
-def replay_cell(cid: CellId, trials: list[Trial]) -> ReplayCell:
-    """A cell's recorded grid as a searcher sees it: its trials by (LR, seed), and its best-dev choice by the
-    report's own selection rule."""
+def replay_cell(cid: CellId, trials: list[Trial], steps: int | None) -> ReplayCell:
+    """A cell's recorded grid as a searcher sees it (its trials, all at the budget ``steps``): its trials by
+    (LR, seed), and its best-dev choice by the report's own selection rule."""
     curve = select_lr(trials)
     kept = [t for group in curve.trials.values() for t in group]
     by_slot = {(_key(t.lr), t.seed): t for t in sorted(kept, key=lambda t: t.start_time)}
@@ -170,11 +170,7 @@ def replay_cell(cid: CellId, trials: list[Trial]) -> ReplayCell:
         test_at.setdefault(lr, min(test_at.values(), default=math.nan))
     examples = [int(float(t.record.params["dev_examples"])) for t in kept if t.record and t.record.params.get("dev_examples")]
     choice = curve.best_lr if curve.best_lr is not None and math.isfinite(test_at.get(curve.best_lr, math.nan)) else None
-    budgets = {t.steps for t in kept}
-    if len(budgets) > 1:
-        raise RmaskError(f"{cid}: a replayed cell holds trials of several budgets ({sorted(budgets, key=str)})")
-    return ReplayCell(cid, grid, sorted({t.seed for t in kept}), by_slot, choice, test_at, max(examples or [0]),
-                      budgets.pop() if budgets else None)
+    return ReplayCell(cid, grid, sorted({t.seed for t in kept}), by_slot, choice, test_at, max(examples or [0]), steps)
 
 
 # --- searchers --------------------------------------------------------------------------------------------

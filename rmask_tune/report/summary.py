@@ -169,23 +169,41 @@ def select_lr(trials: list[Trial]) -> Curve:
 MEAN_COLUMNS = {"accuracy": "correct", "f1": "f1", "em": "em"}
 
 
-def _dev_record(trial: Trial, floor: float | None) -> DevRecord:
-    """What the bootstrap draws for one trial: its per-example dev results per epoch when it recorded them,
-    else a binomial around its best dev value (a diverged trial without one: the curve's floor, constant)."""
-    if trial.dev is None or not math.isfinite(trial.dev):
-        return DevRecord(floor, 0)
+@dataclass
+class SplitScores:
+    """What the bootstrap draws for one split of one trial, and the split's example ``uids`` (None without
+    per-example results: then a binomial around the reported value)."""
+
+    record: DevRecord
+    uids: list | None = None
+
+
+def split_scores(trial: Trial, split: str, value: float) -> SplitScores:
+    """``split``'s per-example results over its evaluations (dev: every epoch, the best one chosen on each draw;
+    test: its one evaluation) when the trial recorded them, else ``value`` on its ``{split}_examples``."""
     examples = trial.record.examples if trial.record is not None else None
     if examples:
         log = ExampleLog.from_dict(examples)
-        epochs = [e for e in log.evaluations if e.split == "dev"]
-        if epochs and "dev" in log.splits:
+        evaluations = [e for e in log.evaluations if e.split == split]
+        if evaluations and split in log.splits:
+            uids = list(log.splits[split]["uid"])
             column = MEAN_COLUMNS.get(trial.metric)
-            if column is not None and all(column in e.columns for e in epochs):
-                return DevRecord.from_scores(np.array([e.columns[column] for e in epochs], dtype=float), trial.dev)
-            return DevRecord(trial.dev, epochs[0].size,
-                             lambda idx: np.array([log.scores(e, idx)[trial.metric] for e in epochs]))
-    size = trial.record.params.get("dev_examples") if trial.record is not None else None
-    return DevRecord(trial.dev, int(float(size)) if size else 0)
+            if column is not None and all(column in e.columns for e in evaluations):
+                scores = np.array([e.columns[column] for e in evaluations], dtype=float)
+                return SplitScores(DevRecord.from_scores(scores, value), uids)
+            return SplitScores(DevRecord(value, evaluations[0].size,
+                                         lambda idx: np.array([log.scores(e, idx)[trial.metric] for e in evaluations])),
+                               uids)
+    size = trial.record.params.get(f"{split}_examples") if trial.record is not None else None
+    return SplitScores(DevRecord(value, int(float(size)) if size else 0))
+
+
+def _dev_record(trial: Trial, floor: float | None) -> DevRecord:
+    """What the bootstrap draws for one trial's dev results (a diverged trial without one: the curve's floor,
+    constant)."""
+    if trial.dev is None or not math.isfinite(trial.dev):
+        return DevRecord(floor, 0)
+    return split_scores(trial, "dev", trial.dev).record
 
 
 def _cell_statistics(curves: dict[tuple, Curve], bootstrap: int, seed: int) -> None:
