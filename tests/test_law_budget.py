@@ -50,8 +50,8 @@ def _record(n: str, params: dict, log: ExampleLog, recorded_steps: int | None) -
     )
 
 
-def budget_export(path, b_change: float = 0.0, budgets=BUDGETS) -> None:
-    """A sweep export of model ``m`` on two tasks at ``budgets``: the frozen model and Random Masking at three ratios,
+def budget_export(path, b_change: float = 0.0, budgets=BUDGETS, tasks=tuple(OFFSETS)) -> None:
+    """A sweep export of model ``m`` on ``tasks`` (both by default) at ``budgets``: the frozen model and Random Masking at three ratios,
     seven half-decade LRs around each cell's true optimum, two seeds, per-example dev and test results (an example
     is right when its fixed difficulty lies under the accuracy at that LR, so results are paired across LRs).
     The 625-step trials record their budget; the others carry only the config it is derived from."""
@@ -59,6 +59,8 @@ def budget_export(path, b_change: float = 0.0, budgets=BUDGETS) -> None:
     for steps, (epochs, train) in budgets.items():
         n = 0
         for t, task in enumerate(OFFSETS):
+            if task not in tasks:
+                continue
             for seed in SEEDS:
                 difficulty = np.random.default_rng(100 + seed + 10 * t + steps).random(DEV)
                 cells = [(None, None)] + [(r, round(2 * truth(task, r, steps, b_change)) / 2 + k / 2)
@@ -174,6 +176,20 @@ def test_budgets_from_separate_sweeps_join_in_one_report(budget_report, tmp_path
     assert "| Model | Method | Budget | Trials | Trial-epochs | Device hours |" in readme
     for steps in BUDGETS:  # 2 tasks x 2 seeds x (3 ratios x 7 LRs) Random Masking trials per budget
         assert f"| m | Random Masking | {steps} steps | 84 |" in readme
+
+
+def test_a_budget_swept_on_fewer_tasks_is_not_reported_as_missing_them(tmp_path):
+    """Item 2's sittings: the longer budgets run SST-2 only, beside a 64-step sweep of two tasks. The rows at 200
+    steps lack RTE by design, which the report's missing list must not flag (it did: every row, every budget)."""
+    budget_export(tmp_path / "64.json.gz", budgets={64: BUDGETS[64]})
+    budget_export(tmp_path / "200.json.gz", budgets={200: BUDGETS[200]}, tasks=("SST-2",))
+    done = cli(["report", tmp_path / "64.json.gz", "--also", tmp_path / "200.json.gz", "--out", tmp_path / "r",
+                "--bootstrap", "20"])
+    assert done.code == 0, done.err
+    readme = (tmp_path / "r" / "README.md").read_text()
+    notes = readme.split("## What is missing or partial")[1].split("## 1.")[0]
+    assert "| m | Random Masking 0.1% · 200 steps |" in readme and "| m | Frozen · 200 steps |" in readme
+    assert "no trial" not in notes, notes
 
 
 def test_a_b_that_moves_with_the_budget_is_detected(tmp_path):

@@ -357,8 +357,8 @@ def _compute(trials: list[Trial]) -> dict:
 
 
 def _missing(trials: list[Trial], curves: dict[tuple, Curve], tasks: list[str]) -> list[str]:
-    """Tasks without trials, trials the grid implies but the store lacks, curves with no usable result,
-    and best LRs at the grid's edge."""
+    """Tasks without trials (a row's, among those its model ran at its budget), trials the grid implies but
+    the store lacks, curves with no usable result, and best LRs at the grid's edge."""
     notes = []
     rows: dict[tuple, list[Trial]] = defaultdict(list)
     for t in trials:
@@ -372,7 +372,8 @@ def _missing(trials: list[Trial], curves: dict[tuple, Curve], tasks: list[str]) 
         lrs, seeds = {t.lr for t in mine}, {t.seed for t in mine}
         have = {(t.task, t.lr, t.seed) for t in mine}
         ran = {t.task for t in mine}
-        model_tasks = {t.task for t in trials if t.model == model}
+        # a budget may have been swept on fewer tasks than another: only its own tasks count as absent
+        model_tasks = {t.task for t in trials if t.model == model and t.steps == steps}
         absent_tasks = [task for task in tasks if task in model_tasks and task not in ran]
         if absent_tasks:
             notes.append(f"{label}: no trial for {', '.join(absent_tasks)}")
