@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hostile import cli, real_export, snapshot, sweep_yaml, valid_law
 from test_sweep_ray import local_ray, marked_env  # noqa: F401 - fixtures: a local Ray, a marked environment
@@ -283,4 +284,4 @@ def test_a_killed_driver_takes_its_ray_processes_down(tmp_path, marked_env):
         if not left:
             break
         time.sleep(0.5)
-    assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in left]
+    assert not left, [" ".join(psutil.Process(pid).cmdline())[:80] for pid in left]
