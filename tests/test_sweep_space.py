@@ -434,13 +434,15 @@ def test_summary_of_a_sitting_where_no_trial_ended(tmp_path):
 @pytest.mark.slow
 def test_a_reused_worker_gives_back_what_the_last_trial_freed():
     """Freed small-object heap stays resident until trimmed: release_memory (run before every trial) returns it."""
-    from rmask_tune.sweep.trainable import _rss_bytes, release_memory
+    import psutil
+
+    from rmask_tune.sweep.trainable import release_memory
 
     release_memory()
     chunks = [bytearray(3000) for _ in range(200_000)]  # ~600 MB of small heap chunks
     survivors = chunks[::8]  # a few stay alive all over the heap, so glibc cannot just shrink its top
     del chunks  # a trial's leftovers: freed, but still resident
-    freed_but_resident = _rss_bytes()
+    freed_but_resident = psutil.Process().memory_info().rss
     assert freed_but_resident - release_memory() > 300e6
     assert len(survivors) == 25_000
 

@@ -20,6 +20,8 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
+
 from rmask_tune.tasks.results import EXAMPLES_FILE
 
 # Per-epoch record keys that go to Tune as they are (numbers, and the precision's name); the rest is left out.
@@ -63,7 +65,7 @@ def examples_json(output: Path) -> dict:
     return {"examples_json": path.read_text()} if path.is_file() else {}
 
 
-def release_memory() -> int | None:
+def release_memory() -> int:
     """Free what earlier trials in this (reused) worker left behind; returns the resident bytes after.
 
     Collects garbage (models sit in reference cycles) and hands glibc's freed heap back to the OS. Without
@@ -75,15 +77,7 @@ def release_memory() -> int | None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
-    return _rss_bytes()
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+    return psutil.Process().memory_info().rss
 
 
 class EpochReporter:
