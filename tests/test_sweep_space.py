@@ -9,6 +9,7 @@ import socket
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -434,8 +435,6 @@ def test_summary_of_a_sitting_where_no_trial_ended(tmp_path):
 @pytest.mark.slow
 def test_a_reused_worker_gives_back_what_the_last_trial_freed():
     """Freed small-object heap stays resident until trimmed: release_memory (run before every trial) returns it."""
-    import psutil
-
     from rmask_tune.sweep.trainable import release_memory
 
     release_memory()

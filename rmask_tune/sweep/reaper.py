@@ -3,8 +3,8 @@
 
 While the driver lives, the reaper notes every process descended from it (Ray's GCS, raylet, workers) once a
 second; when the driver is gone, it SIGKILLs those still running (the same processes: their start times are
-compared, so a reused pid is spared) and their children. The process table comes from psutil (Linux, macOS,
-Windows). A driver that shuts Ray down itself ends its reaper first (``Reaper.stop``).
+compared, so a reused pid is spared) and their children. The process table and the kill come from psutil (no /proc
+needed: macOS as Linux). A driver that shuts Ray down itself ends its reaper first (``Reaper.stop``).
 """
 
 from __future__ import annotations
