@@ -76,8 +76,9 @@ def _gaps(gaps: list[MethodGap]) -> list:
     unpaired = "" if all(g.paired for g in gaps) else " Some seeds lacked per-example test results: drawn unpaired."
     return [("h2", "1c. Random Masking against LoRA"),
             ("p", f"Test metric (x{SCALE}) of Random Masking minus LoRA's, each at its best-dev LR, mean over the seeds "
-                  "both ran, with a 95% bootstrap interval (seeds and test examples resampled, the two sides on the "
-                  f"same draw: a paired difference).{unpaired}"),
+                  "both ran, with a 95% bootstrap interval (seeds, dev and test examples resampled, the two sides on "
+                  "the same draw: a paired difference; each side's best-dev LR is picked anew on every draw, so the "
+                  f"interval carries the LR selection's noise and need not be centred on the gap).{unpaired}"),
             ("table", Table(["Model", "Task", "Budget", "Method", "Gap to LoRA [95% CI]", "Seeds", "Reading"], rows))]
 
 
