@@ -56,7 +56,7 @@ class Fit:
     r2: float
     residual_sd: float  # weighted scatter of the points around the line, log10 units
     ratio_range: tuple[float, float]
-    points: list[dict] = field(default_factory=list)
+    points: list[LawPoint] = field(default_factory=list)
     bootstrap: int = 0
 
     def log10_lr(self, ratio: float) -> float:
@@ -79,7 +79,7 @@ class Fit:
         return {
             "a": self.a, "b": self.b, "a_ci": list(self.a_ci), "b_ci": list(self.b_ci), "cov": self.cov,
             "r2": self.r2, "residual_sd": self.residual_sd, "ratio_range": list(self.ratio_range),
-            "n_points": len(self.points), "bootstrap": self.bootstrap, "points": self.points,
+            "n_points": len(self.points), "bootstrap": self.bootstrap, "points": [p.to_json() for p in self.points],
         }
 
     @classmethod
@@ -87,7 +87,7 @@ class Fit:
         return cls(
             a=float(d["a"]), b=float(d["b"]), a_ci=tuple(d["a_ci"]), b_ci=tuple(d["b_ci"]), cov=d["cov"],
             r2=float(d["r2"]), residual_sd=float(d["residual_sd"]), ratio_range=tuple(d["ratio_range"]),
-            points=list(d.get("points", [])), bootstrap=int(d.get("bootstrap", 0)),
+            points=[LawPoint.from_json(p) for p in d.get("points", [])], bootstrap=int(d.get("bootstrap", 0)),
         )
 
 
@@ -97,20 +97,20 @@ def _wls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
     return float(ym - b * xm), float(b)
 
 
-def fit_law(points: list[dict], *, bootstrap: int = 1000, seed: int = 0) -> Fit:
+def fit_law(points: list[LawPoint], *, bootstrap: int = 1000, seed: int = 0) -> Fit:
     """Fit ``log10 lr* = a + b log10 ratio`` by weighted least squares over ``points``.
 
-    Each point needs ``ratio``, ``log10_lr`` and ``se`` (its standard error, log10 units; weight
-    ``1/se**2``); other keys are kept in the fit's ``points``. The intervals are percentile intervals
-    of ``bootstrap`` case-resampled refits (seeded; resamples with a single ratio are redrawn).
+    Each point's ``log10_lr`` is weighted by ``1/se**2`` (``se``: its standard error, log10 units); the points are
+    kept in the fit. The intervals are percentile intervals of ``bootstrap`` case-resampled refits (seeded;
+    resamples with a single ratio are redrawn).
     """
     if bootstrap < 1:
         raise RmaskError(f"bootstrap must be at least 1 resample, got {bootstrap}")
-    if len({p["ratio"] for p in points}) < 2:
+    if len({p.ratio for p in points}) < 2:
         raise RmaskError("a law fit needs optimal learning rates at two or more ratios")
-    x = np.log10([p["ratio"] for p in points])
-    y = np.array([p["log10_lr"] for p in points], dtype=float)
-    w = 1.0 / np.maximum(np.array([p["se"] for p in points], dtype=float), 1e-6) ** 2
+    x = np.log10([p.ratio for p in points])
+    y = np.array([p.log10_lr for p in points], dtype=float)
+    w = 1.0 / np.maximum(np.array([p.se for p in points], dtype=float), 1e-6) ** 2
     a, b = _wls(x, y, w)
     resid = y - (a + b * x)
     ym = np.average(y, weights=w)
@@ -129,7 +129,7 @@ def fit_law(points: list[dict], *, bootstrap: int = 1000, seed: int = 0) -> Fit:
     a_ci = tuple(float(v) for v in np.percentile(draws[:, 0], [tail, 100 - tail]))
     b_ci = tuple(float(v) for v in np.percentile(draws[:, 1], [tail, 100 - tail]))
     cov = np.cov(draws.T) if bootstrap > 1 else np.zeros((2, 2))
-    ratios = [p["ratio"] for p in points]
+    ratios = [p.ratio for p in points]
     return Fit(a, b, a_ci, b_ci, cov.tolist(), r2, residual_sd, (min(ratios), max(ratios)), list(points), bootstrap)
 
 
@@ -173,7 +173,7 @@ class SharedFit:
     mean_offset_se: float
     between_sd: float | None
     ratio_range: tuple[float, float]
-    points: list[dict] = field(default_factory=list)
+    points: list[LawPoint] = field(default_factory=list)
     g: float | None = None
     s0: float | None = None
     steps_range: tuple[int, int] | None = None
@@ -258,7 +258,7 @@ class SharedFit:
             "x0": self.x0, "pairs": self.pairs, "offsets": self.offsets, "cov": self.cov, "tau": self.tau,
             "dof": self.dof, "mean_offset": self.mean_offset, "mean_offset_se": self.mean_offset_se,
             "between_sd": self.between_sd, "ratio_range": list(self.ratio_range), "n_points": len(self.points),
-            **budget, "points": self.points,
+            **budget, "points": [p.to_json() for p in self.points],
         }
 
     @classmethod
@@ -268,7 +268,7 @@ class SharedFit:
             b=float(d["b"]), x0=float(d["x0"]), pairs=list(d["pairs"]), offsets=[float(v) for v in d["offsets"]],
             cov=d["cov"], tau=float(d["tau"]), dof=int(d["dof"]), mean_offset=float(d["mean_offset"]),
             mean_offset_se=float(d["mean_offset_se"]), between_sd=d.get("between_sd"),
-            ratio_range=tuple(d["ratio_range"]), points=list(d.get("points", [])),
+            ratio_range=tuple(d["ratio_range"]), points=[LawPoint.from_json(p) for p in d.get("points", [])],
             g=d.get("g"), s0=d.get("s0"), steps_range=tuple(d["steps_range"]) if d.get("steps_range") else None,
             b_change=d.get("b_change"), b_change_ci=tuple(change_ci) if change_ci else None,
         )
@@ -288,27 +288,27 @@ def offset_spread(offsets: np.ndarray, variances: np.ndarray) -> tuple[float, fl
     return float(np.average(offsets, weights=w)), float(math.sqrt(1 / np.sum(w))), float(math.sqrt(between2))
 
 
-def usual_budget(points: list[dict]) -> int | None:
+def usual_budget(points: list[LawPoint]) -> int | None:
     """The budget (optimizer steps) most of ``points`` were measured at (ties: the larger); None when there are no
     points or any does not say."""
-    budgets = [p.get("steps") for p in points]
+    budgets = [p.steps for p in points]
     if not budgets or None in budgets:
         return None
     return max(set(budgets), key=lambda steps: (budgets.count(steps), steps))
 
 
-def point_budgets(points: list[dict]) -> list[int] | None:
+def point_budgets(points: list[LawPoint]) -> list[int] | None:
     """The distinct budgets (optimizer steps) of ``points``, sorted; None when any point does not say."""
-    budgets = {p.get("steps") for p in points}
+    budgets = {p.steps for p in points}
     return None if None in budgets else sorted(budgets)
 
 
-def _budget_varies_within_a_pair(points: list[dict]) -> bool:
+def _budget_varies_within_a_pair(points: list[LawPoint]) -> bool:
     """Whether some (model, task) has optima at two or more budgets: only then do the points tell the budget
     exponent g apart from the pairs' offsets (pairs each at its own budget leave g unidentified)."""
     budgets: dict[str, set] = {}
     for p in points:
-        budgets.setdefault(f"{p['model']}/{p['task']}", set()).add(p["steps"])
+        budgets.setdefault(p.pair, set()).add(p.steps)
     return any(len(steps) >= 2 for steps in budgets.values())
 
 
@@ -327,28 +327,28 @@ def _weighted_fit(design: np.ndarray, y: np.ndarray, se2: np.ndarray, dof: int):
     return theta, np.linalg.inv(information), tau2
 
 
-def fit_shared(points: list[dict]) -> SharedFit:
+def fit_shared(points: list[LawPoint]) -> SharedFit:
     """Fit one exponent across (model, task) pairs with an offset per pair, by weighted least squares; with
     points at two or more budgets (each point's ``steps``) within some pair, one budget exponent ``g`` too, and the interaction
     of ratio and budget (``b_change``) that tests whether b depends on the budget.
 
-    Each point needs ``model``, ``task``, ``ratio``, ``log10_lr`` and ``se`` (``steps`` for the budget term; a point
-    without it leaves the fit without one). Pairs with one ratio still inform the exponent only through their
+    Each point's ``log10_lr`` is weighted by its ``se``; a point without ``steps`` leaves the fit without a budget
+    term. Pairs with one ratio still inform the exponent only through their
     offset (they add no slope information) and are kept.
     """
-    pairs = sorted({f"{p['model']}/{p['task']}" for p in points})
-    slope_pairs = [k for k in pairs if len({p["ratio"] for p in points if f"{p['model']}/{p['task']}" == k}) >= 2]
+    pairs = sorted({p.pair for p in points})
+    slope_pairs = [k for k in pairs if len({p.ratio for p in points if p.pair == k}) >= 2]
     if not slope_pairs:
         raise RmaskError("a law fit needs optimal learning rates at two or more ratios of one (model, task)")
     budgets = point_budgets(points)
-    x = np.log10([p["ratio"] for p in points])
+    x = np.log10([p.ratio for p in points])
     x0 = float(x.mean())
-    y = np.array([p["log10_lr"] for p in points], dtype=float)
-    se2 = np.maximum(np.array([p["se"] for p in points], dtype=float), 1e-6) ** 2
-    columns = [np.array([f"{p['model']}/{p['task']}" == pair for p in points], dtype=float) for pair in pairs]
+    y = np.array([p.log10_lr for p in points], dtype=float)
+    se2 = np.maximum(np.array([p.se for p in points], dtype=float), 1e-6) ** 2
+    columns = [np.array([p.pair == pair for p in points], dtype=float) for pair in pairs]
     s = s0 = None
     if budgets is not None and len(budgets) >= 2 and _budget_varies_within_a_pair(points):
-        s = np.log10([p["steps"] for p in points])
+        s = np.log10([p.steps for p in points])
         s0 = float(s.mean())
         columns.append(s - s0)
     design = np.column_stack(columns + [x - x0])
@@ -356,7 +356,7 @@ def fit_shared(points: list[dict]) -> SharedFit:
     theta, cov, tau2 = _weighted_fit(design, y, se2, dof)
     offsets = theta[: len(pairs)]
     mean, mean_se, between = offset_spread(offsets, cov.diagonal()[: len(pairs)])
-    ratios = [p["ratio"] for p in points]
+    ratios = [p.ratio for p in points]
     change = _b_change(design, (x - x0) * (s - s0), y, se2) if s is not None else None
     return SharedFit(
         float(theta[-1]), x0, pairs, offsets.tolist(), cov.tolist(), math.sqrt(tau2), max(dof, 1), mean, mean_se,
@@ -416,10 +416,6 @@ class Law:
     shared: SharedFit | None = None
     source: LawSource = field(default_factory=lambda: LawSource())
 
-    def point_json(self) -> list[dict]:
-        """The points as law.json holds them: what the fits, the validation and the searcher read."""
-        return [p.to_json() for p in self.points]
-
     def fit_for(self, model: str | None = None) -> Fit:
         """The single-line fit for ``model`` (its own), or the pooled fit when ``model`` is None."""
         if model is None:
@@ -453,7 +449,7 @@ class Law:
         """The law's own budget (optimizer steps): the one most of its optima were measured at (ties: the larger;
         points that do not say: the largest fitted budget); None when the law does not know its budgets (a
         law.json from before budgets were recorded)."""
-        usual = usual_budget(self.shared.points if self.shared is not None else self.point_json())
+        usual = usual_budget(self.shared.points if self.shared is not None else self.points)
         if usual is not None:
             return usual
         fitted = self.shared.steps_range if self.shared is not None else None

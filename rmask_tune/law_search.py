@@ -32,6 +32,7 @@ import numpy as np
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import Law, SharedFit, fit_shared, offset_spread, usual_budget
+from rmask_tune.law_record import LawPoint
 from rmask_tune.resampling import DevRecord, bootstrap_cell, optimum_with_interval, signal_test
 
 LAW_METHOD = "random_masking"
@@ -68,20 +69,20 @@ class SearchSettings:
 
 @dataclass
 class SearchPrior:
-    """What a search starts from: the law's optima (``points``: model, task, ratio, log10_lr, se), as law.json
-    holds them. A pair among them starts from its own offset, a new task of a model among them from the mean
-    offset of the model's pairs; a model none of them has (a new family) from no offset: the exponent alone,
-    the offset learned from its own first ratio."""
+    """What a search starts from: the law's optima (``points``, with their errors and budgets). A pair among them
+    starts from its own offset, a new task of a model among them from the mean offset of the model's pairs; a model
+    none of them has (a new family) from no offset: the exponent alone, the offset learned from its own first
+    ratio."""
 
-    points: list[dict]
+    points: list[LawPoint]
     note: str = ""
 
     @classmethod
     def from_law(cls, law: Law, note: str = "") -> SearchPrior:
-        return cls(law.point_json(), note)
+        return cls(list(law.points), note)
 
     def pairs(self) -> set[str]:
-        return {f"{p['model']}/{p['task']}" for p in self.points}
+        return {p.pair for p in self.points}
 
     def budget(self) -> int | None:
         """The budget (optimizer steps) most of the prior's optima were measured at (ties: the larger); None
@@ -251,7 +252,7 @@ class LawSearch:
         return int(np.argmin(np.abs(np.log10(cell.grid) - centre)))
 
     # --- the prior and what the search learned ------------------------------------------------------------
-    def located_points(self) -> list[dict]:
+    def located_points(self) -> list[LawPoint]:
         """This search's optima that pass the law's rules: bracketed, interior, signal passed."""
         points = []
         for cell in self.cells.values():
@@ -263,9 +264,8 @@ class LawSearch:
             estimate = optimum_with_interval(bootstrap_cell(records, samples=200, seed=0))
             if estimate.at_edge:
                 continue
-            budget = {} if cell.steps is None else {"steps": cell.steps}
-            points.append({"model": cell.id.model, "task": cell.id.task, "ratio": cell.id.ratio,
-                           "log10_lr": estimate.log10_lr, "se": estimate.se, **budget, "searched": True})
+            points.append(LawPoint(model=cell.id.model, task=cell.id.task, ratio=cell.id.ratio, steps=cell.steps,
+                                   log10_lr=estimate.log10_lr, se=estimate.se, extra={"searched": True}))
         return points
 
     def fit(self) -> SharedFit | None:
@@ -330,13 +330,14 @@ class LawSearch:
 
     def to_dict(self) -> dict:
         """What a resumed search needs (pending trials are dropped: they are rerun or re-proposed)."""
-        return {"cells": [cell_to_dict(c) for c in self.cells.values()], "prior": self.prior.points,
-                "note": self.prior.note, "settings": self.settings.__dict__}
+        return {"cells": [cell_to_dict(c) for c in self.cells.values()],
+                "prior": [p.to_json() for p in self.prior.points], "note": self.prior.note,
+                "settings": self.settings.__dict__}
 
     @classmethod
     def from_dict(cls, d: dict) -> LawSearch:
         settings = SearchSettings(**{**d["settings"], "seeds": tuple(d["settings"]["seeds"])})
-        search = cls({}, SearchPrior(d["prior"], d["note"]), settings)
+        search = cls({}, SearchPrior([LawPoint.from_json(p) for p in d["prior"]], d["note"]), settings)
         for entry in d["cells"]:
             cell = cell_from_dict(entry)
             search.cells[cell.id] = cell

@@ -239,7 +239,7 @@ def from_probe(law: Law, law_path: str, ratio: float, model: str | None, task: s
         )
     constant = constant_for(calibration, model)
     if loss_settings is None:
-        loss_settings, loss_basis = probe_loss_settings(law.point_json(), model, task)
+        loss_settings, loss_basis = probe_loss_settings(law.points, model, task)
     else:
         loss_basis = "--loss-settings"
     lr, lam = predict_lr(model, task, ratio, constant.c, loss_settings=loss_settings, **(calibration.probe or {}),

@@ -34,17 +34,19 @@ import numpy as np
 from rmask_tune.analysis.predict import calibrate
 from rmask_tune.errors import RmaskError
 from rmask_tune.law import fit_shared, offset_spread, point_budgets
-from rmask_tune.law_record import HeldOutRow, HeldOutStats, ValidationSummary
+from rmask_tune.law_record import HeldOutRow, HeldOutStats, LawPoint, ValidationSummary
 
 GRID_STEP = 0.5  # decades
+Curves = dict[tuple, tuple[list[float], list[float]]]  # (model, task, ratio[, steps]) -> (LRs, mean dev metric)
 
 
-def _pair(point: dict) -> str:
-    return f"{point['model']}/{point['task']}"
+def _cells(points: list[LawPoint]) -> set[tuple]:
+    return {(p.model, p.task, p.ratio, p.steps) for p in points}
 
 
-def _cells(points: list[dict]) -> set[tuple]:
-    return {(p["model"], p["task"], p["ratio"], p.get("steps")) for p in points}
+def _probe_pair(entry: dict) -> str:
+    """A calibration pair's or a probe's (model, task), as ``"model/task"``."""
+    return f"{entry['model']}/{entry['task']}"
 
 
 def _score(predicted_log10: float, lrs: list[float], means: list[float]) -> dict:
@@ -66,12 +68,12 @@ WITHIN_MODEL = "mean offset of the model's other tasks"
 ACROSS_MODELS = "mean offset of the other models' tasks"
 
 
-def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[HeldOutRow]:
+def leave_one_task_out(points: list[LawPoint], curves: Curves) -> list[HeldOutRow]:
     """One row per held-out cell: ``curves[(model, task, ratio, steps)] = (lrs, mean dev metric)``. A pair with curves
     but no point in the law (every cell failed its rules) is held out too, predicted from the whole law."""
     rows, in_law = [], _cells(points)
-    for held in sorted({_pair(p) for p in points} | {f"{m}/{task}" for (m, task, _, _), _ in _measured(curves)}):
-        rest = [p for p in points if _pair(p) != held]
+    for held in sorted({p.pair for p in points} | {f"{m}/{task}" for (m, task, _, _), _ in _measured(curves)}):
+        rest = [p for p in points if p.pair != held]
         try:
             fit = fit_shared(rest)
         except RmaskError:
@@ -89,11 +91,11 @@ def leave_one_task_out(points: list[dict], curves: dict[tuple, tuple[list[float]
     return rows
 
 
-def leave_one_ratio_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[HeldOutRow]:
+def leave_one_ratio_out(points: list[LawPoint], curves: Curves) -> list[HeldOutRow]:
     """One row per held-out cell: every pair's point at one ratio hidden at a time, predicted from its own offset."""
     rows, in_law = [], _cells(points)
-    for ratio in sorted({p["ratio"] for p in points}):
-        rest = [p for p in points if p["ratio"] != ratio]
+    for ratio in sorted({p.ratio for p in points}):
+        rest = [p for p in points if p.ratio != ratio]
         try:
             fit = fit_shared(rest)
         except RmaskError:
@@ -114,7 +116,7 @@ BUDGET_TERM = "own offset, budget term fitted on the other budgets"
 NO_BUDGET_TERM = "own offset at the other budget (one budget left: no budget term)"
 
 
-def leave_one_budget_out(points: list[dict], curves: dict[tuple, tuple[list[float], list[float]]]) -> list[HeldOutRow]:
+def leave_one_budget_out(points: list[LawPoint], curves: Curves) -> list[HeldOutRow]:
     """One row per held-out cell: every optimum at one budget hidden at a time, that budget's cells predicted from
     the law refitted on the other budgets only (empty unless every point has a budget and there are two or more)."""
     budgets = point_budgets(points)
@@ -122,7 +124,7 @@ def leave_one_budget_out(points: list[dict], curves: dict[tuple, tuple[list[floa
         return []
     rows, in_law = [], _cells(points)
     for held in budgets:
-        rest = [p for p in points if p["steps"] != held]
+        rest = [p for p in points if p.steps != held]
         try:
             fit = fit_shared(rest)
         except RmaskError:
@@ -151,7 +153,7 @@ def _curve_of(curves: dict, model: str, task: str, ratio: float) -> tuple[list[f
 
 
 def probe_leave_one_task_out(
-    calibration: list[dict], probed: list[dict], curves: dict[tuple, tuple[list[float], list[float]]],
+    calibration: list[dict], probed: list[dict], curves: Curves,
     within_model: bool = False,
 ) -> tuple[list[HeldOutRow], bool]:
     """Rows for ``lr = c / lambda_max`` on the ``probed`` cells (``model``, ``task``, ``ratio``, ``lambda_max``)
@@ -160,15 +162,15 @@ def probe_leave_one_task_out(
     no sweep has seen). With calibration pairs of one (model, task) only that is impossible, and the rows are
     in-sample (``c`` from all of them). ``within_model``: ``c`` from the same model's other tasks only (what a
     model family already swept on other tasks gives); cells whose model has no other task are left out."""
-    held_out = len({_pair(p) for p in calibration}) > 1
-    rows, in_law = [], {cell[:3] for cell in _cells(calibration)}
+    held_out = len({_probe_pair(p) for p in calibration}) > 1
+    rows, in_law = [], {(p["model"], p["task"], p["ratio"]) for p in calibration}
     if within_model and not held_out:
         return rows, held_out
     for probe in sorted(probed, key=lambda p: (p["model"], p["task"], p["ratio"])):
         lrs, means = _curve_of(curves, probe["model"], probe["task"], probe["ratio"])
         if len(lrs) < 2:
             continue
-        fit_on = [p for p in calibration if not held_out or _pair(p) != _pair(probe)]
+        fit_on = [p for p in calibration if not held_out or _probe_pair(p) != _probe_pair(probe)]
         if within_model:
             fit_on = [p for p in fit_on if p["model"] == probe["model"]]
             if not fit_on:

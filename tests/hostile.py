@@ -56,9 +56,9 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def law_points() -> list[dict]:
+def law_points() -> list[LawPoint]:
     """Optima of two tasks of model ``m`` at three ratios on a known law (``log10 lr* = -3.5 - 0.8 log10 r``)."""
-    return [{"model": "m", "task": task, "ratio": r, "log10_lr": -3.5 + off - 0.8 * math.log10(r) + noise, "se": 0.1}
+    return [LawPoint(model="m", task=task, ratio=r, log10_lr=-3.5 + off - 0.8 * math.log10(r) + noise, se=0.1)
             for task, off in (("SST-2", 0.0), ("RTE", 0.3))
             for r, noise in ((1e-2, 0.02), (1e-3, -0.03), (1e-4, 0.01))]
 
@@ -72,7 +72,7 @@ PROBE_CALIBRATION = {"c": 0.5, "n": 2, "c_by_model": {"m": 0.5}, "log10_sd": 0.1
 def valid_law() -> dict:
     """A law.json (format v2, shared fit over two pairs, a pooled line, a probe calibration) as a dict."""
     points = law_points()
-    law = Law(pooled=fit_law(points, bootstrap=50), models={}, points=[LawPoint.from_json(p) for p in points],
+    law = Law(pooled=fit_law(points, bootstrap=50), models={}, points=points,
               probe_calibration=ProbeCalibration.from_json(PROBE_CALIBRATION), shared=fit_shared(points))
     return json.loads(json.dumps(law.to_dict()))
 

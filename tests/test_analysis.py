@@ -145,7 +145,7 @@ def test_calibration_round_trips_through_law_json_and_predict_lr(tmp_path, capsy
     assert "probe_calibration" in capsys.readouterr().out
     law = load_law(law_path)
     entry = law.probe_calibration.to_json()
-    assert entry["n"] == 1 and law.point_json() == [point]
+    assert entry["n"] == 1 and [p.to_json() for p in law.points] == [point]
     lr, lam = predict_lr("tiny-llama", "SST-2", 1e-5, entry["c"], data_dir=str(DATA), **entry["probe"])
     assert lam == pytest.approx(entry["points"][0]["lambda_max"], rel=1e-9)  # the probe is deterministic
     assert lr == pytest.approx(0.02, rel=1e-9)

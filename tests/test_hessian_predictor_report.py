@@ -50,8 +50,8 @@ def write_probes(path: Path, tasks) -> Path:
     return path
 
 
-def geometric_c(points: list[dict], lambdas: dict[tuple, float]) -> float:
-    return statistics.geometric_mean(p["lr"] * lambdas[(p["task"], p["ratio"])] for p in points)
+def geometric_c(points: list[LawPoint], lambdas: dict[tuple, float]) -> float:
+    return statistics.geometric_mean(p.lr * lambdas[(p.task, p.ratio)] for p in points)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +84,11 @@ def test_without_probes_the_section_says_how_to_make_them(uncalibrated):
 
 def test_calibration_and_leave_one_task_out_hit_the_constructed_lrs(calibrated):
     law = load_law(calibrated / "law.json")
-    points = law.point_json()
-    assert {(p["task"], p["ratio"]) for p in points} == {(t, r) for t in TRUTH.offsets for r in TRUTH.ratios}
+    points = law.points
+    assert {(p.task, p.ratio) for p in points} == {(t, r) for t in TRUTH.offsets for r in TRUTH.ratios}
     for p in points:  # the optima sit on their grid points, within a fifth of a grid step
-        assert math.log10(p["lr"]) == pytest.approx(TRUTH.log_lr(p["task"], p["ratio"]), abs=0.1)
-    probed = [p for p in points if (p["task"], p["ratio"]) != UNPROBED]
+        assert math.log10(p.lr) == pytest.approx(TRUTH.log_lr(p.task, p.ratio), abs=0.1)
+    probed = [p for p in points if (p.task, p.ratio) != UNPROBED]
     lambdas = {(t, r): true_lambda(t, r) for t in TRUTH.offsets for r in TRUTH.ratios}
 
     entry = law.probe_calibration.to_json()
@@ -105,7 +105,7 @@ def test_calibration_and_leave_one_task_out_hit_the_constructed_lrs(calibrated):
     decades_off = {"SST-2": -1.0, "RTE": 3 / 5, "CB": 3 / 6}
     for row in rows:
         task, ratio = row["task"], row["ratio"]
-        others = [p for p in probed if p["task"] != task]
+        others = [p for p in probed if p.task != task]
         assert row["c"] == pytest.approx(geometric_c(others, lambdas), rel=1e-9)
         assert row["predicted_lr"] == pytest.approx(row["c"] / lambdas[(task, ratio)], rel=1e-9)
         assert row["best_grid_lr"] == pytest.approx(10 ** TRUTH.log_lr(task, ratio), rel=1e-3)  # GRID: 3 digits

@@ -197,8 +197,8 @@ def test_calibration_and_recommend_probe_the_loss_each_cell_trained_on(tmp_path,
 def test_probe_loss_comes_from_the_nearest_points_and_refuses_a_mixture():
     cls = {"objective": "classification", "scoring": "mean"}
     head = {"head": "classifier", "train_head": True}
-    points = [{"model": "a", "task": "SST-2", "loss_settings": cls}, {"model": "a", "task": "WiC", "loss_settings": cls},
-              {"model": "b", "task": "SST-2", "loss_settings": head}]  # fmt: skip
+    points = [LawPoint(model="a", task="SST-2", loss_settings=cls), LawPoint(model="a", task="WiC", loss_settings=cls),
+              LawPoint(model="b", task="SST-2", loss_settings=head)]  # fmt: skip
     assert probe_loss_settings(points, "a", "WiC") == (cls, "the law's points (a on WiC)")
     assert probe_loss_settings(points, "a", "COPA") == (cls, "the law's points (a)")
     assert probe_loss_settings(points, "c", "WiC") == (cls, "the law's points (WiC)")

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def test_estimator_rejects_unusable_curves():
 
 def synthetic_points(seed=0, noise=0.1, a=-4.5, b=-0.5):
     rng = np.random.default_rng(seed)
-    return [{"ratio": r, "log10_lr": a + b * math.log10(r) + rng.normal(0, noise), "se": noise, "task": task}
+    return [LawPoint(task=task, ratio=r, log10_lr=a + b * math.log10(r) + rng.normal(0, noise), se=noise)
             for r in np.logspace(-6, -2, 9) for task in ("SST-2", "RTE")]
 
 
@@ -68,7 +69,7 @@ def test_wls_fit_recovers_a_known_exponent_within_its_interval():
     assert fit.r2 > 0.95
     assert fit.ratio_range == pytest.approx((1e-6, 1e-2))
     assert fit.residual_sd == pytest.approx(0.1, rel=0.4)
-    assert len(fit.points) == 18 and fit.points[0]["task"] == "SST-2"
+    assert len(fit.points) == 18 and fit.points[0].task == "SST-2"
     # the bootstrap is seeded: same seed, same intervals; another seed, others
     assert fit_law(synthetic_points(), bootstrap=500, seed=0).b_ci == fit.b_ci
     assert fit_law(synthetic_points(), bootstrap=500, seed=1).b_ci != fit.b_ci
@@ -84,23 +85,23 @@ def test_bootstrap_intervals_cover_the_true_exponent_at_about_their_level():
 
 def test_weights_discount_an_uncertain_outlier():
     points = synthetic_points(noise=0.02)
-    points.append({"ratio": 1e-6, "log10_lr": 3.0, "se": 50.0})  # wildly off, but with a huge error
+    points.append(LawPoint(ratio=1e-6, log10_lr=3.0, se=50.0))  # wildly off, but with a huge error
     fit = fit_law(points, bootstrap=200)
     assert abs(fit.b + 0.5) < 0.02
-    unweighted = fit_law([{**p, "se": 0.02} for p in points], bootstrap=10)
+    unweighted = fit_law([replace(p, se=0.02) for p in points], bootstrap=10)
     assert abs(unweighted.b + 0.5) > 0.1
 
 
 def test_fit_needs_two_ratios():
     with pytest.raises(RmaskError, match="two or more ratios"):
-        fit_law([{"ratio": 1e-3, "log10_lr": -3, "se": 0.1}] * 3)
+        fit_law([LawPoint(ratio=1e-3, log10_lr=-3, se=0.1)] * 3)
 
 
 @pytest.fixture()
 def law_file(tmp_path):
     pooled = fit_law(synthetic_points(), bootstrap=300)
     law = Law(pooled=pooled, models={"opt-125m": fit_law(synthetic_points(seed=2), bootstrap=300)},
-              points=[LawPoint.from_json(p) for p in pooled.points])
+              points=list(pooled.points))
     path = tmp_path / "law.json"
     law.save(path)
     return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from hostile import cli
 from paths import DATA, REPO
 from rmask_tune.law import fit_shared, load_law
+from rmask_tune.law_record import LawPoint
 from rmask_tune.runstore.export import encode_export
 from rmask_tune.runstore.reader import budget_steps, check_one_sweep, load_trials, resolve_source, trial_of
 from rmask_tune.runstore.record import RunRecord
@@ -204,10 +206,10 @@ def test_a_b_that_moves_with_the_budget_is_detected(tmp_path):
 def test_leave_one_budget_out_never_sees_the_held_out_budget(budget_report):
     law = load_law(budget_report / "law.json")
     rows = law.validation.leave_one_budget_out
-    points = law.point_json()
+    points = law.points
     assert {r.steps for r in rows} == set(BUDGETS) and all(r.source == BUDGET_TERM for r in rows)
     for row in rows:
-        rest = fit_shared([p for p in points if p["steps"] != row.steps])  # the law without that budget
+        rest = fit_shared([p for p in points if p.steps != row.steps])  # the law without that budget
         pair = rest.pairs.index(f"m/{row.task}")
         expected = rest.centre(rest.offsets[pair], row.ratio, row.steps)
         assert math.log10(row.predicted_lr) == pytest.approx(expected)
@@ -215,7 +217,7 @@ def test_leave_one_budget_out_never_sees_the_held_out_budget(budget_report):
     summary = law.validation.summary["leave_one_budget_out"]
     assert summary.cells == len(rows) == 18 and summary.mean_error_steps < 1.5
     # Two budgets leave one to fit on: no budget term; the other budget's law as it is, labelled so.
-    two = [p for p in points if p["steps"] != 200]
+    two = [p for p in points if p.steps != 200]
     from rmask_tune.validation import leave_one_budget_out
 
     curves = {(r.model, r.task, r.ratio, r.steps): ([r.best_grid_lr / 10, r.best_grid_lr], [0.5, 0.6])
@@ -301,12 +303,12 @@ def test_a_law_without_budget_term_recommends_as_before(tmp_path):
 
 def test_pairs_each_at_their_own_budget_leave_the_budget_term_out():
     # g is told apart from the offsets only by a pair measured at two budgets; without one the fit keeps b alone.
-    points = [{"model": "m", "task": task, "ratio": r, "steps": steps, "se": 0.05,
-               "log10_lr": truth(task, r, steps)} for task, steps in (("SST-2", 64), ("RTE", 625)) for r in RATIOS]
+    points = [LawPoint(model="m", task=task, ratio=r, steps=steps, se=0.05, log10_lr=truth(task, r, steps))
+              for task, steps in (("SST-2", 64), ("RTE", 625)) for r in RATIOS]
     fit = fit_shared(points)
     assert fit.g is None and fit.b_change is None and fit.b == pytest.approx(B, abs=1e-6)
     assert fit.steps_range == (64, 625)
-    both = fit_shared(points + [{**points[0], "steps": 625, "log10_lr": truth("SST-2", RATIOS[0], 625)}])
+    both = fit_shared(points + [replace(points[0], steps=625, log10_lr=truth("SST-2", RATIOS[0], 625))])
     assert both.g == pytest.approx(G, abs=1e-6)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from test_sweep_ray import local_ray, mlflow_runs, run_cli, sweep_file  # noqa: F401 (local_ray: a fixture)
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.law_record import LawPoint
 from rmask_tune.law_search import CellId, LawSearch, SearchPrior, SearchSettings
 from paths import REPO
 
@@ -41,7 +43,7 @@ def cells(ratios, task="T") -> dict[CellId, list[float]]:
 def test_later_ratios_start_from_the_offset_the_first_one_taught():
     ratios = (1e-2, 1e-3, 1e-4)
     optima = {CellId("m", "T", "random_masking", r): -2.5 - (math.log10(r) + 2) for r in ratios}  # on grid LRs
-    prior = SearchPrior([{"model": "other", "task": "U", "ratio": r, "log10_lr": 0.7 - math.log10(r), "se": 0.1}
+    prior = SearchPrior([LawPoint(model="other", task="U", ratio=r, log10_lr=0.7 - math.log10(r), se=0.1)
                          for r in (1e-2, 1e-3, 1e-4)])  # another family: its exponent only, no offset for m
     search = LawSearch(cells(ratios), prior, SearchSettings(seeds=(0,)), {cid: 1000 for cid in cells(ratios)})
     ran = run(search, optima)
@@ -180,7 +182,7 @@ def test_a_new_budget_starts_from_the_prior_and_learns_the_budget_exponent_from_
     # The prior: the pair's optima at 64 steps. At 640 steps every optimum sits half a decade higher (g = 0.5).
     ratios = (1e-2, 1e-3, 1e-4)
     at_64 = {r: -3.0 - (math.log10(r) + 2) for r in ratios}
-    prior = SearchPrior([{"model": "m", "task": "T", "ratio": r, "log10_lr": v, "se": 0.05, "steps": 64}
+    prior = SearchPrior([LawPoint(model="m", task="T", ratio=r, log10_lr=v, se=0.05, steps=64)
                          for r, v in at_64.items()])
     optima = {CellId("m", "T", "random_masking", r): v + 0.5 for r, v in at_64.items()}
     grid = cells(ratios)
@@ -195,11 +197,11 @@ def test_a_new_budget_starts_from_the_prior_and_learns_the_budget_exponent_from_
         assert search.choice(cid) == nearest
         if cid != first:  # the later ratios start on their optimum at this budget: three trials each
             assert per_cell[cid][0] == nearest and len(per_cell[cid]) == 3
-    assert all(p["steps"] == 640 for p in search.located_points())
+    assert all(p.steps == 640 for p in search.located_points())
     restored = LawSearch.from_dict(json.loads(json.dumps(search.to_dict())))
-    assert {c.steps for c in restored.cells.values()} == {640}
+    assert {c.steps for c in restored.cells.values()} == {640} and restored.prior.points == prior.points
     # Without budgets the located optima pull the pair's one offset halfway: the third ratio starts a grid step off.
-    blind = LawSearch(grid, SearchPrior([{k: v for k, v in p.items() if k != "steps"} for p in prior.points]),
+    blind = LawSearch(grid, SearchPrior([replace(p, steps=None) for p in prior.points]),
                       SearchSettings(seeds=(0,)), {c: 1000 for c in grid})
     assert len([c for c, _, _ in run(blind, optima) if c.method != "none"]) > len(
         [c for c, _, _ in ran if c.method != "none"])

@@ -38,12 +38,12 @@ def _law_data(folder: Path) -> dict:
 @pytest.mark.slow
 def test_intervals_signal_test_and_shared_exponent_on_a_noisy_store(report):
     law = load_law(report / "law.json")
-    points = {p["ratio"]: p for p in law.point_json()}
+    points = {p.ratio: p for p in law.points}
     assert set(points) == {1e-2, 1e-3, 1e-4}
     for ratio, p in points.items():
-        assert p["resampled"] == "per-example" and p["signal"]["reference"] == "frozen model"
-        assert p["signal"]["passed"] and p["signal"]["difference"] > 0.15
-        low, high = p["interval"]
+        assert p.resampled == "per-example" and p.signal["reference"] == "frozen model"
+        assert p.signal["passed"] and p.signal["difference"] > 0.15
+        low, high = p.interval
         assert low < 10 ** LAW.log_lr("SST-2", ratio) < high, ratio  # the bootstrap interval holds the true optimum
         assert high / low < 10  # and dev noise, not the grid alone, sets its width
     (flat,) = [e.to_json() for e in law.excluded]

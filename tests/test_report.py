@@ -186,8 +186,8 @@ def test_fitted_law_recovers_the_known_exponent(report, store):
     assert offsets["m-small/RTE"] - offsets["m-small/SST-2"] == pytest.approx(-0.2, abs=0.06)
     assert offsets["m-big/SST-2"] - offsets["m-small/SST-2"] == pytest.approx(-0.3, abs=0.06)
     # no per-example results in this store: every cell is resampled by the stated binomial approximation
-    assert {p["resampled"] for p in law.point_json()} == {"binomial"}
-    assert {p["signal"]["reference"] for p in law.point_json()} == {"smallest LR"}
+    assert {p.resampled for p in law.points} == {"binomial"}
+    assert {p.signal["reference"] for p in law.points} == {"smallest LR"}
     for model, fit in [*law.models.items(), ("pooled", law.pooled)]:
         assert fit.b_ci[0] <= -0.5 <= fit.b_ci[1], model
         assert fit.b == pytest.approx(-0.5, abs=0.06), model
@@ -210,8 +210,8 @@ def test_fitted_law_recovers_the_known_exponent(report, store):
     assert len(flat) == 1 and flat[0]["reason"].startswith("signal test failed") and "p = " in flat[0]["reason"]
     # every point is the true optimum (the quadratic is exact on a parabola) up to seed noise
     for p in law.pooled.points:
-        assert p["log10_lr"] == pytest.approx(true_log_lr(p["model"], p["task"], p["ratio"]), abs=0.05)
-        assert p["estimate"] == "quadratic" and p["se"] > 0
+        assert p.log10_lr == pytest.approx(true_log_lr(p.model, p.task, p.ratio), abs=0.05)
+        assert p.estimate == "quadratic" and p.se > 0
     raw = json.loads((report / "law.json").read_text())
     assert raw["experiment"] == EXPERIMENT and raw["method"] == "random_masking" and raw["probe_calibration"] is None
     assert raw["bootstrap"] == {"samples": 400, "seed": 0}

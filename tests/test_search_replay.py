@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -105,17 +106,17 @@ def test_a_flat_task_stops_early_as_no_signal(rows):
 
 def test_the_replayed_pair_is_never_in_its_prior(rows):
     by_task, points = rows
-    assert {p["task"] for p in points} == {"T1", "T2"}  # the law of the export holds both pairs
+    assert {p.task for p in points} == {"T1", "T2"}  # the law of the export holds both pairs
     row = by_task["T1"]
     other = replay.prior_for(row, points, "other pairs")
-    assert other.points and all(p["task"] == "T2" for p in other.points)
+    assert other.points and all(p.task == "T2" for p in other.points)
     assert replay.law_search(row, other).prior_pairs == ["m1/T2"]
     family = replay.prior_for(row, points, "new family")
     assert family.points == []  # no pair of model m1: the exponent and offset are learned from the row itself
     # with T2's optimum moved, the prior moves with it while T1's own trials never enter it
-    moved = [{**p, "log10_lr": p["log10_lr"] + 1.0} if p["task"] == "T2" else p for p in points]
+    moved = [replace(p, log10_lr=p.log10_lr + 1.0) if p.task == "T2" else p for p in points]
     assert replay.prior_for(row, moved, "other pairs").points != other.points
-    shifted_own = [{**p, "log10_lr": p["log10_lr"] + 1.0} if p["task"] == "T1" else p for p in points]
+    shifted_own = [replace(p, log10_lr=p.log10_lr + 1.0) if p.task == "T1" else p for p in points]
     assert replay.prior_for(row, shifted_own, "other pairs").points == other.points
 
 
@@ -139,13 +140,13 @@ def test_an_export_of_two_budgets_replays_each_budget_on_its_own(tmp_path):
     path.write_bytes(encode_export("budgets", "none", records, 0))
     found, points = replay.load_rows(str(path))
     assert sorted((r.task, r.steps) for r in found) == [("T1", 64), ("T1", 200), ("T2", 64), ("T2", 200)]
-    assert {p["steps"] for p in points} == set(BUDGETS)
+    assert {p.steps for p in points} == set(BUDGETS)
     for row in found:
         shift = BUDGETS[row.steps]
         assert row.frozen is not None and row.frozen.steps == row.steps
         prior = replay.prior_for(row, points, "other pairs")
-        assert {p["task"] for p in prior.points} == {"T1", "T2"} - {row.task}
-        assert {p["steps"] for p in prior.points} == set(BUDGETS)
+        assert {p.task for p in prior.points} == {"T1", "T2"} - {row.task}
+        assert {p.steps for p in prior.points} == set(BUDGETS)
         result = replay.law_search(row, prior)
         for cell in row.cells:
             assert cell.steps == row.steps and len(cell.trials) == 7 * len(SEEDS)

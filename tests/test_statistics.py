@@ -96,8 +96,8 @@ def test_binomial_fallback_for_trials_without_per_example_results():
 
 def shared_points(rng, exponent=-0.8, offsets=None, noise=0.1, ratios=(1e-2, 1e-3, 1e-4, 1e-5)):
     offsets = offsets or {"SST-2": -2.0, "RTE": -1.6, "COPA": -2.3, "WiC": -1.9}
-    return [{"model": "m", "task": task, "ratio": r, "se": noise,
-             "log10_lr": off + exponent * (math.log10(r) + 3.5) + rng.normal(0, noise)}
+    return [LawPoint(model="m", task=task, ratio=r, se=noise,
+                     log10_lr=off + exponent * (math.log10(r) + 3.5) + rng.normal(0, noise))
             for task, off in offsets.items() for r in ratios]
 
 
@@ -126,9 +126,9 @@ def test_a_new_task_interval_includes_the_spread_between_tasks():
     # Held-out tasks fall inside the new-task interval.
     inside = 0
     for held in ("SST-2", "RTE", "COPA", "WiC"):
-        rest = Law(pooled=None, models={}, shared=fit_shared([p for p in points if p["task"] != held]))
+        rest = Law(pooled=None, models={}, shared=fit_shared([p for p in points if p.task != held]))
         rec = rest.recommend(1e-3, "m", held)
-        truth = [p for p in points if p["task"] == held and p["ratio"] == 1e-3][0]["log10_lr"]
+        truth = next(p.log10_lr for p in points if p.task == held and p.ratio == 1e-3)
         inside += math.log10(rec.lo) <= truth <= math.log10(rec.hi)
     assert inside == 4
     unseen = law.recommend(3e-5, "other-model")
@@ -156,8 +156,7 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
             lrs = [10.0**e for e in np.arange(round(truth * 2) / 2 - 2, round(truth * 2) / 2 + 2.01, 0.5)]
             means = [accuracy_curve(truth)(lr) for lr in lrs]
             curves[("m", task, r)] = (lrs, means)
-            points.append({"model": "m", "task": task, "ratio": r, "se": 0.1,
-                           "log10_lr": truth + rng.normal(0, 0.05)})
+            points.append(LawPoint(model="m", task=task, ratio=r, se=0.1, log10_lr=truth + rng.normal(0, 0.05)))
     # A cell without signal (flat up to noise), which the rules kept out of the law: scored, and marked so.
     curves[("m", "SST-2", 1e-5)] = ([10.0**e for e in np.arange(-2, 1.01, 0.5)], list(0.5 + rng.normal(0, 0.01, 7)))
     tasks = leave_one_task_out(points, curves)
@@ -191,7 +190,7 @@ def test_leave_one_out_scores_predictions_on_measured_curves():
         truth = -1.0 - 0.8 * (math.log10(r) + 3.5)
         lrs = [10.0**e for e in np.arange(round(truth * 2) / 2 - 2, round(truth * 2) / 2 + 2.01, 0.5)]
         curves[("m2", "SST-2", r)] = (lrs, [accuracy_curve(truth)(lr) for lr in lrs])
-        points.append({"model": "m2", "task": "SST-2", "ratio": r, "se": 0.1, "log10_lr": truth})
+        points.append(LawPoint(model="m2", task="SST-2", ratio=r, se=0.1, log10_lr=truth))
     tasks = leave_one_task_out(points, curves)
     across = [r for r in tasks if r.source == ACROSS_MODELS]
     assert {r.model for r in across} == {"m2"} and len(across) == 3

@@ -15,6 +15,7 @@ import torch
 
 from rmask_tune.cli import main
 from rmask_tune.errors import RmaskError
+from rmask_tune.law_record import LawPoint
 from rmask_tune.sweep import load_space
 from paths import DATA, REPO
 
@@ -184,7 +185,7 @@ def test_storage_holding_a_sweep_needs_resume_and_resume_needs_the_same_file(tmp
 def test_lr_from_law_narrows_the_laws_method_per_ratio(tmp_path, capsys):
     from rmask_tune.law import Law, fit_law, narrow_grid
 
-    points = [{"ratio": r, "log10_lr": -3 - 0.5 * math.log10(r / 0.01), "se": 0.1} for r in (0.01, 0.001, 0.0001)]
+    points = [LawPoint(ratio=r, log10_lr=-3 - 0.5 * math.log10(r / 0.01), se=0.1) for r in (0.01, 0.001, 0.0001)]
     law = Law(pooled=fit_law(points, bootstrap=20), models={})
     law.save(tmp_path / "law.json")
     path = write(tmp_path, GOOD)
@@ -202,8 +203,8 @@ def test_lr_points_one_trains_each_pairs_own_recommendation(tmp_path, capsys):
     from rmask_tune.law import Law, fit_shared
 
     offsets = {"SST-2": -2.0, "RTE": -1.0}  # RTE's optima a decade above SST-2's at every ratio
-    points = [{"model": "tiny-llama", "task": task, "ratio": r, "log10_lr": offset - 0.8 * (math.log10(r) + 3),
-               "se": 0.05} for task, offset in offsets.items() for r in (0.01, 0.001, 0.0001)]
+    points = [LawPoint(model="tiny-llama", task=task, ratio=r, log10_lr=offset - 0.8 * (math.log10(r) + 3), se=0.05)
+              for task, offset in offsets.items() for r in (0.01, 0.001, 0.0001)]
     law = Law(pooled=None, models={}, shared=fit_shared(points))
     law.save(tmp_path / "law.json")
     path = write(tmp_path, GOOD.replace("tasks: [SST-2]", "tasks: [SST-2, RTE]"))
@@ -230,7 +231,7 @@ def test_the_resolved_space_holds_the_options_and_nothing_can_change_it(tmp_path
     from rmask_tune.sweep import SweepOptions, resolve_space
     from rmask_tune.sweep.schema import GridSearch
 
-    points = [{"ratio": r, "log10_lr": -3 - 0.5 * math.log10(r / 0.01), "se": 0.1} for r in (0.01, 0.001, 0.0001)]
+    points = [LawPoint(ratio=r, log10_lr=-3 - 0.5 * math.log10(r / 0.01), se=0.1) for r in (0.01, 0.001, 0.0001)]
     Law(pooled=fit_law(points, bootstrap=20), models={}).save(tmp_path / "law.json")
     law = str(tmp_path / "law.json")
     validated = load_space(write(tmp_path, GOOD))

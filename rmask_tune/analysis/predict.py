@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from rmask_tune.analysis.probes import PROBES_FILE, add_probes, probe_entry
 from rmask_tune.errors import RmaskError
-from rmask_tune.law_record import CalibrationPoint, ProbeCalibration
+from rmask_tune.law_record import CalibrationPoint, LawPoint, ProbeCalibration
 
 if TYPE_CHECKING:
     from rmask_tune.analysis.landscape import ProbeSettings
@@ -127,9 +127,8 @@ def calibrate_law(
         raise RmaskError(f"repeats must be at least 1, got {repeats}")
     law = load_law(law_path)
 
-    def chosen(cells: list) -> list[dict]:
-        return [cell.to_json() for cell in cells
-                if (model is None or cell.model == model) and (task is None or cell.task == task)]
+    def chosen(cells: list[LawPoint]) -> list[LawPoint]:
+        return [cell for cell in cells if (model is None or cell.model == model) and (task is None or cell.task == task)]
 
     points = chosen(law.points)
     others = chosen([cell.point for cell in law.excluded if cell.point is not None]) if excluded else []
@@ -143,28 +142,28 @@ def calibrate_law(
         )
         law.save(law_path)
     add_probes(Path(law_path).parent / PROBES_FILE,
-               [probe_entry(pair, settings.record(), point.get("loss_settings"))
+               [probe_entry(pair, settings.record(), point.loss_settings)
                 for pair, point in zip(pairs, points + others)])
     return law.probe_calibration if points else None
 
 
-def _probed_pair(point: dict, settings: ProbeSettings, repeats: int, progress) -> dict:
+def _probed_pair(point: LawPoint, settings: ProbeSettings, repeats: int, progress) -> dict:
     """``point``'s calibration pair, probed ``repeats`` times on the loss it was trained with."""
     from rmask_tune.analysis.landscape import probe_ratio
 
-    probes = [probe_ratio(point["model"], point["task"], point["ratio"], replace(settings, repeat=r),
-                          point.get("loss_settings")) for r in range(repeats)]
+    probes = [probe_ratio(point.model, point.task, point.ratio, replace(settings, repeat=r), point.loss_settings)
+              for r in range(repeats)]
     pair = calibration_pair(point, [probe.lambda_max for probe in probes], _step_range(probes))
     if progress:
         progress(pair)
     return pair
 
 
-def calibration_pair(point: dict, lambda_repeats: list[float], step_range: list[float] | None) -> dict:
+def calibration_pair(point: LawPoint, lambda_repeats: list[float], step_range: list[float] | None) -> dict:
     """An optimum (``model``, ``task``, ``ratio``, ``lr``) with the ``lambda_max`` its probe repeats measured:
     their geometric mean, each repeat, their spread, and the finite-difference steps taken."""
     return {
-        **{k: point[k] for k in ("model", "task", "ratio", "lr")},
+        "model": point.model, "task": point.task, "ratio": point.ratio, "lr": point.lr,
         "lambda_max": _geometric_mean(lambda_repeats, point),
         "lambda_max_repeats": list(lambda_repeats),
         **_spread("lambda_max", lambda_repeats),
@@ -198,10 +197,10 @@ def calibration_entry(pairs: list[dict], probe: dict, source: str, **extra) -> P
     )
 
 
-def _geometric_mean(values: list[float], point: dict) -> float:
+def _geometric_mean(values: list[float], point: LawPoint) -> float:
     if not all(v > 0 for v in values):
         raise RmaskError(
-            f"{point['model']} {point['task']} ratio {point['ratio']:g}: a probe found no positive eigenvalue "
+            f"{point.model} {point.task} ratio {point.ratio:g}: a probe found no positive eigenvalue "
             f"({', '.join(f'{v:.3g}' for v in values)}); no calibration point"
         )
     return math.exp(sum(math.log(v) for v in values) / len(values))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.files.atomic import write_atomic
+from rmask_tune.law_record import LawPoint
 
 PROBES_FILE = "probes.json"
 PROBES_FORMAT = "rmask-tune probes v1"
@@ -42,19 +43,19 @@ def loss_settings(params: dict[str, str]) -> dict:
     return settings
 
 
-def probe_loss_settings(points: list[dict], model: str, task: str) -> tuple[dict, str]:
+def probe_loss_settings(points: list[LawPoint], model: str, task: str) -> tuple[dict, str]:
     """The ``LOSS_SETTINGS`` a probe of ``model`` on ``task`` should use, from law.json's optimum ``points``, and
     which points gave them: those of this model and task, else this model, else this task, else all points.
 
     Raises when the points chosen disagree, since the Hessian depends on the loss."""
     groups = [
-        (f"{model} on {task}", lambda p: p["model"] == model and p["task"] == task),
-        (model, lambda p: p["model"] == model),
-        (task, lambda p: p["task"] == task),
+        (f"{model} on {task}", lambda p: p.model == model and p.task == task),
+        (model, lambda p: p.model == model),
+        (task, lambda p: p.task == task),
         ("all", lambda p: True),
     ]  # fmt: skip
     for name, chosen in groups:
-        found = [p.get("loss_settings") or {} for p in points if chosen(p)]
+        found = [p.loss_settings or {} for p in points if chosen(p)]
         if not found:
             continue
         distinct = {json.dumps(s, sort_keys=True) for s in found}
@@ -128,17 +129,17 @@ class ProbeMatch:
 
     settings: dict  # ProbeSettings.record() of the chosen probes
     probes: list[dict]  # every probe made with those settings
-    at_points: list[tuple[dict, dict]]  # (optimum, its probe)
+    at_points: list[tuple[LawPoint, dict]]  # (optimum, its probe)
     without_probe: int  # optima the chosen probes miss
     other_settings: int  # probes made with other settings, not used
 
 
-def match_probes(probes: list[dict], points: list[dict]) -> ProbeMatch | None:
+def match_probes(probes: list[dict], points: list[LawPoint]) -> ProbeMatch | None:
     """The probes of the setting that covers the most of ``points`` (ties: the setting probed last); None without
     probes. One setting only: ``c`` from a mix of settings would fit none of them."""
     if not probes:
         return None
-    wanted = {_cell(p) for p in points}
+    wanted = {(p.model, p.task, p.ratio) for p in points}
     score: dict[str, tuple[int, int]] = {}  # settings -> (optima covered, last position)
     for position, entry in enumerate(probes):
         key = json.dumps(entry["probe"], sort_keys=True)
@@ -146,5 +147,5 @@ def match_probes(probes: list[dict], points: list[dict]) -> ProbeMatch | None:
     chosen = max(score, key=score.get)
     mine = [e for e in probes if json.dumps(e["probe"], sort_keys=True) == chosen]
     by_cell = {_cell(e): e for e in mine}
-    at_points = [(p, by_cell[_cell(p)]) for p in points if _cell(p) in by_cell]
+    at_points = [(p, by_cell[cell]) for p in points if (cell := (p.model, p.task, p.ratio)) in by_cell]
     return ProbeMatch(json.loads(chosen), mine, at_points, len(points) - len(at_points), len(probes) - len(mine))

@@ -62,7 +62,7 @@ def law_of(summary: Summary) -> Law:
 def _hessian_predictor(law: Law, probes: list[dict] | None, curves: dict[tuple, tuple[list, list]]) -> None:
     """Set the law's ``probe_calibration`` from ``probes`` (None: no probes.json) at its own optima and add the
     predictor's held-out validation on ``curves`` to its ``validation`` (``hessian_predictor``)."""
-    match = match_probes(probes or [], law.point_json())
+    match = match_probes(probes or [], law.points)
     rows, within, held_out = [], [], False
     if match and match.at_points:
         pairs = [calibration_pair(point, probe["lambda_max_repeats"], probe["step_range"])

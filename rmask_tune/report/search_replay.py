@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rmask_tune.errors import RmaskError
+from rmask_tune.law_record import LawPoint
 from rmask_tune.law_search import NO_LR, CellId, LawSearch, SearchPrior, SearchSettings
 from rmask_tune.runstore.export import read_export
 from rmask_tune.runstore.reader import TERMINAL, Trial, trial_of
@@ -134,7 +135,7 @@ def _key(lr: float | None) -> float | None:
     return None if lr is None else float(f"{lr:.6g}")
 
 
-def load_rows(path: str) -> tuple[list[Row], list[dict]]:
+def load_rows(path: str) -> tuple[list[Row], list[LawPoint]]:
     """The export's rows (cells of three or more LRs, one row per budget) and its law's points (the report's rules)."""
     export = read_export(path)
     trials = [trial_of(r) for r in export.records]
@@ -151,7 +152,7 @@ def load_rows(path: str) -> tuple[list[Row], list[dict]]:
     order = sorted(rows.items(), key=lambda kv: (kv[0][2] != LAW_METHOD, kv[0][:3], kv[0][3] or 0))
     out = [Row(path, m, t, meth, sorted(cs, key=lambda c: -(c.id.ratio or 0)),
                built.get((CellId(m, t, NO_LR, None), steps)), steps) for (m, t, meth, steps), cs in order]
-    return out, summary.law.point_json()
+    return out, summary.law.points
 
 
 def replay_cell(cid: CellId, trials: list[Trial], steps: int | None) -> ReplayCell:
@@ -185,12 +186,12 @@ def _choose(ran: list[Trial]) -> float | None:
     return select_lr(ran).best_lr if ran else None
 
 
-def prior_for(row: Row, points: list[dict], mode: str) -> SearchPrior:
+def prior_for(row: Row, points: list[LawPoint], mode: str) -> SearchPrior:
     """The law searcher's prior for ``row``: ``points`` less the row's pair ("other pairs": a new task, whose
     model's other pairs give the offset) or less every pair of the row's model ("new family": no offset)."""
     if mode == "other pairs":
-        return SearchPrior([p for p in points if f"{p['model']}/{p['task']}" != row.pair], PRIORS[mode])
-    return SearchPrior([p for p in points if p["model"] != row.model], PRIORS[mode])
+        return SearchPrior([p for p in points if p.pair != row.pair], PRIORS[mode])
+    return SearchPrior([p for p in points if p.model != row.model], PRIORS[mode])
 
 
 def law_search(row: Row, prior: SearchPrior) -> RowResult:

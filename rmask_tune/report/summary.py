@@ -269,32 +269,31 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
             excluded.append(ExcludedCell(c.model, c.task, c.ratio, reason, point))
         else:
             typed.append(point)
-    points = [p.to_json() for p in typed]  # what the fits and the validation read
     fits: dict[str, Fit] = {}
     for model in sorted({p.model for p in typed} | {e.model for e in excluded}):
-        mine = [p for p in points if p["model"] == model]
+        mine = [p for p in typed if p.model == model]
         try:
             fits[model] = fit_law(mine, bootstrap=bootstrap, seed=seed)
         except RmaskError:
-            ratios = len({p["ratio"] for p in mine})
+            ratios = len({p.ratio for p in mine})
             notes.append(f"no law for {model}: cells that pass the rules at {ratios} ratio(s); two or more are needed")
     by_task: dict[str, Fit] = {}
-    for model, task in sorted({(p["model"], p["task"]) for p in points}):
-        mine = [p for p in points if (p["model"], p["task"]) == (model, task)]
-        if len({p["ratio"] for p in mine}) >= 2:
+    for model, task in sorted({(p.model, p.task) for p in typed}):
+        mine = [p for p in typed if (p.model, p.task) == (model, task)]
+        if len({p.ratio for p in mine}) >= 2:
             by_task[f"{model}/{task}"] = fit_law(mine, bootstrap=bootstrap, seed=seed)
     try:
-        pooled = fit_law(points, bootstrap=bootstrap, seed=seed)
+        pooled = fit_law(typed, bootstrap=bootstrap, seed=seed)
     except RmaskError:
         pooled = None
     try:
-        shared = fit_shared(points)
+        shared = fit_shared(typed)
     except RmaskError:
         shared = None
         notes.append("no law: no (model, task) has cells that pass the rules at two or more ratios")
     measured = law_curves(curves)
-    tasks_out, ratios_out = leave_one_task_out(points, measured), leave_one_ratio_out(points, measured)
-    budgets_out = leave_one_budget_out(points, measured)
+    tasks_out, ratios_out = leave_one_task_out(typed, measured), leave_one_ratio_out(typed, measured)
+    budgets_out = leave_one_budget_out(typed, measured)
     source = LawSource(
         bootstrap={"samples": bootstrap, "seed": seed},
         estimator="quadratic in log10(lr) through the best mean-dev LR and its neighbours (mean over seeds); "
