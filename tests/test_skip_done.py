@@ -19,16 +19,16 @@ NAME = "sittings"
 FULL_LRS = "[1e-3, 3e-2, 1e-1]"
 
 
-def grid_file(folder: Path, lrs: str, training: str = "epochs: 1") -> Path:
+def grid_file(folder: Path, lrs: str, training: str = "epochs: 1", scheduler: str = "{type: none}") -> Path:
     """The sweep: Random Masking at 1% over ``lrs`` and the frozen model, one epoch each (unless ``training``
-    says otherwise), stored in ``folder``."""
+    says otherwise), every trial to the end (unless ``scheduler`` says otherwise), stored in ``folder``."""
     folder.mkdir(exist_ok=True)
     body = f"""\
         methods:
           random_masking: {{ratios: ["1%"], lr: {lrs}}}
           none: {{}}
         training: {{{training}, batch_size: 4}}
-        scheduler: {{type: none}}
+        scheduler: {scheduler}
         """
     return sweep_file(folder, NAME, body)
 
@@ -56,12 +56,13 @@ def add_trial_run(storage: Path, lr: str, status: str, unlogged: tuple[str, ...]
 def first_sitting(local_ray, tmp_path_factory) -> Path:
     """The first sitting's export: Random Masking at 1e-3 and the frozen model ran; another sitting's runs in
     the same store ended 0.1 (its LR written as float arithmetic left it, by a sweep that did not yet log
-    the schedule, optimizer or method options) and errored at 0.03."""
+    the schedule, optimizer or method options), errored at 0.03 and was stopped by ASHA at 0.3."""
     tmp = tmp_path_factory.mktemp("first")
     run_cli(["sweep", str(grid_file(tmp, "[1e-3]"))])
     storage = tmp / NAME
     add_trial_run(storage, "0.10000000000000002", "finished", unlogged=("schedule", "optimizer", "method_options"))
     add_trial_run(storage, "0.03", "errored")
+    add_trial_run(storage, "0.3", "stopped")
     export = tmp / "first.json.gz"
     run_cli(["export", str(storage), "--out", str(export)])
     (storage / "mlflow.db").rename(storage / "gone.db")  # a fresh machine: only the export travels
@@ -86,10 +87,10 @@ def test_second_sitting_runs_only_the_trials_the_first_did_not_end(first_sitting
     ended = {t.configuration for t in combined if t.status in TERMINAL}
     grid = {configuration_key(*(p[k] for k in ("model", "task", "method", "ratio", "lr", "seed")))
             for p in load_space(full).grid_trials()}
-    assert ended == grid
+    assert ended == grid | {configuration_key("tiny-llama", "SST-2", "random_masking", 0.01, 0.3, 0)}  # + off-grid
     curves = load_summary(str(report / EXPORT_FILE), bootstrap=50).curves
     lrs = sorted(curves[("tiny-llama", "SST-2", "random_masking", 0.01)].dev)
-    assert lrs == pytest.approx([1e-3, 3e-2, 1e-1])  # the errored 0.03 gave way to the new run
+    assert lrs == pytest.approx([1e-3, 3e-2, 1e-1, 3e-1])  # the errored 0.03 gave way to the new run
 
     third = grid_file(tmp_path / "third", FULL_LRS)
     out = run_cli(["sweep", str(third), "--skip-done", str(first_sitting), "--skip-done", str(storage)])
@@ -104,6 +105,19 @@ def test_dry_run_lists_what_is_left(first_sitting, tmp_path):
     assert "  tiny-llama SST-2 random_masking 1%: 0.03\n" in out
     assert "  tiny-llama SST-2 none: all done in the --skip-done source(s)\n" in out
     assert "  trials: 1\n" in out
+
+
+def test_a_trial_stopped_by_asha_is_done_only_for_a_sweep_that_stops_trials_early(first_sitting, tmp_path):
+    """The first sitting's 0.3 run was stopped by ASHA: a sweep with ASHA takes it as done, one without a scheduler
+    (every trial to the end, as a seeds sweep at the best LRs wants) trains it again."""
+    lrs = "[1e-3, 3e-2, 1e-1, 3e-1]"
+    to_the_end = run_cli(["sweep", str(grid_file(tmp_path, lrs)), "--skip-done", str(first_sitting), "--dry-run"])
+    assert to_the_end.startswith(f"skipping 3 of 5 trials already done in {first_sitting}\n")
+    assert "  tiny-llama SST-2 random_masking 1%: 0.03, 0.3\n" in to_the_end
+    asha = grid_file(tmp_path / "asha", lrs, scheduler="{type: asha, grace_period: 1, max_epochs: 1}")
+    early = run_cli(["sweep", str(asha), "--skip-done", str(first_sitting), "--dry-run"])
+    assert early.startswith(f"skipping 4 of 5 trials already done in {first_sitting}\n")
+    assert "  tiny-llama SST-2 random_masking 1%: 0.03\n" in early
 
 
 @pytest.mark.parametrize("training", ["epochs: 2", "epochs: 1, schedule: linear", "epochs: 1, optimizer: sgd",

@@ -1,14 +1,16 @@
 """The trials of a sweep's grid that earlier sittings already ended (``rmask-tune sweep FILE --skip-done SOURCE``).
 
-A sweep run in several sittings, on machines that do not keep ``runs/``, travels as its sittings' exports
-(or stores). A grid point is done when a source holds a run of it that ended (finished, diverged or stopped
-by ASHA: ``TERMINAL``) with the same configuration (the report's identity of re-runs: model, task, method,
-ratio, LR, seed), the same settings the sweep logs next to them (``CONFIG_PARAMS``: epochs, examples,
-batch, objective, scoring, schedule, optimizer, targets, method options, ...) and a resolved precision this
-sweep's trials would train in (under auto, a CPU sitting's fp32 trials are not done for a GPU sitting). A
-setting a run did not log (sweeps before it was logged) counts as TrialConfig's default, so a sitting that
-changed it reruns its trials rather than taking them as done. Errored, interrupted or still-running runs do not count. ASHA in a later
-sitting ranks a trial only against the peers of its cell that run in that sitting.
+A sweep run in several sittings, on machines that do not keep ``runs/``, travels as its sittings' exports (or
+stores). A grid point is done when a source holds a run of it that ended (finished, diverged or stopped by ASHA:
+``TERMINAL``; stopped by ASHA only for a sweep that stops trials early itself: one without a scheduler trains every
+trial to the end, so an earlier sitting's stopped trial runs again) with the same configuration (the report's
+identity of re-runs: model, task, method, ratio, LR, seed), the same settings the sweep logs next to them
+(``CONFIG_PARAMS``: epochs, examples, batch, objective, scoring, schedule, optimizer, targets, method options, ...)
+and a resolved precision this sweep's trials would train in (under auto, a CPU sitting's fp32 trials are not done
+for a GPU sitting). A setting a run did not log (sweeps before it was logged) counts as TrialConfig's default, so a
+sitting that changed it reruns its trials rather than taking them as done. Errored, interrupted or still-running
+runs do not count. ASHA in a later sitting ranks a trial only against the peers of its cell that run in that
+sitting.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import MISSING, fields
 from rmask_tune.errors import RmaskError
 from rmask_tune.runstore.reader import TERMINAL, comparable, configuration_key, load_records, resolve_source, trial_of
 from rmask_tune.sweep.plan import SweepSpace
-from rmask_tune.sweep.schema import OptunaSearch
+from rmask_tune.sweep.schema import NoScheduler, OptunaSearch
 
 
 def done_trials(space: SweepSpace, sources: list[str]) -> list[tuple[dict, float | None]]:
@@ -34,11 +36,12 @@ def done_trials(space: SweepSpace, sources: list[str]) -> list[tuple[dict, float
         raise RmaskError(f"--skip-done needs a grid search: {space.source} samples its learning rates with optuna, "
                          "so its trials are not known before they run")
     ended = defaultdict(list)  # configuration -> the params and best dev of its ended runs
+    to_the_end = isinstance(space.file.scheduler, NoScheduler)
     for source in sources:
         records, _ = load_records(resolve_source(source))
         for record in records:
             trial = trial_of(record)
-            if trial.status in TERMINAL:
+            if trial.status in TERMINAL and not (to_the_end and trial.status == "stopped"):
                 ended[trial.configuration].append((record.params, None if trial.status == "diverged" else trial.dev))
     settings = space.settings()
 
