@@ -78,6 +78,14 @@ def quadratic_vertex(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
     return float(np.clip(-c1 / (2 * c2), xs[0], xs[2])), "quadratic"
 
 
+def mean_draw(by_seed: dict[int, DevRecord], drawn: list[int], idx: dict[int, np.ndarray | None],
+              rng: np.random.Generator) -> float:
+    """One LR's mean selection value on a resample: over the drawn seeds that ran it (every seed that ran it when
+    none was drawn), each on its seed's example indices ``idx``."""
+    have = [s for s in drawn if s in by_seed] or sorted(by_seed)
+    return float(np.mean([by_seed[s].draw(idx.get(s), rng) for s in have]))
+
+
 @dataclass
 class CellBootstrap:
     """Resampled mean dev curves of one cell (rows: resamples, columns: the LRs) and of its reference."""
@@ -117,11 +125,9 @@ def bootstrap_cell(
         drawn = list(rng.choice(seeds, size=len(seeds))) if len(seeds) > 1 else seeds
         idx = {s: rng.integers(0, sizes[s], sizes[s]) if sizes[s] else None for s in set(drawn)}
         for j, lr in enumerate(lrs):
-            have = [s for s in drawn if s in records[lr]] or sorted(records[lr])
-            draws[b, j] = np.mean([records[lr][s].draw(idx.get(s), rng) for s in have])
+            draws[b, j] = mean_draw(records[lr], drawn, idx, rng)
         if reference:
-            have = [s for s in drawn if s in reference] or sorted(reference)
-            ref_draws[b] = np.mean([reference[s].draw(idx.get(s), rng) for s in have])
+            ref_draws[b] = mean_draw(reference, drawn, idx, rng)
     observed = np.array([np.mean([r.value for r in records[lr].values()]) for lr in lrs])
     ref_observed = float(np.mean([r.value for r in reference.values()])) if reference else None
     kind = "frozen model" if reference else "smallest LR" if len(lrs) > 1 else "none"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rmask_tune.report.summary import LAW_METHOD, Curve, SplitScores, Summary, split_scores
-from rmask_tune.resampling import CONFIDENCE, DevRecord
+from rmask_tune.resampling import CONFIDENCE, DevRecord, mean_draw
 
 
 @dataclass
@@ -61,12 +61,8 @@ class Selection:
         return cls(curve.records, test, curve.best_lr)
 
     def pick(self, drawn: list[int], idx: dict[int, np.ndarray | None], rng: np.random.Generator) -> float:
-        """The best-dev LR on one resample: the mean over the drawn seeds that ran it (all its seeds if none)."""
-        def mean_dev(lr: float) -> float:
-            by_seed = self.dev[lr]
-            have = [s for s in drawn if s in by_seed] or sorted(by_seed)
-            return float(np.mean([by_seed[s].draw(idx.get(s), rng) for s in have]))
-        return max(self.dev, key=mean_dev)
+        """The best-dev LR on one resample (``resampling.mean_draw`` per LR, as the cell bootstrap draws it)."""
+        return max(self.dev, key=lambda lr: mean_draw(self.dev[lr], drawn, idx, rng))
 
 
 def _uid_ids(sides: list[Selection]) -> dict[tuple[int, float, int], int | None]:
@@ -108,8 +104,8 @@ def paired_gap(ours: Selection, theirs: Selection, *, samples: int = 1000, seed:
     uid = _uid_ids([ours, theirs])
     observed = float(np.mean([mine[s].record.value - other[s].record.value for s in shared]))
     seeds = sorted({s for side in (ours, theirs) for by_seed in side.dev.values() for s in by_seed})
-    dev_n = {s: max([r.n for side in (ours, theirs) for by_seed in side.dev.values()
-                     for t, r in by_seed.items() if t == s] + [0]) for s in seeds}
+    dev_n = {s: max([by_seed[s].n for side in (ours, theirs) for by_seed in side.dev.values() if s in by_seed] + [0])
+             for s in seeds}
     rng = np.random.default_rng(seed)
     draws = np.empty(samples)
     for b in range(samples):
