@@ -1,15 +1,18 @@
 """Score a live law-guided sweep against the full grid run on some of its cells (issue 28's live run).
 
-Per cell the grid export covers (three or more LRs), the grid is every ended trial of that cell in both exports
-(a grid sitting run with ``--skip-done`` holds only the trials the searcher did not run; re-runs of a slot keep
-the newest, as the report does). The searcher's choice is the report's selection over the searched export's
+The searched sweep may come in several exports (one per sitting), and so may the grid. Per cell the grid exports
+cover (three or more LRs), the grid is every ended trial of that cell in all of them (a grid sitting run with
+``--skip-done`` holds only the trials the searcher and the seeds file did not run; re-runs of a slot keep the
+newest, as the report does); ``--seeds`` names exports of a seeds file (more seeds at the searcher's LRs), whose
+trials join the grid of the cells the grid covers and are not the searcher's. The searcher's choice is the report's selection over the searched export's
 trials of the cell; the grid's is the same selection over the grid. Scoring is `rmask-tune bench search`'s:
 LR error in half-decade grid steps, test regret = the grid choice's test minus the searcher choice's, each the
 mean over all the grid's seeds at that LR (points; negative: the searcher's LR tested better), the oracle gap
 beside it. Then each export's cost: trials, trial-epochs, device-hours (sum of trial wall times) and the
 wall-clock span from its first trial's start to its last trial's end.
 
-    python scripts/live_search_regret.py reports/minilm-l6-cb-law/parts/law.json.gz reports/minilm-l6-cb-law/parts/grid-sitting-*.json.gz
+    python scripts/live_search_regret.py reports/minilm-l6-cb-law/parts/law.json.gz \
+        --grid reports/minilm-l6-cb-law/parts/grid-sitting-*.json.gz
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from rmask_tune.validation import GRID_STEP
 @dataclass(frozen=True)
 class CellScore:
     cell: CellId
+    steps: int | None
     searched_trials: int
     grid_trials: int
     searched_lr: float
@@ -39,23 +43,28 @@ class CellScore:
     oracle_gap: float
 
 
-def ended_by_cell(path: str) -> dict[CellId, list[Trial]]:
+def ended_by_cell(paths: list[str]) -> dict[CellId, list[Trial]]:
+    """The ended trials of every export, by cell; a cell's trials must share one budget (optimizer steps)."""
     cells: dict[CellId, list[Trial]] = defaultdict(list)
-    for trial in (trial_of(r) for r in read_export(path).records):
-        if trial.status in TERMINAL:
-            cells[CellId(trial.model, trial.task, trial.method, trial.ratio)].append(trial)
+    for path in paths:
+        for trial in (trial_of(r) for r in read_export(path).records):
+            if trial.status in TERMINAL:
+                cells[CellId(trial.model, trial.task, trial.method, trial.ratio)].append(trial)
+    for cid, trials in cells.items():
+        if len({t.steps for t in trials}) > 1:
+            raise SystemExit(f"{cid.method} {cid.ratio} of {cid.model} {cid.task} mixes budgets: score one budget at a time")
     return cells
 
 
 def score(searched: dict[CellId, list[Trial]], grid: dict[CellId, list[Trial]]) -> list[CellScore]:
     scores = []
     for cid, grid_trials in sorted(grid.items(), key=lambda kv: -(kv[0].ratio or 0)):
-        cell = replay_cell(cid, grid_trials + searched.get(cid, []))
+        cell = replay_cell(cid, grid_trials + searched.get(cid, []), grid_trials[0].steps)
         if len(cell.grid) < MIN_GRID or cell.grid_choice is None or not searched.get(cid):
             continue
         chosen = select_lr(searched[cid]).best_lr
         scores.append(CellScore(
-            cid, len(searched[cid]), len(cell.trials), chosen, cell.grid_choice,
+            cid, cell.steps, len(searched[cid]), len(cell.trials), chosen, cell.grid_choice,
             abs(math.log10(chosen / cell.grid_choice)) / GRID_STEP,
             100 * (cell.test_at[cell.grid_choice] - cell.test_at[chosen]),
             100 * (max(cell.test_at.values()) - cell.test_at[cell.grid_choice])))
@@ -73,17 +82,20 @@ def cost_line(name: str, cells: dict[CellId, list[Trial]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("searched", help="the law-guided sweep's export")
-    parser.add_argument("grid", nargs="+", help="the full grid's exports, one per sitting (some of the searched sweep's cells)")
+    parser.add_argument("searched", nargs="+", help="the law-guided sweep's exports, one per sitting")
+    parser.add_argument("--grid", nargs="+", required=True,
+                        help="the full grid's exports, one per sitting (some of the searched sweep's cells)")
+    parser.add_argument("--seeds", nargs="*", default=[], help="a seeds file's exports: their trials of the grid's cells join the grid")
     args = parser.parse_args()
-    searched, grid = ended_by_cell(args.searched), defaultdict(list)
-    for path in args.grid:
-        for cid, trials in ended_by_cell(path).items():
+    searched, grid = ended_by_cell(args.searched), ended_by_cell(args.grid)
+    for cid, trials in ended_by_cell(args.seeds).items():
+        if cid in grid:
             grid[cid].extend(trials)
     print("| Cell | Searcher trials | Grid trials | Searcher LR | Grid best-dev LR | LR error (steps) | Regret (points) | Oracle gap |")
     print("|---|---|---|---|---|---|---|---|")
     for s in score(searched, grid):
-        name = f"{s.cell.model} {s.cell.task} {s.cell.method} {s.cell.ratio:g}"
+        steps = f" {s.steps} steps" if s.steps else ""
+        name = f"{s.cell.model} {s.cell.task} {s.cell.method} {s.cell.ratio:g}{steps}"
         print(f"| {name} | {s.searched_trials} | {s.grid_trials} | {s.searched_lr:g} | {s.grid_lr:g} | "
               f"{s.lr_error_steps:.2f} | {s.regret:.2f} | {s.oracle_gap:.2f} |")
     print(cost_line("searched", searched))
