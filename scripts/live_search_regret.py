@@ -4,8 +4,8 @@ The searched sweep may come in several exports (one per sitting), and so may the
 cover (three or more LRs), the grid is every ended trial of that cell in all of them (a grid sitting run with
 ``--skip-done`` holds only the trials the searcher and the seeds file did not run; re-runs of a slot keep the
 newest, as the report does); ``--seeds`` names exports of a seeds file (more seeds at the searcher's LRs), whose
-trials join the grid of the cells the grid covers and are not the searcher's. The searcher's choice is the report's selection over the searched export's
-trials of the cell; the grid's is the same selection over the grid. Scoring is `rmask-tune bench search`'s:
+trials join the grid of the cells the grid covers and are not the searcher's. A cell is one per budget (optimizer
+steps), as in ``bench search``. The searcher's choice is the report's selection over the searched exports' trials of the cell; the grid's is the same selection over the grid. Scoring is `rmask-tune bench search`'s:
 LR error in half-decade grid steps, test regret = the grid choice's test minus the searcher choice's, each the
 mean over all the grid's seeds at that LR (points; negative: the searcher's LR tested better), the oracle gap
 beside it. Then each export's cost: trials, trial-epochs, device-hours (sum of trial wall times) and the
@@ -30,6 +30,9 @@ from rmask_tune.runstore.reader import TERMINAL, Trial, trial_of
 from rmask_tune.validation import GRID_STEP
 
 
+Cell = tuple[CellId, int | None]  # a cell at one budget (optimizer steps), as ``search_replay`` groups them
+
+
 @dataclass(frozen=True)
 class CellScore:
     cell: CellId
@@ -43,35 +46,33 @@ class CellScore:
     oracle_gap: float
 
 
-def ended_by_cell(paths: list[str]) -> dict[CellId, list[Trial]]:
-    """The ended trials of every export, by cell; a cell's trials must share one budget (optimizer steps)."""
-    cells: dict[CellId, list[Trial]] = defaultdict(list)
+def ended_by_cell(paths: list[str]) -> dict[Cell, list[Trial]]:
+    """The ended trials of every export, by cell and budget."""
+    cells: dict[Cell, list[Trial]] = defaultdict(list)
     for path in paths:
         for trial in (trial_of(r) for r in read_export(path).records):
             if trial.status in TERMINAL:
-                cells[CellId(trial.model, trial.task, trial.method, trial.ratio)].append(trial)
-    for cid, trials in cells.items():
-        if len({t.steps for t in trials}) > 1:
-            raise SystemExit(f"{cid.method} {cid.ratio} of {cid.model} {cid.task} mixes budgets: score one budget at a time")
+                cells[(CellId(trial.model, trial.task, trial.method, trial.ratio), trial.steps)].append(trial)
     return cells
 
 
-def score(searched: dict[CellId, list[Trial]], grid: dict[CellId, list[Trial]]) -> list[CellScore]:
+def score(searched: dict[Cell, list[Trial]], grid: dict[Cell, list[Trial]]) -> list[CellScore]:
     scores = []
-    for cid, grid_trials in sorted(grid.items(), key=lambda kv: -(kv[0].ratio or 0)):
-        cell = replay_cell(cid, grid_trials + searched.get(cid, []), grid_trials[0].steps)
-        if len(cell.grid) < MIN_GRID or cell.grid_choice is None or not searched.get(cid):
+    for key, grid_trials in sorted(grid.items(), key=lambda kv: (-(kv[0][0].ratio or 0), kv[0][1] or 0)):
+        cid, steps = key
+        cell = replay_cell(cid, grid_trials + searched.get(key, []), steps)
+        if len(cell.grid) < MIN_GRID or cell.grid_choice is None or not searched.get(key):
             continue
-        chosen = select_lr(searched[cid]).best_lr
+        chosen = select_lr(searched[key]).best_lr
         scores.append(CellScore(
-            cid, cell.steps, len(searched[cid]), len(cell.trials), chosen, cell.grid_choice,
+            cid, steps, len(searched[key]), len(cell.trials), chosen, cell.grid_choice,
             abs(math.log10(chosen / cell.grid_choice)) / GRID_STEP,
             100 * (cell.test_at[cell.grid_choice] - cell.test_at[chosen]),
             100 * (max(cell.test_at.values()) - cell.test_at[cell.grid_choice])))
     return scores
 
 
-def cost_line(name: str, cells: dict[CellId, list[Trial]]) -> str:
+def cost_line(name: str, cells: dict[Cell, list[Trial]]) -> str:
     trials = [t for group in cells.values() for t in group]
     cost = effort(trials)
     ends = [t.start_time / 1000 + (t.wall_time_s or 0) for t in trials]
@@ -88,9 +89,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", default=[], help="a seeds file's exports: their trials of the grid's cells join the grid")
     args = parser.parse_args()
     searched, grid = ended_by_cell(args.searched), ended_by_cell(args.grid)
-    for cid, trials in ended_by_cell(args.seeds).items():
-        if cid in grid:
-            grid[cid].extend(trials)
+    for key, trials in ended_by_cell(args.seeds).items():
+        if key in grid:
+            grid[key].extend(trials)
     print("| Cell | Searcher trials | Grid trials | Searcher LR | Grid best-dev LR | LR error (steps) | Regret (points) | Oracle gap |")
     print("|---|---|---|---|---|---|---|---|")
     for s in score(searched, grid):
