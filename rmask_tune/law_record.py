@@ -217,6 +217,7 @@ class Validation(_Record):
     leave_one_ratio_out: list[HeldOutRow]
     summary: dict[str, ValidationSummary | None]
     leave_one_budget_out: list[HeldOutRow] | None = None  # only with optima at two or more budgets
+    leave_one_budget_out_budget_ignored: list[HeldOutRow] | None = None  # its baseline: three or more budgets
     hessian_predictor: HessianValidation | None = None
     extra: dict = field(default_factory=dict)
 

@@ -19,7 +19,8 @@ is scored the same way, from the whole law. Leave-one-ratio-out hides every pair
 point at one ratio and predicts each pair from its own offset. Leave-one-budget-out hides every optimum at one
 budget (optimizer steps) and predicts that budget's cells from each pair's own offset, the shared exponent and, when
 the other budgets are two or more, the budget exponent g fitted on them; with one other budget g cannot be fitted,
-and the prediction is that budget's law as it is (what a law fitted at one budget tells a run of another). The
+and the prediction is that budget's law as it is (what a law fitted at one budget tells a run of another). With three
+or more budgets a baseline ignores the budget: the other budgets' optima in one law without a budget term. The
 held-out budget's optima never enter the fit they are scored against. Curves are keyed
 ``(model, task, ratio, steps)`` (or ``(model, task, ratio)``: no budget); the points carry their ``steps``. The a-priori Hessian predictor
 ``lr = c / lambda_max`` is held out the same way: each pair hidden, ``c`` refitted on every other pair's optima.
@@ -28,6 +29,7 @@ held-out budget's optima never enter the fit they are scored against. Curves are
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -111,25 +113,28 @@ def leave_one_ratio_out(points: list[LawPoint], curves: Curves) -> list[HeldOutR
 
 
 # Where leave-one-budget-out's prediction comes from: with a budget term fitted on the other budgets, or, with one
-# other budget, that budget's law unchanged.
+# other budget, that budget's law unchanged; the baseline ignores the budget (the other budgets' optima in one law).
 BUDGET_TERM = "own offset, budget term fitted on the other budgets"
 NO_BUDGET_TERM = "own offset at the other budget (one budget left: no budget term)"
+BUDGET_IGNORED = "own offset over the other budgets' optima, the budget ignored"
 
 
-def leave_one_budget_out(points: list[LawPoint], curves: Curves) -> list[HeldOutRow]:
+def leave_one_budget_out(points: list[LawPoint], curves: Curves, *, budget_term: bool = True) -> list[HeldOutRow]:
     """One row per held-out cell: every optimum at one budget hidden at a time, that budget's cells predicted from
-    the law refitted on the other budgets only (empty unless every point has a budget and there are two or more)."""
+    the law refitted on the other budgets only (empty unless every point has a budget and there are two or more).
+    ``budget_term=False`` is the baseline the budget term has to beat: the other budgets' optima fitted as if they
+    were one budget (empty with fewer than three budgets, where it is the budget term's own prediction)."""
     budgets = point_budgets(points)
-    if budgets is None or len(budgets) < 2:
+    if budgets is None or len(budgets) < (2 if budget_term else 3):
         return []
     rows, in_law = [], _cells(points)
     for held in budgets:
-        rest = [p for p in points if p.steps != held]
+        rest = [p if budget_term else replace(p, steps=None) for p in points if p.steps != held]
         try:
             fit = fit_shared(rest)
         except RmaskError:
             continue
-        source = NO_BUDGET_TERM if fit.g is None else BUDGET_TERM
+        source = BUDGET_IGNORED if not budget_term else NO_BUDGET_TERM if fit.g is None else BUDGET_TERM
         for (m, task, ratio, steps), (lrs, means) in _measured(curves):
             pair = f"{m}/{task}"
             if steps != held or pair not in fit.pairs or len(lrs) < 2:

@@ -77,8 +77,8 @@ def cost_line(name: str, cells: dict[Cell, list[Trial]]) -> str:
     cost = effort(trials)
     ends = [t.start_time / 1000 + (t.wall_time_s or 0) for t in trials]
     span_h = (max(ends) - min(t.start_time / 1000 for t in trials)) / 3600
-    return (f"{name}: {cost['trials']} ended trials, {cost['trial_epochs']} trial-epochs, "
-            f"{cost['device_hours']:.2f} device-hours (sum of trial wall times), {span_h:.2f} h wall-clock span")
+    return (f"{name}: {cost.trials} ended trials, {cost.trial_epochs} trial-epochs, "
+            f"{cost.device_hours:.2f} device-hours (sum of trial wall times), {span_h:.2f} h wall-clock span")
 
 
 def main() -> None:

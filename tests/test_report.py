@@ -287,16 +287,16 @@ def test_versus_compares_a_narrow_sweep_with_the_full_grid(store, tmp_path):
     assert sorted(c.key for c in cells) == [("m-small", "SST-2", "random_masking", r) for r in RATIOS]
     for cell in cells:
         ratio = cell.key[3]
-        assert (cell.ours.trials, cell.ours.trial_epochs) == (3, 9)
-        assert (cell.theirs.trials, cell.theirs.trial_epochs) == (len(GRID) * 2, len(GRID) * 2 * EPOCHS)
+        assert (cell.ours.cost.trials, cell.ours.cost.trial_epochs) == (3, 9)
+        assert (cell.theirs.cost.trials, cell.theirs.cost.trial_epochs) == (len(GRID) * 2, len(GRID) * 2 * EPOCHS)
         centre = [t for t in guided if t["ratio"] == ratio][1]
         assert cell.ours.best_lr == centre["lr"] and cell.ours.test == pytest.approx(centre["test"])
         best, mean, _ = expected_cell(trials, "m-small", "SST-2", "random_masking", ratio)
         assert cell.theirs.best_lr == best and cell.gap == pytest.approx(centre["test"] - mean)
     t = totals(cells)
-    assert t["ours"]["trials"] == 9 and t["theirs"]["trials"] == 3 * len(GRID) * 2
-    assert t["ours"]["hours"] == pytest.approx(9 * 30 / 3600)
-    assert t["worst_gap"] == pytest.approx(min(c.gap for c in cells))
+    assert t.ours.trials == 9 and t.theirs.trials == 3 * len(GRID) * 2
+    assert t.ours.device_hours == pytest.approx(9 * 30 / 3600)
+    assert t.worst_gap == pytest.approx(min(c.gap for c in cells))
     out = build_report(str(tmp_path / "guided"), out=tmp_path / "report", bootstrap=20, versus=str(folder)).folder
     readme = (out / "README.md").read_text()
     assert f'## 6. Against "{EXPERIMENT}"' in readme
@@ -483,8 +483,8 @@ def test_report_of_a_real_small_sweep(tmp_path):
         best = max(curve.dev, key=lambda lr: curve.dev[lr][0])
         assert curve.best_lr == best and curve.test == [t.test for t in curve.trials[best] if t.test is not None]
     stopped = [t for t in summary.trials if t.status == "stopped"]
-    assert summary.compute["stopped"]["trials"] == len(stopped)
-    assert summary.compute["trial_epochs"] == sum(t.epochs for t in summary.trials) <= 13
+    assert summary.compute.stopped.trials == len(stopped)
+    assert summary.compute.effort.trial_epochs == sum(t.epochs for t in summary.trials) <= 13
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "| tiny-llama | Random Masking 1% | 1% |" in readme and "| tiny-llama | Frozen | 0% |" in readme
     assert (tmp_path / "report" / "index.html").read_text().count("data:image/png;base64,") >= 2

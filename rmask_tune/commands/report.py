@@ -35,7 +35,8 @@ def _run(args: argparse.Namespace) -> None:
                  ("leave_one_task_out_within_model", "leave-one-task-out, from the same model's other tasks"),
                  ("leave_one_task_out_across_models", "leave-one-task-out, from other models"),
                  ("leave_one_ratio_out", "leave-one-ratio-out"),
-                 ("leave_one_budget_out", "leave-one-budget-out (the held-out budget's optima out of the fit)")]
+                 ("leave_one_budget_out", "leave-one-budget-out (the held-out budget's optima out of the fit)"),
+                 ("leave_one_budget_out_budget_ignored", "leave-one-budget-out with the budget ignored (no budget term)")]
     calibration = law.probe_calibration
     if calibration is not None:
         held_out = "leave-one-task-out" if law.validation.hessian_predictor.held_out else "in-sample"

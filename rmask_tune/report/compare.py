@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rmask_tune.report.summary import Curve, Summary, effort
+from rmask_tune.report.summary import NO_EFFORT, Curve, Effort, Summary, effort
 
 
 @dataclass
 class Side:
     """One sweep's effort and answer for one cell."""
 
-    trials: int
-    trial_epochs: int
-    hours: float
+    cost: Effort
     best_lr: float | None
     test: float | None  # mean over seeds at the best-dev LR
 
@@ -35,9 +33,8 @@ class CellComparison:
 
 def _side(summary: Summary, key: tuple) -> Side:
     curve: Curve = summary.curves[key]
-    cost = effort([t for group in curve.trials.values() for t in group])
     test = sum(curve.test) / len(curve.test) if curve.test else None
-    return Side(cost["trials"], cost["trial_epochs"], cost["device_hours"], curve.best_lr, test)
+    return Side(effort([t for group in curve.trials.values() for t in group]), curve.best_lr, test)
 
 
 def compare(ours: Summary, theirs: Summary) -> list[CellComparison]:
@@ -46,13 +43,19 @@ def compare(ours: Summary, theirs: Summary) -> list[CellComparison]:
     return [CellComparison(key, _side(ours, key), _side(theirs, key)) for key in shared]
 
 
-def totals(cells: list[CellComparison]) -> dict:
-    """Summed effort of both sides, and the mean and worst test gap over cells with both results."""
+@dataclass(frozen=True)
+class Totals:
+    """Summed effort of both sides, and the mean and worst test gap over the cells with both results."""
+
+    cells: int
+    compared: int
+    mean_gap: float | None
+    worst_gap: float | None
+    ours: Effort
+    theirs: Effort
+
+
+def totals(cells: list[CellComparison]) -> Totals:
     gaps = [c.gap for c in cells if c.gap is not None]
-    out = {"cells": len(cells), "compared": len(gaps),
-           "mean_gap": sum(gaps) / len(gaps) if gaps else None, "worst_gap": min(gaps) if gaps else None}
-    for side in ("ours", "theirs"):
-        sides = [getattr(c, side) for c in cells]
-        out[side] = {"trials": sum(s.trials for s in sides), "trial_epochs": sum(s.trial_epochs for s in sides),
-                     "hours": sum(s.hours for s in sides)}
-    return out
+    return Totals(len(cells), len(gaps), sum(gaps) / len(gaps) if gaps else None, min(gaps) if gaps else None,
+                  sum((c.ours.cost for c in cells), NO_EFFORT), sum((c.theirs.cost for c in cells), NO_EFFORT))

@@ -13,6 +13,7 @@ from rmask_tune.report.figures import SCALE
 from rmask_tune.report.gaps import MethodGap
 from rmask_tune.report.paper_table import SeedStats, paper_tables, seed_stats
 from rmask_tune.report.summary import LAW_METHOD, Summary, fmt_lr, fmt_pct, row_label, slug
+from rmask_tune.validation import summarize_validation
 
 
 @dataclass
@@ -275,7 +276,30 @@ def _validation(law) -> list:
                                       [[r.model, r.task, f"{r.ratio:.3g}"]
                                        + (["—" if r.steps is None else str(r.steps)] if budget else [])
                                        + _held_out_cells(r) + ([r.source] if source else []) for r in rows])))
-    return blocks
+    return blocks + _budget_ignored(validation)
+
+
+def _budget_ignored(validation: Validation) -> list:
+    """Leave-one-budget-out against its baseline, the other budgets' optima in one law with the budget ignored."""
+    ignored = validation.leave_one_budget_out_budget_ignored
+    if not ignored:
+        return []
+    with_term = validation.leave_one_budget_out or []
+
+    def score(rows: list[HeldOutRow]) -> str:
+        stats = summarize_validation(rows)
+        return "—" if stats is None else (f"{stats.mean_error_steps:.2f} / {stats.max_error_steps:.2f} steps, "
+                f"{stats.mean_regret:.1f} / {stats.max_regret:.1f} points")
+
+    held = sorted({r.steps for r in ignored})
+    return [("p", "Leave-one-budget-out against a law that ignores the budget (the baseline the budget term has to "
+                  "beat): the same held-out budgets predicted from each pair's own offset over the other budgets' "
+                  "optima in one law, without a budget term: "
+                  f"{_held_out_summary(validation.summary['leave_one_budget_out_budget_ignored'])}. "
+                  "Per held-out budget, error and regret as mean / worst:"),
+            ("table", Table(["Held-out budget", "With the budget term", "Budget ignored"],
+                            [[f"{steps} steps", score([r for r in with_term if r.steps == steps]),
+                              score([r for r in ignored if r.steps == steps])] for steps in held]))]
 
 
 _LOTO_SPLITS = (("leave_one_task_out_within_model", "from the same model's other tasks"),
@@ -364,21 +388,21 @@ def _predictor_table(rows: list[HeldOutRow]):
 
 def _compute(summary: Summary) -> list:
     c = summary.compute
-    stopped = c["stopped"]
-    statuses = ", ".join(f"{n} {s}" for s, n in c["status"].items())
-    budget = ["Budget"] if len({g["steps"] for g in c["by_method"]}) > 1 else []
+    total, stopped = c.effort, c.stopped
+    statuses = ", ".join(f"{n} {s}" for s, n in c.status.items())
+    budget = ["Budget"] if len({g.steps for g in c.by_method}) > 1 else []
     blocks = [
         ("h2", "5. Compute"),
         ("table", Table(["Trials", "Trial-epochs", "Device hours", "Stopped early (ASHA)",
                          "Epochs run by stopped trials", "Epochs saved by stopping"],
-                        [[str(c["trials"]), str(c["trial_epochs"]), f"{c['device_hours']:.3f}", str(stopped["trials"]),
-                          str(stopped["epochs_run"]), str(stopped["epochs_saved"])]])),
+                        [[str(total.trials), str(total.trial_epochs), f"{total.device_hours:.3f}", str(stopped.trials),
+                          str(stopped.epochs_run), str(stopped.epochs_saved)]])),
         ("p", f"Trials by status: {statuses}. Device hours = sum of the trials' wall times."
-              + (f" {c['missing_wall_time']} trial(s) have no wall time yet." if c["missing_wall_time"] else "")),
+              + (f" {total.missing_wall_time} trial(s) have no wall time yet." if total.missing_wall_time else "")),
         ("table", Table(["Model", "Method", *budget, "Trials", "Trial-epochs", "Device hours"],
-                        [[g["model"], row_label(g["method"], None), *([_budget(g["steps"])] if budget else []),
-                          str(g["trials"]), str(g["trial_epochs"]), f"{g['device_hours']:.3f}"]
-                         for g in c["by_method"]])),
+                        [[g.model, row_label(g.method, None), *([_budget(g.steps)] if budget else []),
+                          str(g.effort.trials), str(g.effort.trial_epochs), f"{g.effort.device_hours:.3f}"]
+                         for g in c.by_method])),
     ]
     return blocks
 
@@ -398,20 +422,20 @@ def _versus(summary: Summary, other: Summary) -> list:
     head = [("h2", f"6. Against \"{other.experiment}\"")]
     if not cells:
         return head + [("p", "The two sweeps share no (model, task, method, ratio) cell: nothing to compare.")]
-    rows = [[model, task, row_label(method, ratio), f"{c.ours.trials} / {c.theirs.trials}",
-             f"{c.ours.trial_epochs} / {c.theirs.trial_epochs}", f"{fmt_lr(c.ours.best_lr)} / {fmt_lr(c.theirs.best_lr)}",
+    rows = [[model, task, row_label(method, ratio), f"{c.ours.cost.trials} / {c.theirs.cost.trials}",
+             f"{c.ours.cost.trial_epochs} / {c.theirs.cost.trial_epochs}", f"{fmt_lr(c.ours.best_lr)} / {fmt_lr(c.theirs.best_lr)}",
              f"{_points(c.ours.test)} / {_points(c.theirs.test)}", "—" if c.gap is None else f"{c.gap * SCALE:+.1f}"]
             for c in cells for model, task, method, ratio, *_ in [c.key]]
     t = totals(cells)
-    ours, theirs = t["ours"], t["theirs"]
-    share = f" ({ours['trials'] / theirs['trials']:.0%} of its trials)" if theirs["trials"] else ""
-    gap = ("no cell has a test result on both sides" if t["mean_gap"] is None else
-           f"test gap over the {t['compared']} cell(s) with both results: mean {t['mean_gap'] * SCALE:+.1f}, "
-           f"worst {t['worst_gap'] * SCALE:+.1f} points")
+    ours, theirs = t.ours, t.theirs
+    share = f" ({ours.trials / theirs.trials:.0%} of its trials)" if theirs.trials else ""
+    gap = ("no cell has a test result on both sides" if t.mean_gap is None else
+           f"test gap over the {t.compared} cell(s) with both results: mean {t.mean_gap * SCALE:+.1f}, "
+           f"worst {t.worst_gap * SCALE:+.1f} points")
     return head + [
-        ("p", f"On the {t['cells']} cell(s) both sweeps ran, this sweep used {ours['trials']} trials, "
-              f"{ours['trial_epochs']} trial-epochs and {ours['hours']:.3f} device hours against {theirs['trials']}, "
-              f"{theirs['trial_epochs']} and {theirs['hours']:.3f} for \"{other.experiment}\"{share}; {gap}. "
+        ("p", f"On the {t.cells} cell(s) both sweeps ran, this sweep used {ours.trials} trials, "
+              f"{ours.trial_epochs} trial-epochs and {ours.device_hours:.3f} device hours against {theirs.trials}, "
+              f"{theirs.trial_epochs} and {theirs.device_hours:.3f} for \"{other.experiment}\"{share}; {gap}. "
               f"Each cell: this sweep / the other; test at the best-dev LR (x{SCALE}); gap = this minus the other."),
         ("table", Table(["Model", "Task", "Method", "Trials", "Trial-epochs", "Best dev LR", "Test", "Gap"], rows)),
     ]

@@ -112,7 +112,7 @@ class Summary:
     curves: dict[tuple, Curve]  # by ``cell_key``
     rows: list[Row]
     law: Law
-    compute: dict
+    compute: Compute
     notes: list[str]
 
 
@@ -294,6 +294,7 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
     measured = law_curves(curves)
     tasks_out, ratios_out = leave_one_task_out(typed, measured), leave_one_ratio_out(typed, measured)
     budgets_out = leave_one_budget_out(typed, measured)
+    budget_ignored = leave_one_budget_out(typed, measured, budget_term=False)
     source = LawSource(
         bootstrap={"samples": bootstrap, "seed": seed},
         estimator="quadratic in log10(lr) through the best mean-dev LR and its neighbours (mean over seeds); "
@@ -302,12 +303,14 @@ def _law(curves: list[Curve], notes: list[str], bootstrap: int, seed: int) -> La
         signal_test=f"max-type paired bootstrap test that some LR beats the frozen model (else the smallest LR) "
                     f"on dev, one-sided, level {SIGNAL_LEVEL} (docs/statistics.md)",
     )
-    budget_summary = {"leave_one_budget_out": summarize_validation(budgets_out)} if budgets_out else {}
+    budget_summary = {key: summarize_validation(rows) for key, rows in (
+        ("leave_one_budget_out", budgets_out), ("leave_one_budget_out_budget_ignored", budget_ignored)) if rows}
     validation = Validation(tasks_out, ratios_out, {"leave_one_task_out": summarize_validation(tasks_out),
                                                     **summarize_by_source(tasks_out),
                                                     "leave_one_ratio_out": summarize_validation(ratios_out),
                                                     **budget_summary},
-                            leave_one_budget_out=budgets_out or None)
+                            leave_one_budget_out=budgets_out or None,
+                            leave_one_budget_out_budget_ignored=budget_ignored or None)
     return Law(pooled=pooled, models=fits, method=LAW_METHOD, points=typed, excluded=excluded,
                validation=validation, tasks=by_task, shared=shared, source=source)
 
@@ -330,29 +333,69 @@ def _rows(curves: list[Curve], trials: list[Trial]) -> list[Row]:
                                        if r.method in order else len(order), r.method, -(r.ratio or 0)))
 
 
-def effort(group: list[Trial]) -> dict:
+@dataclass(frozen=True)
+class Effort:
     """What a group of trials cost: trials, trial-epochs and device hours (sum of their wall times)."""
+
+    trials: int
+    trial_epochs: int
+    device_hours: float
+    missing_wall_time: int  # trials without a wall time (still running when read)
+
+    def __add__(self, other: Effort) -> Effort:
+        return Effort(self.trials + other.trials, self.trial_epochs + other.trial_epochs,
+                      self.device_hours + other.device_hours, self.missing_wall_time + other.missing_wall_time)
+
+
+NO_EFFORT = Effort(0, 0, 0.0, 0)
+
+
+def effort(group: list[Trial]) -> Effort:
     walls = [t.wall_time_s for t in group if t.wall_time_s is not None]
-    return {"trials": len(group), "trial_epochs": sum(t.epochs for t in group),
-            "device_hours": sum(walls) / 3600, "missing_wall_time": len(group) - len(walls)}
+    return Effort(len(group), sum(t.epochs for t in group), sum(walls) / 3600, len(group) - len(walls))
 
 
-def _compute(trials: list[Trial]) -> dict:
-    status = defaultdict(int)
+@dataclass(frozen=True)
+class StoppedEffort:
+    """Trials ASHA stopped: how many, the epochs they ran and the epochs stopping them saved."""
+
+    trials: int
+    epochs_run: int
+    epochs_saved: int
+
+
+@dataclass(frozen=True)
+class MethodEffort:
+    model: str
+    method: str
+    steps: int | None
+    effort: Effort
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A sweep's compute: its total effort, trials by status, ASHA's savings, and effort per method and budget."""
+
+    effort: Effort
+    status: dict[str, int]
+    stopped: StoppedEffort
+    by_method: list[MethodEffort]
+
+
+def _compute(trials: list[Trial]) -> Compute:
+    status: dict[str, int] = defaultdict(int)
     for t in trials:
         status[t.status] += 1
     stopped = [t for t in trials if t.status == "stopped"]
     by_method: dict[tuple, list[Trial]] = defaultdict(list)
     for t in trials:
         by_method[(t.model, t.method, t.steps)].append(t)
-    return {
-        **effort(trials),
-        "status": dict(sorted(status.items())),
-        "stopped": {"trials": len(stopped), "epochs_run": sum(t.epochs for t in stopped),
-                    "epochs_saved": sum(max((t.planned_epochs or t.epochs) - t.epochs, 0) for t in stopped)},
-        "by_method": [{"model": m, "method": meth, "steps": steps, **effort(g)}
-                      for (m, meth, steps), g in sorted(by_method.items(), key=lambda kv: (*kv[0][:2], kv[0][2] or 0))],
-    }
+    return Compute(
+        effort(trials), dict(sorted(status.items())),
+        StoppedEffort(len(stopped), sum(t.epochs for t in stopped),
+                      sum(max((t.planned_epochs or t.epochs) - t.epochs, 0) for t in stopped)),
+        [MethodEffort(m, meth, steps, effort(g))
+         for (m, meth, steps), g in sorted(by_method.items(), key=lambda kv: (*kv[0][:2], kv[0][2] or 0))])
 
 
 def _missing(trials: list[Trial], curves: dict[tuple, Curve], tasks: list[str]) -> list[str]:
