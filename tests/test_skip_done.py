@@ -120,6 +120,22 @@ def test_a_trial_stopped_by_asha_is_done_only_for_a_sweep_that_stops_trials_earl
     assert "  tiny-llama SST-2 random_masking 1%: 0.03\n" in early
 
 
+def test_asha_ranks_a_later_sitting_against_the_trials_it_skips(first_sitting, tmp_path):
+    """The trials --skip-done leaves out stand in their cell's ASHA rungs with the dev metric each run logged per
+    epoch, so the sitting's first trial of the cell is ranked against them rather than passing unopposed."""
+    from rmask_tune.sweep import SweepOptions, resolve_space
+    from rmask_tune.sweep.search import tune_scheduler
+
+    asha = grid_file(tmp_path, "[1e-3, 3e-2, 1e-1, 3e-1]", scheduler="{type: asha, grace_period: 1, max_epochs: 1}")
+    space = resolve_space(load_space(asha), SweepOptions(skip_done=(str(first_sitting),)))
+    first = next(t for t in map(trial_of, read_export(first_sitting).records) if t.lr == 1e-3)
+    masked = {t.point["lr"]: t.dev_by_epoch for t in space.ended if t.point["method"] == "random_masking"}
+    assert masked == {1e-3: ((1, first.dev),), 0.1: ((1, 0.5),), 0.3: ((1, 0.5),)}  # 0.03 errored: not done
+    scheduler = tune_scheduler(space)
+    ((milestone, recorded),) = scheduler._bracket(("tiny-llama", "SST-2", "random_masking", 0.01))._rungs
+    assert milestone == 1 and sorted(recorded.values()) == sorted([first.dev, 0.5, 0.5])
+
+
 @pytest.mark.parametrize("training", ["epochs: 2", "epochs: 1, schedule: linear", "epochs: 1, optimizer: sgd",
                                       "epochs: 1, precision: bf16"])
 def test_trials_with_other_settings_are_not_done(first_sitting, tmp_path, training):

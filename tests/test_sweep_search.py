@@ -5,6 +5,7 @@ from types import SimpleNamespace
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from rmask_tune.sweep.cell_asha import CellASHA
+from rmask_tune.sweep.plan import EndedTrial
 
 
 def _trial(trial_id: str, task: str, ratio: float, lr: float):
@@ -62,3 +63,33 @@ def test_tolerance_keeps_a_climbing_lr_that_sits_just_under_the_no_op_trials():
     assert strict["climbing"] == TrialScheduler.STOP and strict["broken"] == TrialScheduler.STOP
     tolerant = _first_rung(CellASHA(**args, tolerance=0.03), results)
     assert tolerant["climbing"] == TrialScheduler.CONTINUE and tolerant["broken"] == TrialScheduler.STOP
+
+
+def _point(ratio: float, lr: float, seed: int = 0) -> dict:
+    return {"model": "tiny-llama", "task": "SST-2", "method": "random_masking", "ratio": ratio, "lr": lr, "seed": seed}
+
+
+def test_an_earlier_sittings_trials_stand_in_their_cells_rungs():
+    # The 625-step grid check's second sitting: the sitting's first trial of a cell passed every rung unopposed,
+    # though earlier sittings had run that cell's best LRs to the end.
+    args = dict(time_attr="training_iteration", max_t=4, grace_period=2, reduction_factor=2)
+    ended = [EndedTrial(_point(1e-5, 0.1), 0.80, ((1, 0.70), (2, 0.78), (3, 0.79), (4, 0.80))),
+             EndedTrial(_point(1e-5, 0.316), 0.81, ((1, 0.72), (2, 0.80), (3, 0.80), (4, 0.81))),
+             EndedTrial(_point(1e-5, 10.0), 0.52, ((1, 0.50), (2, 0.52))),  # stopped by ASHA at epoch 2
+             EndedTrial(_point(1e-3, 0.01), 0.86, ((2, 0.86), (4, 0.86)))]  # another cell
+    scheduler = CellASHA(**args, ended=ended)
+    (rung_4, at_4), (rung_2, at_2) = scheduler._bracket(("tiny-llama", "SST-2", "random_masking", 1e-5))._rungs
+    assert (rung_2, sorted(at_2.values()), rung_4, sorted(at_4.values())) == (2, [0.52, 0.78, 0.80], 4, [0.80, 0.81])
+
+    def decisions(scheduler) -> dict[str, str]:
+        scheduler.set_search_properties("dev_metric", "max")
+        out = {}
+        for name, ratio in (("sparse", 1e-5), ("dense", 1e-2)):
+            trial = SimpleNamespace(trial_id=name, config={"trial": _point(ratio, 1.0, seed=1)})
+            scheduler.on_trial_add(None, trial)
+            out[name] = scheduler.on_trial_result(None, trial, {"training_iteration": 2, "dev_metric": 0.71})
+        return out
+
+    # ranked against the cell's earlier trials (cutoff 0.78 at epoch 2); a cell no sitting ran is still unopposed
+    assert decisions(scheduler) == {"sparse": TrialScheduler.STOP, "dense": TrialScheduler.CONTINUE}
+    assert decisions(CellASHA(**args)) == {"sparse": TrialScheduler.CONTINUE, "dense": TrialScheduler.CONTINUE}

@@ -9,8 +9,8 @@ identity of re-runs: model, task, method, ratio, LR, seed), the same settings th
 and a resolved precision this sweep's trials would train in (under auto, a CPU sitting's fp32 trials are not done
 for a GPU sitting). A setting a run did not log (sweeps before it was logged) counts as TrialConfig's default, so a
 sitting that changed it reruns its trials rather than taking them as done. Errored, interrupted or still-running
-runs do not count. ASHA in a later sitting ranks a trial only against the peers of its cell that run in that
-sitting.
+runs do not count. Each comes back with its dev metric per epoch: ASHA in a later sitting ranks a trial against
+its cell's peers of every sitting, as one uninterrupted sweep would.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from dataclasses import MISSING, fields
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.runstore.reader import TERMINAL, comparable, configuration_key, load_records, resolve_source, trial_of
-from rmask_tune.sweep.plan import SweepSpace
+from rmask_tune.runstore.names import DEV
+from rmask_tune.sweep.plan import EndedTrial, SweepSpace
 from rmask_tune.sweep.schema import NoScheduler, OptunaSearch
 
 
-def done_trials(space: SweepSpace, sources: list[str]) -> list[tuple[dict, float | None]]:
+def done_trials(space: SweepSpace, sources: list[str]) -> list[EndedTrial]:
     """The grid points of ``space`` that a trial run of one of ``sources`` (exports, sweep folders or YAMLs)
-    ended with the same configuration and settings, each with that run's best dev metric (None: diverged),
-    which a law search observes as its own."""
+    ended with the same configuration and settings, each with what that run recorded."""
     from rmask_tune.runstore.names import CONFIG_PARAMS, param_text
     from rmask_tune.sweep.callbacks import trial_params
     from rmask_tune.trainer.config import TrialConfig
@@ -42,7 +42,8 @@ def done_trials(space: SweepSpace, sources: list[str]) -> list[tuple[dict, float
         for record in records:
             trial = trial_of(record)
             if trial.status in TERMINAL and not (to_the_end and trial.status == "stopped"):
-                ended[trial.configuration].append((record.params, None if trial.status == "diverged" else trial.dev))
+                best = None if trial.status == "diverged" else trial.dev
+                ended[trial.configuration].append((record.params, best, tuple(record.history.get(DEV, ()))))
     settings = space.settings()
 
     def text(value):  # a setting as its MLflow param's text compares
@@ -53,14 +54,14 @@ def done_trials(space: SweepSpace, sources: list[str]) -> list[tuple[dict, float
 
     precisions = expected_precisions(settings, space.file.resources.gpus)
 
-    def done(point: dict) -> list[float | None]:
+    def done(point: dict) -> list[EndedTrial]:
         logged = trial_params(point, settings)
         key = configuration_key(*(point[name] for name in ("model", "task", "method", "ratio", "lr", "seed")))
-        return [dev for params, dev in ended.get(key, ())
+        return [EndedTrial(point, best, dev_by_epoch) for params, best, dev_by_epoch in ended.get(key, ())
                 if all(text(logged[name]) == (comparable(params[name]) if name in params else defaults[name])
                        for name in CONFIG_PARAMS) and params.get("precision", "unlogged") in precisions]
 
-    return [(point, devs[0]) for point in space.grid_trials() if (devs := done(point))]
+    return [runs[0] for point in space.grid_trials() if (runs := done(point))]
 
 
 def expected_precisions(settings: dict, gpus: float) -> set[str]:

@@ -29,9 +29,10 @@ class LawSearcher(Searcher):
         steps = {cid: space.budget(cid.task, cid.method) for cid in self.cells}
         self.search = LawSearch({cid: list(c.lrs) for cid, c in self.cells.items()}, prior,
                                 SearchSettings(seeds=tuple(space.file.seeds)), dev, steps)
-        for point, value in zip(space.done, space.done_dev):
+        for ended in space.ended:
+            point = ended.point
             cid = CellId(point["model"], point["task"], point["method"], point["ratio"])
-            self.search.observe(cid, point["lr"], point["seed"], value)
+            self.search.observe(cid, point["lr"], point["seed"], ended.best_dev)
         self.constants = constants
         self.max_concurrent = max_concurrent
         self.live: dict[str, tuple[CellId, float | None, int]] = {}

@@ -28,6 +28,16 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class EndedTrial:
+    """A trial of the grid that an earlier sitting ended: its grid point, its best dev metric (None: it
+    diverged) and its dev metric at each epoch it completed."""
+
+    point: dict
+    best_dev: float | None
+    dev_by_epoch: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class SweepSpace:
     """A validated search-space file with its paths resolved and, once ``rmask_tune.sweep.resolve`` applied the
     sweep command's options, everything this sitting runs; nothing changes it afterwards (it is frozen, and so
@@ -36,7 +46,8 @@ class SweepSpace:
     ``law`` narrows its method's LR grids to ``law_points`` LRs (``--lr-from``, ``--lr-points``); ``prior`` is
     a law search's prior, read from its law.json; ``resume`` continues the sweep saved in ``storage``;
     ``done`` holds the grid's trials that earlier sittings ended (``--skip-done``, or those a resumed sweep
-    left out), which it leaves out, and ``done_dev`` their best dev metrics (a law search observes them)."""
+    left out), which it leaves out, and ``ended`` what ``--skip-done`` read of them (a law search and per-cell
+    ASHA take them in as this sitting's own)."""
 
     file: SweepFile
     source: Path
@@ -47,7 +58,7 @@ class SweepSpace:
     prior: SearchPrior | None = None
     resume: bool = False
     done: tuple[dict, ...] = ()
-    done_dev: tuple[float | None, ...] = ()
+    ended: tuple[EndedTrial, ...] = ()
 
     @property
     def name(self) -> str:

@@ -62,8 +62,8 @@ def resolve_space(space: SweepSpace, options: SweepOptions) -> SweepSpace:
     if options.skip_done:
         from rmask_tune.sweep.done import done_trials
 
-        done = done_trials(resolved, list(options.skip_done))
-        return replace(resolved, done=tuple(point for point, _ in done), done_dev=tuple(dev for _, dev in done))
+        ended = tuple(done_trials(resolved, list(options.skip_done)))
+        return replace(resolved, done=tuple(trial.point for trial in ended), ended=ended)
     return resolved
 
 

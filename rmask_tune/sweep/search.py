@@ -50,7 +50,8 @@ def tune_search(space: SweepSpace, trials_dir: Path) -> tuple[dict, object, int]
 
 
 def tune_scheduler(space: SweepSpace):
-    """ASHA over epochs (one report per epoch), run separately within each cell, or None."""
+    """ASHA over epochs (one report per epoch), run separately within each cell, or None; the trials earlier
+    sittings ended (``--skip-done``) stand in its rungs as they stood when they ran."""
     settings = space.file.scheduler
     if not isinstance(settings, AshaScheduler):
         return None
@@ -62,6 +63,7 @@ def tune_scheduler(space: SweepSpace):
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
         tolerance=settings.tolerance,
+        ended=space.ended,
     )
 
 
