@@ -288,7 +288,9 @@ def _budget_ignored(validation: Validation) -> list:
 
     def score(rows: list[HeldOutRow]) -> str:
         stats = summarize_validation(rows)
-        return "—" if stats is None else (f"{stats.mean_error_steps:.2f} / {stats.max_error_steps:.2f} steps, "
+        if stats is None:
+            return "—"
+        return (f"{stats.mean_error_steps:.2f} / {stats.max_error_steps:.2f} steps, "
                 f"{stats.mean_regret:.1f} / {stats.max_regret:.1f} points")
 
     held = sorted({r.steps for r in ignored})

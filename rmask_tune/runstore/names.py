@@ -35,8 +35,7 @@ FINAL_METRICS = (
     TEST, BEST_DEV, "best_epoch", "diverged", "step_time_s", "peak_mem_bytes", EPOCHS_COMPLETED, WALL_TIME,
     TRAINABLE_FRACTION,
 )  # fmt: skip
-DEV = "dev_metric"  # the dev metric of each epoch (what ASHA ranks)
-HISTORIES = (DEV, "train_loss")
+HISTORIES = ("dev_metric", "train_loss")
 
 # How a param with no value is written, and every spelling of "no value" a store may hold (older sweeps, exports).
 NONE = "none"

@@ -11,9 +11,9 @@ in a cell is ranked against them instead of passing every rung unopposed.
 
 from __future__ import annotations
 
-from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
-
 from collections.abc import Iterable
+
+from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
 
 from rmask_tune.sweep.plan import EndedTrial, cell_key
 

@@ -20,8 +20,7 @@ from dataclasses import MISSING, fields
 
 from rmask_tune.errors import RmaskError
 from rmask_tune.runstore.reader import TERMINAL, comparable, configuration_key, load_records, resolve_source, trial_of
-from rmask_tune.runstore.names import DEV
-from rmask_tune.sweep.plan import EndedTrial, SweepSpace
+from rmask_tune.sweep.plan import METRIC, EndedTrial, SweepSpace
 from rmask_tune.sweep.schema import NoScheduler, OptunaSearch
 
 
@@ -43,7 +42,7 @@ def done_trials(space: SweepSpace, sources: list[str]) -> list[EndedTrial]:
             trial = trial_of(record)
             if trial.status in TERMINAL and not (to_the_end and trial.status == "stopped"):
                 best = None if trial.status == "diverged" else trial.dev
-                ended[trial.configuration].append((record.params, best, tuple(record.history.get(DEV, ()))))
+                ended[trial.configuration].append((record.params, best, tuple(record.history.get(METRIC, ()))))
     settings = space.settings()
 
     def text(value):  # a setting as its MLflow param's text compares
